@@ -1,0 +1,1 @@
+"""lut: not implemented yet (see the open issues)."""

@@ -1,0 +1,1 @@
+"""nas: not implemented yet (see the open issues)."""

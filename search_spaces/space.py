@@ -1,0 +1,271 @@
+"""`SearchSpace`: the choices of one block family, as data plus a few family rules.
+
+A space has a fixed number of stages; each stage declares its width choices, how many block slots
+it has, which block types a slot may hold, and the expansion and head-count choices of those
+types (`StageChoices`). The generic checks, sampling and extremes live here; a family subclass
+adds its rules (`check_rules`), the block layout of its largest network, and `layer_specs`, the
+walk that turns an architecture into the ordered layers it runs.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+
+from search_spaces.architecture import IDENTITY, IDENTITY_BLOCK, Architecture, ArchitectureError, Block, Stage
+from search_spaces.layers import LayerSpec
+
+
+@dataclass(frozen=True)
+class BlockType:
+    """A registered block type and the knobs an architecture must give it.
+
+    `has_expansion`: the block has an MLP whose hidden width is `expansion x width`;
+    `has_heads`: the block's attention head count is part of the architecture.
+    """
+
+    name: str
+    has_expansion: bool
+    has_heads: bool = False
+    summary: str = ""
+
+
+IDENTITY_TYPE = BlockType(IDENTITY, has_expansion=False, summary="empty slot (skip connection)")
+
+
+@dataclass(frozen=True)
+class StageChoices:
+    """What one stage of a space may be: width choices (ascending), slot count, block types.
+
+    `block_types` lists the non-identity types a slot may hold (identity is always allowed);
+    `expansions` and `heads` are the choices of block types that have those knobs.
+    """
+
+    widths: tuple[int, ...]
+    max_depth: int
+    block_types: tuple[str, ...]
+    expansions: tuple[int, ...] = ()
+    heads: tuple[int, ...] = ()
+    min_depth: int = 1
+
+    def __post_init__(self) -> None:
+        if tuple(sorted(set(self.widths))) != tuple(self.widths) or not self.widths:
+            raise ValueError(f"widths must be distinct and ascending, got {self.widths}")
+        if not 1 <= self.min_depth <= self.max_depth:
+            raise ValueError(f"need 1 <= min_depth <= max_depth, got {self.min_depth}, {self.max_depth}")
+
+
+def width_range(start: int, stop: int, step: int) -> tuple[int, ...]:
+    """Widths from `start` to `stop` inclusive in steps of `step`."""
+    return tuple(range(start, stop + 1, step))
+
+
+class SearchSpace(abc.ABC):
+    """A search space: stages of `StageChoices`, references, and the family's layer walk.
+
+    Contract: `largest()`, `smallest()` and `sample(rng)` return architectures that `validate`
+    accepts; `validate` raises `ArchitectureError` naming the offending field; `layer_specs(arch)`
+    lists the layers the network runs in execution order (stem, per stage its downsample and its
+    non-identity blocks, head), each with `where` set to its place in `build_model`'s module tree.
+    Nothing here mutates state: a space is immutable once registered.
+    """
+
+    #: registered name (`efficientformer_v2`)
+    name: str
+    #: block family that provides the blocks (module name under `search_spaces.families`)
+    family: str
+    #: one `StageChoices` per stage
+    stages: tuple[StageChoices, ...]
+    #: block types this space uses, by name
+    block_types: dict[str, BlockType]
+    default_resolution: int = 224
+    default_num_classes: int = 1000
+    #: input resolution must be a multiple of this (the network's total stride)
+    resolution_multiple: int = 32
+    #: paper / code this space follows, for `list`
+    summary: str = ""
+
+    # -- family hooks ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
+        """The layers `arch` runs, in order; `arch` must be valid."""
+
+    def check_rules(self, arch: Architecture) -> None:
+        """Family rules beyond the per-stage choices; raise `ArchitectureError` with the path."""
+
+    def largest_block_types(self, stage_index: int) -> tuple[str, ...]:
+        """Block type of every slot of the largest network's stage (default: the first type)."""
+        stage = self.stages[stage_index]
+        return (stage.block_types[0],) * stage.max_depth
+
+    def sample_block_types(self, rng: np.random.Generator, stage_index: int, depth: int) -> tuple[str, ...]:
+        """Types of a sampled stage's `depth` blocks (default: uniform per slot)."""
+        choices = self.stages[stage_index].block_types
+        return tuple(choices[int(i)] for i in rng.integers(0, len(choices), size=depth))
+
+    def repair_sample(self, arch: Architecture) -> Architecture:
+        """Turn a uniformly drawn architecture into a valid one (default: unchanged)."""
+        return arch
+
+    # -- generic -----------------------------------------------------------------------------
+    def block_type(self, name: str) -> BlockType:
+        if name == IDENTITY:
+            return IDENTITY_TYPE
+        return self.block_types[name]
+
+    def _block(self, type_name: str, stage: StageChoices, width: int, pick: str, rng=None) -> Block:
+        block_type = self.block_type(type_name)
+        expansion = heads = None
+        if block_type.has_expansion:
+            expansion = _pick(stage.expansions, pick, rng)
+        if block_type.has_heads:
+            heads = _pick(self.valid_heads(stage, width), pick, rng)
+        return Block(type_name, expansion, heads)
+
+    @staticmethod
+    def valid_heads(stage: StageChoices, width: int) -> tuple[int, ...]:
+        return tuple(h for h in stage.heads if width % h == 0)
+
+    def _arch(self, stages: Sequence[Stage], resolution: int | None, num_classes: int | None) -> Architecture:
+        return Architecture(
+            self.name,
+            resolution or self.default_resolution,
+            num_classes or self.default_num_classes,
+            tuple(stages),
+        )
+
+    def largest(self, resolution: int | None = None, num_classes: int | None = None) -> Architecture:
+        """Widest, deepest, largest expansion; the block layout of the family's biggest model."""
+        stages = []
+        for index, stage in enumerate(self.stages):
+            width = stage.widths[-1]
+            types = self.largest_block_types(index)
+            stages.append(Stage(width, tuple(self._block(t, stage, width, "max") for t in types)))
+        return self._arch(stages, resolution, num_classes)
+
+    def smallest(self, resolution: int | None = None, num_classes: int | None = None) -> Architecture:
+        """Narrowest, shallowest, smallest expansion, cheapest (first-listed) block types."""
+        stages = []
+        for index, stage in enumerate(self.stages):
+            width = stage.widths[0]
+            types = self.sample_block_types(_FirstChoice(), index, stage.min_depth)
+            stages.append(Stage(width, tuple(self._block(t, stage, width, "min") for t in types)))
+        return self.repair_sample(self._arch(stages, resolution, num_classes))
+
+    def sample(
+        self, rng: np.random.Generator, resolution: int | None = None, num_classes: int | None = None
+    ) -> Architecture:
+        """A random architecture: width, depth, types and knobs uniform per stage and slot."""
+        stages = []
+        for index, stage in enumerate(self.stages):
+            widths = [w for w in stage.widths if not stage.heads or self.valid_heads(stage, w)]
+            width = widths[int(rng.integers(0, len(widths)))]
+            depth = int(rng.integers(stage.min_depth, stage.max_depth + 1))
+            types = self.sample_block_types(rng, index, depth)
+            stages.append(Stage(width, tuple(self._block(t, stage, width, "random", rng) for t in types)))
+        return self.repair_sample(self._arch(stages, resolution, num_classes))
+
+    def contains(self, arch: Architecture) -> bool:
+        try:
+            self.validate(arch)
+        except ArchitectureError:
+            return False
+        return True
+
+    def validate(self, arch: Architecture) -> Architecture:
+        """Return `arch` if it is a point of this space, else raise `ArchitectureError` with the path."""
+        if arch.space != self.name:
+            raise ArchitectureError("space", f"{arch.space!r} is not this space ({self.name!r})")
+        multiple = self.resolution_multiple
+        if arch.resolution % multiple or arch.resolution < multiple:
+            raise ArchitectureError("resolution", f"must be a positive multiple of {multiple}, got {arch.resolution}")
+        if len(arch.stages) != len(self.stages):
+            raise ArchitectureError("stages", f"{self.name} has {len(self.stages)} stages, got {len(arch.stages)}")
+        for index, (stage, choices) in enumerate(zip(arch.stages, self.stages)):
+            self._validate_stage(f"stages[{index}]", index, stage, choices)
+        self.check_rules(arch)
+        return arch
+
+    def _validate_stage(self, path: str, index: int, stage: Stage, choices: StageChoices) -> None:
+        if stage.width not in choices.widths:
+            raise ArchitectureError(f"{path}.width", f"{stage.width} is not one of {_choices(choices.widths)}")
+        if len(stage.blocks) > choices.max_depth:
+            raise ArchitectureError(
+                f"{path}.blocks", f"{len(stage.blocks)} slots, but stage {index + 1} has at most {choices.max_depth}"
+            )
+        if stage.depth < choices.min_depth:
+            raise ArchitectureError(
+                f"{path}.blocks", f"depth {stage.depth}, but stage {index + 1} needs at least {choices.min_depth} block(s)"
+            )
+        allowed = (*choices.block_types, IDENTITY)
+        for slot, block in enumerate(stage.blocks):
+            block_path = f"{path}.blocks[{slot}]"
+            if block.type not in allowed:
+                raise ArchitectureError(f"{block_path}.type", f"{block.type!r} is not one of {list(allowed)}")
+            block_type = self.block_type(block.type)
+            self._validate_knob(block_path, "expansion", block.expansion, block_type.has_expansion, block.type, choices.expansions)
+            heads = self.valid_heads(choices, stage.width) if block_type.has_heads else ()
+            if block_type.has_heads and block.heads is not None and block.heads in choices.heads and block.heads not in heads:
+                raise ArchitectureError(
+                    f"{block_path}.heads", f"width {stage.width} is not divisible by {block.heads} heads; valid: {_choices(heads)}"
+                )
+            self._validate_knob(block_path, "heads", block.heads, block_type.has_heads, block.type, choices.heads)
+
+    @staticmethod
+    def _validate_knob(path: str, knob: str, value, has_knob: bool, type_name: str, options) -> None:
+        if has_knob and value is None:
+            raise ArchitectureError(f"{path}.{knob}", f"missing; {type_name} blocks need one of {_choices(options)}")
+        if not has_knob and value is not None:
+            raise ArchitectureError(f"{path}.{knob}", f"{type_name} blocks take no {knob}")
+        if has_knob and value not in options:
+            raise ArchitectureError(f"{path}.{knob}", f"{value} is not one of {_choices(options)}")
+
+    # -- references --------------------------------------------------------------------------
+    def references(self) -> tuple[str, ...]:
+        """Names of the reference variants shipped with this space."""
+        folder = resources.files("search_spaces.references").joinpath(self.name)
+        if not folder.is_dir():
+            return ()
+        return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+    def reference(self, name: str) -> Architecture:
+        """A reference variant (`space.reference("s0")`) as an `Architecture` of this space."""
+        names = self.references()
+        if name not in names:
+            raise KeyError(f"{self.name} has no reference {name!r}; references: {', '.join(names) or 'none'}")
+        text = resources.files("search_spaces.references").joinpath(self.name, f"{name}.yaml").read_text("utf-8")
+        return self.validate(Architecture.from_yaml(text))
+
+    def __repr__(self) -> str:
+        return f"<SearchSpace {self.name}: {len(self.stages)} stages>"
+
+
+class _FirstChoice:
+    """A stand-in generator that always draws the lowest value (for `smallest`)."""
+
+    def integers(self, low, high=None, size=None):
+        low = 0 if high is None else low
+        return np.full(size, low, dtype=np.int64) if size is not None else low
+
+
+def _pick(options: Sequence[int], pick: str, rng) -> int:
+    if not options:
+        raise ValueError("no choices to pick from")
+    if pick == "max":
+        return max(options)
+    if pick == "min":
+        return min(options)
+    return options[int(rng.integers(0, len(options)))]
+
+
+def _choices(values: Sequence[int]) -> str:
+    values = list(values)
+    if len(values) > 8:
+        steps = {b - a for a, b in zip(values, values[1:])}
+        if len(steps) == 1:
+            return f"{values[0]}..{values[-1]} in steps of {steps.pop()}"
+    return "[" + ", ".join(str(v) for v in values) + "]"

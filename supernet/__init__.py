@@ -1,0 +1,1 @@
+"""supernet: not implemented yet (see the open issues)."""
