@@ -64,8 +64,9 @@ def command_list(args) -> int:
     for name in list_spaces():
         space = get_space(name)
         print(f"{name}  ({len(space.stages)} stages, default resolution {space.default_resolution})  {space.summary}")
-        for ref in space.references():
-            print(_summary_row(ref, space.reference(ref)))
+        references = {ref: space.reference(ref) for ref in space.references()}
+        for ref in sorted(references, key=lambda r: cost(references[r]).params):
+            print(_summary_row(ref, references[ref]))
     return EXIT_OK
 
 

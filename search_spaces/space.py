@@ -102,6 +102,11 @@ class SearchSpace(abc.ABC):
         stage = self.stages[stage_index]
         return (stage.block_types[0],) * stage.max_depth
 
+    def smallest_block_types(self, stage_index: int) -> tuple[str, ...]:
+        """Block type of every slot of the smallest network's stage (default: the first type, min depth)."""
+        stage = self.stages[stage_index]
+        return (stage.block_types[0],) * stage.min_depth
+
     def sample_block_types(self, rng: np.random.Generator, stage_index: int, depth: int) -> tuple[str, ...]:
         """Types of a sampled stage's `depth` blocks (default: uniform per slot)."""
         choices = self.stages[stage_index].block_types
@@ -152,9 +157,9 @@ class SearchSpace(abc.ABC):
         stages = []
         for index, stage in enumerate(self.stages):
             width = stage.widths[0]
-            types = self.sample_block_types(_FirstChoice(), index, stage.min_depth)
+            types = self.smallest_block_types(index)
             stages.append(Stage(width, tuple(self._block(t, stage, width, "min") for t in types)))
-        return self.repair_sample(self._arch(stages, resolution, num_classes))
+        return self._arch(stages, resolution, num_classes)
 
     def sample(
         self, rng: np.random.Generator, resolution: int | None = None, num_classes: int | None = None
@@ -242,14 +247,6 @@ class SearchSpace(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<SearchSpace {self.name}: {len(self.stages)} stages>"
-
-
-class _FirstChoice:
-    """A stand-in generator that always draws the lowest value (for `smallest`)."""
-
-    def integers(self, low, high=None, size=None):
-        low = 0 if high is None else low
-        return np.full(size, low, dtype=np.int64) if size is not None else low
 
 
 def _pick(options: Sequence[int], pick: str, rng) -> int:

@@ -109,7 +109,7 @@ BAD_INPUTS = [
     ("width not in the space", lambda: _edit(_s0(), _set(["stages", 2, "width"], 100)), "stages[2].width", "not one of"),
     ("unknown block type", lambda: _edit(_s0(), _set(["stages", 2, "blocks", 4, "type"], "attn")), "stages[2].blocks[4].type", "not one of"),
     ("attention block in stage 1", lambda: _edit(_s0(), _set(["stages", 0, "blocks", 0], {"type": "attn_ffn", "expansion": 4})), "stages[0].blocks[0].type", "not one of"),
-    ("meta3d followed by meta4d", lambda: _edit(_l1(), _set(["stages", 3, "blocks", 3], {"type": "meta4d", "expansion": 4})), "stages[3].blocks[3].type", "meta3d"),
+    ("meta3d followed by meta4d", lambda: _edit(_l1(), lambda d: d["stages"][3]["blocks"].append({"type": "meta4d", "expansion": 4})), "stages[3].blocks[4].type", "meta3d"),
     ("expansion missing", lambda: _edit(_s0(), _set(["stages", 0, "blocks", 0], {"type": "ffn"})), "stages[0].blocks[0].expansion", "missing"),
     ("expansion forbidden", lambda: _edit(_s0(), _set(["stages", 0, "blocks", 0], {"type": "identity", "expansion": 4})), "stages[0].blocks[0].expansion", "take no expansion"),
     ("expansion out of range", lambda: _edit(_s0(), _set(["stages", 3, "blocks", 1, "expansion"], 5)), "stages[3].blocks[1].expansion", "not one of"),

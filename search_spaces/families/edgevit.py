@@ -1,0 +1,428 @@
+"""EdgeViT: local-global-local (LGL) bottleneck blocks as a search space.
+
+Paper: Pan et al., "EdgeViTs: Competing Light-weight CNNs on Mobile Devices with Vision Transformers",
+ECCV 2022 (arXiv:2205.03436). Official code: https://github.com/saic-fi/edgevit (`src/edgevit.py`);
+this module reproduces that code's variants XXS / XS / S (parameter for parameter), not the paper's
+table (which quotes 11.1 M for S, the code gives 13.11 M).
+
+Space `edgevit`: four stages at strides 4, 8, 16, 32; every slot holds an `lgl` block (or identity).
+An `lgl` block is, where the stage's sample ratio r > 1, a convolutional local aggregation
+(positional DW3x3; BN -> 1x1 -> DW5x5 -> 1x1; BN -> conv MLP), then a transformer part on tokens:
+positional DW3x3, LN -> global sparse attention (one token per r x r window, MHSA over those,
+propagated back by a depthwise transposed conv, LN, projection), LN -> MLP. With r = 1 the
+attention is plain MHSA and there is no local aggregation. Stem: conv 4x4 s4 + LN; downsample:
+conv 2x2 s2 + LN (the official PatchEmbed); head: BN -> global mean -> linear.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from search_spaces.architecture import Architecture
+from search_spaces.layers import LayerCost, LayerKind, LayerSpec, OpTally, register_layer_kind
+from search_spaces.ops import Ops
+from search_spaces.registry import register_block_type, register_space
+from search_spaces.space import BlockType, SearchSpace, StageChoices, width_range
+
+SPACE_NAME = "edgevit"
+LGL = "lgl"
+
+#: Sample ratio r of the global sparse attention per stage (official `sr_ratios`): attention runs
+#: over one token per r x r window, so stage 1 (56x56 at 224) attends over 14x14 tokens.
+SAMPLE_RATIOS = (4, 2, 2, 1)
+#: Stem patch 4x4 stride 4, downsample patches 2x2 stride 2 (official PatchEmbed patch sizes).
+STEM_PATCH = 4
+DOWNSAMPLE_PATCH = 2
+#: Positional encoding (DW3x3) and local aggregation (DW5x5) kernels of the official block.
+POSITION_KERNEL = 3
+AGGREGATION_KERNEL = 5
+#: The block's two LayerNorms use eps 1e-6 (official `norm_layer`); the PatchEmbed LN and the LN
+#: after local propagation are plain `nn.LayerNorm(dim)` in the official code, i.e. eps 1e-5.
+BLOCK_NORM_EPS = 1e-6
+DEFAULT_NORM_EPS = 1e-5
+
+
+# -- blocks (small to large) ----------------------------------------------------------------------
+class ConvMlp(nn.Module):
+    """1x1 conv -> GELU -> 1x1 conv on NCHW maps; hidden width = expansion x input width."""
+
+    def __init__(self, ops: Ops, width: int, expansion: int) -> None:
+        super().__init__()
+        hidden = width * expansion
+        self.fc1 = ops.conv2d(width, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = ops.conv2d(hidden, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TokenMlp(nn.Module):
+    """Linear -> GELU -> linear on (batch, tokens, channels); hidden = expansion x width."""
+
+    def __init__(self, ops: Ops, width: int, expansion: int) -> None:
+        super().__init__()
+        hidden = width * expansion
+        self.fc1 = ops.linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = ops.linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class GlobalSparseAttention(nn.Module):
+    """Multi-head self-attention over one token per r x r window, propagated back to every token.
+
+    Input and output: tokens (batch, H*W, C) of an H x W map. With `sample_ratio` r > 1 the map is
+    subsampled with stride r (AvgPool2d(1, r): the top-left token of each window), attended, spread
+    back to H x W with a depthwise transposed conv (kernel r, stride r), then LayerNorm'd; with
+    r = 1 it is plain MHSA. Head dim = C / heads, read from the input; qkv bias on.
+    """
+
+    def __init__(self, ops: Ops, width: int, heads: int, sample_ratio: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.sample_ratio = sample_ratio
+        self.qkv = ops.linear(width, 3 * width, bias=True)
+        if sample_ratio > 1:
+            self.sampler = nn.AvgPool2d(kernel_size=1, stride=sample_ratio)
+            self.local_propagation = ops.depthwise_conv_transpose2d(width, sample_ratio, sample_ratio)
+            self.norm = ops.layer_norm(width, eps=DEFAULT_NORM_EPS)
+        self.proj = ops.linear(width, width)
+
+    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        batch, _, channels = tokens.shape
+        ratio = self.sample_ratio
+        x = tokens
+        if ratio > 1:
+            x = x.transpose(1, 2).reshape(batch, channels, height, width)
+            x = self.sampler(x).flatten(2).transpose(1, 2)
+        head_dim = channels // self.heads
+        qkv = self.qkv(x).reshape(batch, -1, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        attention = (query @ key.transpose(-2, -1)) * head_dim**-0.5
+        attention = attention.softmax(dim=-1)
+        x = (attention @ value).transpose(1, 2).reshape(batch, -1, channels)
+        if ratio > 1:
+            x = x.transpose(1, 2).reshape(batch, channels, height // ratio, width // ratio)
+            x = self.local_propagation(x).flatten(2).transpose(1, 2)
+            x = self.norm(x)
+        return self.proj(x)
+
+
+class LocalAggregation(nn.Module):
+    """The convolutional "local" part of an LGL block (only where the sample ratio r > 1).
+
+    NCHW in and out: x + DW3x3(x); x + 1x1(DW5x5(1x1(BN(x)))); x + ConvMlp(BN(x)).
+    """
+
+    def __init__(self, ops: Ops, width: int, expansion: int) -> None:
+        super().__init__()
+        self.position = ops.depthwise_conv2d(width, POSITION_KERNEL, padding=POSITION_KERNEL // 2)
+        self.norm1 = ops.batch_norm2d(width)
+        self.conv1 = ops.conv2d(width, width, 1)
+        self.aggregate = ops.depthwise_conv2d(width, AGGREGATION_KERNEL, padding=AGGREGATION_KERNEL // 2)
+        self.conv2 = ops.conv2d(width, width, 1)
+        self.norm2 = ops.batch_norm2d(width)
+        self.mlp = ConvMlp(ops, width, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.position(x)
+        x = x + self.conv2(self.aggregate(self.conv1(self.norm1(x))))
+        return x + self.mlp(self.norm2(x))
+
+
+class GlobalAttentionBlock(nn.Module):
+    """The transformer part of an LGL block: NCHW in and out, tokens inside.
+
+    x + DW3x3(x); to tokens; x + GlobalSparseAttention(LN(x)); x + TokenMlp(LN(x)); back to NCHW.
+    """
+
+    def __init__(self, ops: Ops, width: int, heads: int, expansion: int, sample_ratio: int) -> None:
+        super().__init__()
+        self.position = ops.depthwise_conv2d(width, POSITION_KERNEL, padding=POSITION_KERNEL // 2)
+        self.norm1 = ops.layer_norm(width, eps=BLOCK_NORM_EPS)
+        self.attention = GlobalSparseAttention(ops, width, heads, sample_ratio)
+        self.norm2 = ops.layer_norm(width, eps=BLOCK_NORM_EPS)
+        self.mlp = TokenMlp(ops, width, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.position(x)
+        batch, channels, height, width = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = tokens + self.attention(self.norm1(tokens), height, width)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class LGLBlock(nn.Module):
+    """EdgeViT's local-global-local block (`lgl`): NCHW in, NCHW out of the same shape.
+
+    Local aggregation exists only where `sample_ratio` > 1; the global part always does.
+    `expansion` is the MLP ratio of both MLPs; `heads` the attention head count.
+    """
+
+    def __init__(self, ops: Ops, width: int, heads: int, expansion: int, sample_ratio: int) -> None:
+        super().__init__()
+        self.local = LocalAggregation(ops, width, expansion) if sample_ratio > 1 else nn.Identity()
+        self.attention = GlobalAttentionBlock(ops, width, heads, expansion, sample_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.local(x))
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping patch conv (kernel = stride = patch) then LayerNorm over channels.
+
+    As the official PatchEmbed, the norm runs on tokens: conv -> to tokens -> LN -> back to NCHW.
+    Used as the stem (3 -> C, patch 4) and as each stage's downsample (patch 2).
+    """
+
+    def __init__(self, ops: Ops, in_channels: int, out_channels: int, patch: int) -> None:
+        super().__init__()
+        self.proj = ops.conv2d(in_channels, out_channels, patch, stride=patch)
+        self.norm = ops.layer_norm(out_channels, eps=DEFAULT_NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        batch, channels, height, width = x.shape
+        tokens = self.norm(x.flatten(2).transpose(1, 2))
+        return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
+
+
+class ClassifierHead(nn.Module):
+    """BatchNorm2d -> mean over positions -> linear: (batch, C, H, W) -> (batch, classes)."""
+
+    def __init__(self, ops: Ops, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = ops.batch_norm2d(in_channels)
+        self.fc = ops.linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x).flatten(2).mean(-1))
+
+
+# -- layer kinds: builders and analytic costs -----------------------------------------------------
+def _sample_ratio(spec: LayerSpec) -> int:
+    ratio = spec.option("sr")
+    if not isinstance(ratio, int) or ratio < 1:
+        raise ValueError(f"{spec.key()}: an lgl spec needs an integer option sr >= 1")
+    return ratio
+
+
+def build_lgl(spec: LayerSpec, ops: Ops) -> nn.Module:
+    return LGLBlock(ops, spec.in_channels, spec.heads, spec.expansion, _sample_ratio(spec))
+
+
+def _add_projection(tally: OpTally, op: str, in_channels: int, out_channels: int, positions: int) -> None:
+    """A 1x1 conv ("conv") or a token linear ("linear") with bias, applied at `positions` places."""
+    tally.add(
+        op,
+        macs=in_channels * out_channels * positions,
+        elements=out_channels * positions,
+        params=in_channels * out_channels + out_channels,
+    )
+
+
+def _add_depthwise(tally: OpTally, kernel: int, channels: int, positions: int) -> None:
+    """A depthwise kernel x kernel conv with bias, stride 1, over `positions` output places."""
+    tally.add(
+        "dwconv",
+        macs=kernel * kernel * channels * positions,
+        elements=channels * positions,
+        params=(kernel * kernel + 1) * channels,
+    )
+
+
+def _local_aggregation_cost(tally: OpTally, channels: int, positions: int, hidden: int) -> None:
+    """LocalAggregation on a (channels, positions) map; MLP hidden width `hidden`."""
+    elements = channels * positions
+    _add_depthwise(tally, POSITION_KERNEL, channels, positions)
+    tally.add("elementwise", elements=elements)  # positional residual
+    tally.add("norm", elements=elements, params=2 * channels)  # BN1
+    _add_projection(tally, "conv", channels, channels, positions)
+    _add_depthwise(tally, AGGREGATION_KERNEL, channels, positions)
+    _add_projection(tally, "conv", channels, channels, positions)
+    tally.add("elementwise", elements=elements)  # aggregation residual
+    tally.add("norm", elements=elements, params=2 * channels)  # BN2
+    _add_projection(tally, "conv", channels, hidden, positions)
+    tally.add("activation", elements=hidden * positions)  # GELU
+    _add_projection(tally, "conv", hidden, channels, positions)
+    tally.add("elementwise", elements=elements)  # MLP residual
+
+
+def _global_attention_cost(
+    tally: OpTally, channels: int, positions: int, hidden: int, heads: int, sampled: int, ratio: int
+) -> None:
+    """GlobalAttentionBlock on a (channels, positions) map attending over `sampled` tokens."""
+    elements = channels * positions
+    sampled_elements = channels * sampled
+    _add_depthwise(tally, POSITION_KERNEL, channels, positions)
+    tally.add("elementwise", elements=elements)  # positional residual
+    tally.add("reshape", elements=elements)  # NCHW -> tokens
+    tally.add("norm", elements=elements, params=2 * channels)  # LN1
+    if ratio > 1:
+        tally.add("reshape", elements=elements)  # tokens -> NCHW for the sampler
+        tally.add("elementwise", elements=sampled_elements)  # AvgPool2d(1, r): strided pick
+        tally.add("reshape", elements=sampled_elements)  # back to tokens
+    _add_projection(tally, "linear", channels, 3 * channels, sampled)  # qkv
+    tally.add("reshape", elements=3 * sampled_elements)  # split q, k, v per head
+    scores = heads * sampled * sampled
+    tally.add("matmul", macs=sampled * sampled_elements, elements=scores)  # q @ k^T
+    tally.add("elementwise", elements=scores)  # scale
+    tally.add("activation", elements=scores)  # softmax
+    tally.add("matmul", macs=sampled * sampled_elements, elements=sampled_elements)  # attention @ v
+    tally.add("reshape", elements=sampled_elements)  # merge heads
+    if ratio > 1:
+        tally.add("reshape", elements=sampled_elements)  # tokens -> NCHW for the propagation
+        # Each sampled element spreads over an r x r window: one MAC per output element.
+        tally.add("dwconv", macs=elements, elements=elements, params=(ratio * ratio + 1) * channels)
+        tally.add("reshape", elements=elements)  # back to tokens
+        tally.add("norm", elements=elements, params=2 * channels)  # LN after propagation
+    _add_projection(tally, "linear", channels, channels, positions)  # proj
+    tally.add("elementwise", elements=elements)  # attention residual
+    tally.add("norm", elements=elements, params=2 * channels)  # LN2
+    _add_projection(tally, "linear", channels, hidden, positions)
+    tally.add("activation", elements=hidden * positions)  # GELU
+    _add_projection(tally, "linear", hidden, channels, positions)
+    tally.add("elementwise", elements=elements)  # MLP residual
+    tally.add("reshape", elements=elements)  # tokens -> NCHW
+
+
+def lgl_cost(spec: LayerSpec) -> LayerCost:
+    ratio = _sample_ratio(spec)
+    channels = spec.in_channels
+    height, width = spec.input_size
+    positions = height * width
+    sampled = (height // ratio) * (width // ratio)
+    hidden = channels * spec.expansion
+    tally = OpTally()
+    if ratio > 1:
+        _local_aggregation_cost(tally, channels, positions, hidden)
+    _global_attention_cost(tally, channels, positions, hidden, spec.heads, sampled, ratio)
+    return tally.cost()
+
+
+def build_patch_embedding(spec: LayerSpec, ops: Ops) -> nn.Module:
+    return PatchEmbedding(ops, spec.in_channels, spec.out_channels, spec.stride)
+
+
+def patch_embedding_cost(spec: LayerSpec) -> LayerCost:
+    """Conv (kernel = stride) + LN on tokens, with the layout changes around the LN."""
+    patch = spec.stride
+    out_height, out_width = spec.output_size
+    out_elements = spec.out_channels * out_height * out_width
+    tally = OpTally()
+    tally.add(
+        "conv",
+        macs=out_elements * spec.in_channels * patch * patch,
+        elements=out_elements,
+        params=spec.in_channels * spec.out_channels * patch * patch + spec.out_channels,
+    )
+    tally.add("reshape", elements=out_elements)  # NCHW -> tokens
+    tally.add("norm", elements=out_elements, params=2 * spec.out_channels)
+    tally.add("reshape", elements=out_elements)  # tokens -> NCHW (permute + contiguous)
+    return tally.cost()
+
+
+def build_head(spec: LayerSpec, ops: Ops) -> nn.Module:
+    return ClassifierHead(ops, spec.in_channels, spec.out_channels)
+
+
+def head_cost(spec: LayerSpec) -> LayerCost:
+    height, width = spec.input_size
+    elements = spec.in_channels * height * width
+    tally = OpTally()
+    tally.add("norm", elements=elements, params=2 * spec.in_channels)
+    tally.add("elementwise", elements=elements)  # global mean: reads every element once
+    tally.add(
+        "linear",
+        macs=spec.in_channels * spec.out_channels,
+        elements=spec.out_channels,
+        params=spec.in_channels * spec.out_channels + spec.out_channels,
+    )
+    return tally.cost()
+
+
+# -- the search space ----------------------------------------------------------------------------
+class EdgeViTSpace(SearchSpace):
+    """EdgeViT's four LGL stages with elastic width, depth, MLP ratio and (stage 3) head count.
+
+    Sample ratios are fixed per stage (4, 2, 2, 1) and travel in each block's spec as option `sr`.
+    The references are the official XXS / XS / S models.
+    """
+
+    name = SPACE_NAME
+    family = "edgevit"
+    stages = (
+        StageChoices(widths=(36, 48), max_depth=2, block_types=(LGL,), expansions=(2, 3, 4), heads=(1,)),
+        StageChoices(widths=(72, 84, 96), max_depth=3, block_types=(LGL,), expansions=(2, 3, 4), heads=(2,)),
+        StageChoices(
+            widths=width_range(144, 240, 8), max_depth=6, block_types=(LGL,), expansions=(2, 3, 4), heads=(4, 5)
+        ),
+        StageChoices(
+            widths=width_range(288, 384, 16), max_depth=4, block_types=(LGL,), expansions=(2, 3, 4), heads=(8,)
+        ),
+    )
+    block_types = {
+        LGL: BlockType(
+            LGL,
+            has_expansion=True,
+            has_heads=True,
+            summary="EdgeViT local-global-local block: local aggregation, sparse global attention, propagation",
+        )
+    }
+    default_resolution = 224
+    # Total stride 32, and every stage's map must split into whole r x r windows: stage 3 runs at
+    # resolution/16 with r = 2, so the resolution must be a multiple of 32 (which covers the rest).
+    resolution_multiple = 32
+    summary = "EdgeViT (Pan et al., ECCV 2022; saic-fi/edgevit): LGL blocks, references xxs xs s"
+
+    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
+        size = arch.resolution // STEM_PATCH
+        image_size = (arch.resolution, arch.resolution)
+        specs = [LayerSpec(f"{SPACE_NAME}.stem", 3, arch.stages[0].width, image_size, STEM_PATCH, where="stem")]
+        in_channels = arch.stages[0].width
+        for index, stage in enumerate(arch.stages):
+            if index > 0:
+                specs.append(
+                    LayerSpec(
+                        f"{SPACE_NAME}.downsample",
+                        in_channels,
+                        stage.width,
+                        (size, size),
+                        DOWNSAMPLE_PATCH,
+                        where=f"stages.{index}.downsample",
+                    )
+                )
+                size //= DOWNSAMPLE_PATCH
+            for slot, block in enumerate(stage.blocks):
+                if block.is_identity:
+                    continue
+                specs.append(
+                    LayerSpec(
+                        LGL,
+                        stage.width,
+                        stage.width,
+                        (size, size),
+                        expansion=block.expansion,
+                        heads=block.heads,
+                        options=(("sr", SAMPLE_RATIOS[index]),),
+                        where=f"stages.{index}.blocks.{slot}",
+                    )
+                )
+            in_channels = stage.width
+        specs.append(LayerSpec(f"{SPACE_NAME}.head", in_channels, arch.num_classes, (size, size), where="head"))
+        return specs
+
+
+# -- registration ---------------------------------------------------------------------------------
+for _block_type in EdgeViTSpace.block_types.values():
+    register_block_type(_block_type)
+register_layer_kind(LayerKind(LGL, build_lgl, lgl_cost))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.stem", build_patch_embedding, patch_embedding_cost))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.downsample", build_patch_embedding, patch_embedding_cost))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.head", build_head, head_cost))
+register_space(EdgeViTSpace())
