@@ -88,7 +88,9 @@ class Ops:
         """Depthwise transposed convolution (EdgeViT's local propagation)."""
         return nn.ConvTranspose2d(channels, channels, kernel_size, stride, groups=channels, bias=bias)
 
-    def linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+    def linear(self, in_features: int, out_features: int, bias: bool = True, output_chunks: int = 1) -> nn.Module:
+        """Linear layer; `output_chunks` > 1 says the output is that many equal parts (fused q, k, v),
+        so an elastic twin slices each part rather than the prefix of the whole."""
         return nn.Linear(in_features, out_features, bias=bias)
 
     def batch_norm2d(self, num_features: int) -> nn.Module:

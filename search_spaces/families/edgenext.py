@@ -112,7 +112,7 @@ class CrossCovarianceAttention(nn.Module):
         self.heads = heads
         # one temperature per head: a fixed-size parameter, independent of the width
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
-        self.qkv = ops.linear(channels, 3 * channels)
+        self.qkv = ops.linear(channels, 3 * channels, output_chunks=3)
         self.proj = ops.linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +123,7 @@ class CrossCovarianceAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 4, 1).unbind(0)
         query = F.normalize(query, dim=-1)
         key = F.normalize(key, dim=-1)
-        attention = (query @ key.transpose(-2, -1)) * self.temperature
+        attention = (query @ key.transpose(-2, -1)) * self.temperature[: self.heads]  # a supernet may run fewer heads
         attention = attention.softmax(dim=-1)
         x = (attention @ value).permute(0, 3, 1, 2).reshape(batch, tokens, channels)
         return self.proj(x)

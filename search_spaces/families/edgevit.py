@@ -85,7 +85,7 @@ class GlobalSparseAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.sample_ratio = sample_ratio
-        self.qkv = ops.linear(width, 3 * width, bias=True)
+        self.qkv = ops.linear(width, 3 * width, bias=True, output_chunks=3)
         if sample_ratio > 1:
             self.sampler = nn.AvgPool2d(kernel_size=1, stride=sample_ratio)
             self.local_propagation = ops.depthwise_conv_transpose2d(width, sample_ratio, sample_ratio)

@@ -8,8 +8,8 @@ The network is dimension-consistent: it runs on 4D (NCHW) tensors through `meta4
 block (multi-head self-attention + linear MLP); every `meta3d` block therefore comes after every
 `meta4d` block. Layout changes live inside the layers that need them and are named in their specs:
 the first `meta3d` flattens its 4D input (`to_tokens`), a downsample that receives tokens restores
-4D first (`from_tokens`), and the head normalises tokens with LayerNorm (`from_tokens`) or a 4D
-map with BatchNorm2d.
+4D first (`from_tokens`), and the head normalises tokens with LayerNorm, flattening a 4D map first
+when the network has no `meta3d` (`from_tokens` false).
 """
 
 from __future__ import annotations
@@ -228,23 +228,25 @@ class Downsample(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Norm -> global mean -> classifier and distillation linear heads; returns their mean logits.
+    """LayerNorm -> global mean -> classifier and distillation linear heads; returns their mean logits.
 
-    Tokens (`from_tokens`): LayerNorm over channels and mean over tokens, as the official model.
-    NCHW maps (a network without `meta3d`): BatchNorm2d and mean over H, W (the 4D counterpart of
-    the token LayerNorm, foldable into the last conv like every other norm of the 4D path).
+    Tokens (`from_tokens`) are normalised directly, as the official model does. An NCHW map (a
+    network without `meta3d`) is flattened to tokens first, so the head has the same weights in
+    both layouts and one supernet head serves every architecture.
     The official model returns both heads while training; here the output is always their mean.
     """
 
     def __init__(self, ops: Ops, in_channels: int, num_classes: int, from_tokens: bool) -> None:
         super().__init__()
         self.from_tokens = from_tokens
-        self.norm = ops.layer_norm(in_channels) if from_tokens else ops.batch_norm2d(in_channels)
+        self.norm = ops.layer_norm(in_channels)
         self.head = ops.linear(in_channels, num_classes)
         self.dist_head = ops.linear(in_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.norm(x).mean(1) if self.from_tokens else self.norm(x).mean((2, 3))
+        if not self.from_tokens:
+            x = x.flatten(2).transpose(1, 2)
+        pooled = self.norm(x).mean(1)
         return (self.head(pooled) + self.dist_head(pooled)) / 2
 
 
@@ -384,7 +386,9 @@ def cost_head(spec: LayerSpec) -> LayerCost:
     tally = OpTally()
     channels, classes = spec.in_channels, spec.out_channels
     elements = channels * _tokens(spec)
-    tally.add("norm", elements=elements, params=2 * channels)  # LayerNorm on tokens or BatchNorm2d
+    if not _flag(spec, "from_tokens"):
+        tally.add("reshape", elements=elements)  # NCHW -> (B, N, C)
+    tally.add("norm", elements=elements, params=2 * channels)  # LayerNorm over channels
     tally.add("elementwise", elements=elements)  # global mean
     _tally_linear(tally, 1, channels, classes)  # classifier
     _tally_linear(tally, 1, channels, classes)  # distillation head

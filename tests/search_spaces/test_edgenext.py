@@ -277,8 +277,8 @@ class _PrefixOps(Ops):
     def depthwise_conv2d(self, channels, kernel_size, stride=1, padding=0, bias=True):
         return _PrefixDepthwise(channels, channels, kernel_size, stride, padding, groups=channels, bias=bias)
 
-    def linear(self, in_features, out_features, bias=True):
-        return _PrefixLinear(in_features, out_features, bias=bias)
+    def linear(self, in_features, out_features, bias=True, output_chunks=1):
+        return _PrefixLinear(in_features, out_features, bias=bias)  # plain prefix: consistent with _copy_prefix
 
     def layer_norm(self, num_features, eps=1e-5):
         return _PrefixLayerNorm(num_features, eps=eps)
