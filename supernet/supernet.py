@@ -286,8 +286,8 @@ class Supernet(nn.Module):
             raise ValueError(f"tau must be positive, got {tau}")
         for _, path in self.metapaths():
             path.mode, path.tau = mode, tau
-        if mode != "fixed" and self.arch is not None:
-            self._configure_all_paths(self.arch)
+        if self.arch is not None:
+            self.set_arch(self.arch)  # fixed: back to the architecture's own layers; else size every path
 
     def _configure_all_paths(self, arch: Architecture) -> None:
         """Size every path of every slot for `arch`'s widths so that all of them can run.
