@@ -62,13 +62,35 @@ class ElasticOp(nn.Module):
         raise NotImplementedError
 
     def sliced_tensors(self, input_channels: int) -> dict[str, torch.Tensor]:
-        tensors = dict(self.named_parameters(recurse=False))
-        tensors.update(self.named_buffers(recurse=False))
-        return {
-            name: prefix_slice(tensors[name], shape, self.tensor_chunks.get(name))
-            for name, shape in self.active_shapes(input_channels).items()
+        """The active slice of every tensor. In eval mode without autograd the contiguous slices
+        are cached (a search evaluates one sub-network over many batches): the cache key holds
+        the shapes and each tensor's storage and version, so any weight change invalidates it."""
+        shapes = self.active_shapes(input_channels)
+        tensors = {**self._parameters, **self._buffers}
+        if self.training or torch.is_grad_enabled():
+            return {
+                name: prefix_slice(tensors[name], shape, self.tensor_chunks.get(name))
+                for name, shape in shapes.items()
+                if tensors.get(name) is not None
+            }
+        key = (
+            tuple(shapes.items()),
+            tuple((t.data_ptr(), t._version) for t in tensors.values() if t is not None),
+        )
+        cached = self.__dict__.get("_slice_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        sliced = {
+            name: prefix_slice(tensors[name], shape, self.tensor_chunks.get(name)).contiguous()
+            for name, shape in shapes.items()
             if tensors.get(name) is not None
         }
+        self.__dict__["_slice_cache"] = (key, sliced)
+        return sliced
+
+    def train(self, mode: bool = True) -> "ElasticOp":
+        self.__dict__.pop("_slice_cache", None)
+        return super().train(mode)
 
     def export_into(self, static: nn.Module) -> None:
         """Copy the active slice into `static` (a plain torch layer of the twin's shapes)."""

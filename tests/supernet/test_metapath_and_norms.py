@@ -133,3 +133,21 @@ def test_elastic_linear_runs_and_exports_the_same_slice():
     x = torch.randn(5, 4)
     assert torch.equal(elastic(x), static(x))
     assert torch.equal(static.weight[4:8], elastic.weight[8:12, :4])  # k part comes from k rows
+
+
+def test_eval_slice_cache_follows_weight_changes():
+    """Eval-mode slices are cached for speed; an in-place weight update must still be seen."""
+    torch.manual_seed(0)
+    elastic = ElasticLinear(8, 8, bias=True)
+    static = nn.Linear(4, 4)
+    elastic.configure(static)
+    elastic.eval()
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        first = elastic(x)
+        assert torch.equal(elastic(x), first)
+        elastic.weight.mul_(2.0)
+        assert not torch.equal(elastic(x), first)
+        elastic.load_state_dict({"weight": torch.zeros(8, 8), "bias": torch.zeros(8)})
+        assert torch.equal(elastic(x), torch.zeros(3, 4))
+    assert elastic(x).requires_grad  # with autograd on, slices are views of the trained weights
