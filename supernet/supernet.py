@@ -284,9 +284,10 @@ class Supernet(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
+        changed = mode != self.mode
         for _, path in self.metapaths():
             path.mode, path.tau = mode, tau
-        if self.arch is not None:
+        if changed and self.arch is not None:
             self.set_arch(self.arch)  # fixed: back to the architecture's own layers; else size every path
 
     def _configure_all_paths(self, arch: Architecture) -> None:

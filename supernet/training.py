@@ -1,0 +1,435 @@
+"""Training a supernet: the Gumbel phase of EfficientFormer (V1) and the sandwich rule of V2.
+
+`--mode gumbel` trains the weights and the MetaPath logits α together (α with its own optimizer),
+mixing paths with Gumbel-softmax at a temperature annealed from `tau_start` to `tau_end`; at the
+end the importance of every slot and stage is reported. `--mode sandwich` trains, at every step,
+the largest, the smallest and `num_random` random sub-networks, the others distilled in place from
+the largest's soft predictions; gradients accumulate and one optimizer step follows.
+
+Reproducibility: every random stream (data order, random sub-networks, Gumbel noise) is reseeded
+at the start of each epoch from (seed, epoch), so a run resumed from an epoch checkpoint replays
+exactly what an uninterrupted run would have done. Checkpoints are written atomically at the end
+of every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from search_spaces import Architecture
+from search_spaces.files import write_text_atomic
+from search_spaces.network import Network
+from supernet.supernet import CheckpointError, Supernet, read_checkpoint
+
+MODES = ("gumbel", "sandwich")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; saved in every checkpoint."""
+
+    space: str
+    data: str
+    mode: str
+    epochs: int
+    batch_size: int = 64
+    resolution: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 5.0
+    num_random: int = 2
+    arch_lr: float = 3e-3
+    tau_start: float = 5.0  # V1 / FBNet-style: start near-uniform mixing...
+    tau_end: float = 0.5  # ...and end close to one-hot, so α's preference shows in the loss
+    val_random: int = 3  # random sub-networks evaluated each epoch (their mean is logged)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "mode": self.mode in MODES,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "grad_clip": self.grad_clip > 0,
+            "num_random": self.num_random >= 0,
+            "tau_start": self.tau_start > 0,
+            "tau_end": 0 < self.tau_end <= self.tau_start,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"{bad[0]}: invalid value {getattr(self, bad[0])!r}")
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, random stream)."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def accuracy(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> float:
+    """Top-1 accuracy of `model` (eval mode, no gradients) over `loader`."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for index, (images, labels) in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            correct += int((model(images).argmax(1) == labels).sum())
+            total += len(labels)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def evaluate(supernet: Supernet, arch: Architecture, loader: Iterable, max_batches: int | None = None) -> float:
+    """Top-1 accuracy of sub-network `arch` run inside `supernet` (its switchable BN statistics).
+
+    Activates `arch` (that is what evaluating it means) and leaves it active; no weight changes.
+    """
+    supernet.set_arch(supernet.fit(arch))
+    return accuracy(supernet, loader, max_batches)
+
+
+def recalibrate_bn(supernet: Supernet, arch: Architecture, loader: Iterable, batches: int) -> Network:
+    """A static copy of `arch` whose BatchNorm statistics are re-estimated on `batches` batches.
+
+    For architectures whose statistics were never trained directly (a random sub-network shares
+    BNs by width with networks of other depths). The supernet is not touched: the statistics are
+    computed on the extracted network, as exact averages over the batches (momentum None).
+    """
+    network = supernet.extract(supernet.fit(arch))
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over every batch seen
+    network.train()
+    with torch.no_grad():
+        for index, (images, _) in enumerate(loader):
+            if index >= batches:
+                break
+            network(images)
+    for norm in norms:
+        norm.momentum = 0.1
+    return network.eval()
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    val_largest: float
+    val_smallest: float
+    val_random: float
+    lr: float
+    tau: float | None
+    seconds: float
+    images_per_second: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Distributed:
+    """How a trainer talks to its peers: nothing on one process; gradient averaging on several."""
+
+    world_size = 1
+    rank = 0
+
+    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+        """Make every process hold the mean gradient (no-op on one process)."""
+
+    def shard(self, indices: list[int]) -> list[int]:
+        return indices
+
+    def sum(self, values: list[float]) -> list[float]:
+        return values
+
+
+class TorchDistributed(Distributed):
+    """torch.distributed (gloo on CPU, nccl on GPU) under an initialised process group.
+
+    Gradients are all-reduced explicitly rather than through DDP: every process activates the same
+    sub-networks (same seeds), and explicit averaging has no trouble with the parameters that the
+    active sub-network does not use.
+    """
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.world_size = dist.get_world_size()
+        self.rank = dist.get_rank()
+
+    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+    def shard(self, indices: list[int]) -> list[int]:
+        return indices[self.rank :: self.world_size]
+
+    def sum(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64)
+        self.dist.all_reduce(tensor)
+        return tensor.tolist()
+
+
+class Trainer:
+    """Trains one supernet by `config`, resumable from its own checkpoints.
+
+    `run()` trains the remaining epochs, writing `out` (atomic) and `<out>.metrics.jsonl` after
+    each on rank 0; `checkpoint_hook(path_or_None, epoch)` is called on every rank after each
+    epoch (the path on rank 0 only) so a launcher (Ray Train) can report it.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        bundle,
+        out: Path,
+        distributed: Distributed | None = None,
+        progress: bool = True,
+        checkpoint_hook: Callable[[Path | None, int], None] | None = None,
+    ) -> None:
+        self.config, self.bundle, self.out = config, bundle, Path(out)
+        self.distributed = distributed or Distributed()
+        self.progress = progress and self.distributed.rank == 0
+        self.checkpoint_hook = checkpoint_hook
+        torch.manual_seed(config.seed)
+        self.supernet = Supernet.from_space(config.space, num_classes=bundle.num_classes, resolution=config.resolution)
+        self.space = self.supernet.space
+        self.largest = self.supernet.fit(self.space.largest())
+        self.smallest = self.supernet.fit(self.space.smallest())
+        self.optimizer = torch.optim.AdamW(self.supernet.weight_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.arch_optimizer = (
+            torch.optim.Adam(self.supernet.arch_parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
+            if config.mode == "gumbel"
+            else None
+        )
+        self.steps_per_epoch = math.ceil(len(self._shard_indices(0)) / config.batch_size)
+        total = self.steps_per_epoch * config.epochs
+        warmup = int(round(config.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: cosine_with_warmup(step, total, warmup)
+        )
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- data ---------------------------------------------------------------------------------
+    def _shard_indices(self, epoch: int) -> list[int]:
+        order = torch.randperm(len(self.bundle.train), generator=torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch, 0)))
+        return self.distributed.shard(order.tolist())
+
+    def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = self._shard_indices(epoch)
+        dataset = torch.utils.data.Subset(self.bundle.train, indices)
+        return iter(DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False))
+
+    def val_loader(self) -> DataLoader:
+        return DataLoader(self.bundle.val, batch_size=max(self.config.batch_size, 128), shuffle=False)
+
+    # -- one step -----------------------------------------------------------------------------
+    def tau(self) -> float:
+        """Exponential annealing from tau_start to tau_end over the run, per step."""
+        total = max(1, self.steps_per_epoch * self.config.epochs - 1)
+        ratio = self.config.tau_end / self.config.tau_start
+        return self.config.tau_start * ratio ** (min(self.step, total) / total)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> tuple[float, float]:
+        """One optimizer step; returns (loss of the largest / mixed network, its batch accuracy)."""
+        net, config = self.supernet, self.config
+        net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.arch_optimizer is not None:
+            self.arch_optimizer.zero_grad(set_to_none=True)
+            net.set_mode("gumbel", tau=self.tau())
+            logits = net(images)
+            loss = self._loss(logits, labels)
+            loss.backward()
+            main_loss, main_logits = loss, logits
+        else:
+            net.set_arch(self.largest)
+            main_logits = net(images)
+            main_loss = self._loss(main_logits, labels)
+            main_loss.backward()
+            teacher = F.softmax(main_logits.detach(), dim=1)
+            students = [self.smallest] + [net.fit(self.space.sample(rng)) for _ in range(config.num_random)]
+            for arch in students:
+                net.set_arch(arch)
+                student = F.log_softmax(net(images), dim=1)
+                (-(teacher * student).sum(1).mean()).backward()  # in-place distillation (soft cross-entropy)
+        parameters = net.weight_parameters()
+        self.distributed.average_gradients(parameters + net.arch_parameters())
+        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        self.optimizer.step()
+        if self.arch_optimizer is not None:
+            self.arch_optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        correct = float((main_logits.argmax(1) == labels).float().mean())
+        return float(main_loss.detach()), correct
+
+    # -- epochs -------------------------------------------------------------------------------
+    def _reseed(self, epoch: int) -> np.random.Generator:
+        torch.manual_seed(epoch_seed(self.config.seed, epoch, 1))  # Gumbel noise, any dropout
+        return np.random.default_rng(epoch_seed(self.config.seed, epoch, 2))  # random sub-networks
+
+    def validate(self, epoch: int) -> tuple[float, float, float]:
+        net = self.supernet
+        mode = net.mode
+        net.set_mode("fixed")
+        loader = self.val_loader()
+        largest = evaluate(net, self.largest, loader)
+        smallest = evaluate(net, self.smallest, loader)
+        rng = np.random.default_rng(epoch_seed(self.config.seed, epoch, 3))
+        randoms = [evaluate(net, net.fit(self.space.sample(rng)), loader) for _ in range(self.config.val_random)]
+        net.set_mode(mode)
+        net.set_arch(self.largest)
+        return largest, smallest, (sum(randoms) / len(randoms)) if randoms else float("nan")
+
+    def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
+        """Train the remaining epochs. `stop_after_steps` simulates a crash (tests)."""
+        config = self.config
+        self.supernet.set_arch(self.largest)
+        while self.epoch < config.epochs:
+            epoch = self.epoch
+            rng = self._reseed(epoch)
+            started = time.perf_counter()
+            losses, accuracies, seen = [], [], 0
+            bar = tqdm(
+                self._train_batches(epoch),
+                total=self.steps_per_epoch,
+                desc=f"{config.mode} epoch {epoch + 1}/{config.epochs}",
+                disable=not self.progress,
+                file=sys.stderr,
+                leave=False,
+            )
+            for images, labels in bar:
+                if stop_after_steps is not None and self.step >= stop_after_steps:
+                    raise KeyboardInterrupt("simulated interruption")
+                loss, acc = self.train_step(images, labels, rng)
+                losses.append(loss)
+                accuracies.append(acc)
+                seen += len(labels)
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+            seconds = time.perf_counter() - started
+            totals = self.distributed.sum([sum(losses), sum(accuracies), len(losses), seen])
+            largest, smallest, random_mean = self.validate(epoch)
+            metrics = EpochMetrics(
+                epoch=epoch + 1,
+                loss=totals[0] / max(totals[2], 1),
+                train_accuracy=totals[1] / max(totals[2], 1),
+                val_largest=largest,
+                val_smallest=smallest,
+                val_random=random_mean,
+                lr=self.scheduler.get_last_lr()[0],
+                tau=self.tau() if config.mode == "gumbel" else None,
+                seconds=seconds,
+                images_per_second=totals[3] / seconds,
+            )
+            self.epoch += 1
+            self.history.append(metrics.to_dict())
+            written = None
+            if self.distributed.rank == 0:
+                self.save(self.out)
+                self._append_metrics(metrics.to_dict())
+                written = self.out
+            if self.checkpoint_hook is not None:  # every rank: Ray Train wants a report from each worker
+                self.checkpoint_hook(written, self.epoch)
+            if self.progress:
+                    print(
+                        f"epoch {metrics.epoch}: loss {metrics.loss:.3f}  val largest {largest:.3f}  "
+                        f"smallest {smallest:.3f}  random {random_mean:.3f}  {metrics.images_per_second:.0f} img/s",
+                        file=sys.stderr,
+                    )
+        return self.history
+
+    def importance(self) -> dict[str, Any]:
+        return self.supernet.importance()
+
+    # -- checkpoints --------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.out.with_name(self.out.name + ".metrics.jsonl")
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        lines = [json.dumps(entry, sort_keys=True) for entry in self.history]
+        write_text_atomic(self.metrics_path, "\n".join(lines) + "\n")  # rewritten whole: a resume never duplicates
+
+    def save(self, path: Path) -> None:
+        extra = {
+            "training": {
+                "config": dataclasses.asdict(self.config),
+                "epoch": self.epoch,
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "arch_optimizer": None if self.arch_optimizer is None else self.arch_optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "history": self.history,
+                "data": self.bundle.describe(),
+            }
+        }
+        if self.config.mode == "gumbel":
+            extra["importance"] = self.supernet.importance()
+        self.supernet.save(path, extra=extra)
+
+    def load(self, path: Path) -> None:
+        """Continue from checkpoint `path` (written by a run of the same config)."""
+        payload = read_checkpoint(path)
+        training = payload.get("extra", {}).get("training")
+        if training is None:
+            raise CheckpointError(f"{path}: a supernet without training state; cannot resume from it")
+        saved = training["config"]
+        mine = dataclasses.asdict(self.config)
+        different = [k for k in mine if k != "epochs" and saved.get(k) != mine[k]]
+        if different:
+            key = different[0]
+            raise CheckpointError(f"{path}: trained with {key}={saved.get(key)!r}, this run has {key}={mine[key]!r}")
+        try:
+            self.supernet.load_state_dict(payload["state_dict"])
+            self.optimizer.load_state_dict(training["optimizer"])
+            if self.arch_optimizer is not None and training["arch_optimizer"] is not None:
+                self.arch_optimizer.load_state_dict(training["arch_optimizer"])
+            self.scheduler.load_state_dict(training["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{path}: does not fit this run ({str(error).splitlines()[0]})") from None
+        torch.set_rng_state(training["torch_rng"])
+        self.epoch, self.step, self.history = training["epoch"], training["step"], list(training["history"])
