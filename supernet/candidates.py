@@ -2,10 +2,8 @@
 
 A supernet place (the stem, a stage's downsample, a block slot, the head) runs one layer kind at a
 time but many sizes of it. To build it once at the largest size, with a BatchNorm for every width
-it will meet, the supernet needs the layer specs that place can take. They are found by walking
-probe architectures through the family's own `layer_specs`, so no family rule is restated here:
-every width of every stage with every block type, expansion and head count, and every pair of
-neighbouring stage widths (downsamples depend on both).
+it will meet, the supernet needs the layer specs that place can take: those of
+`search_spaces.enumeration.probe_architectures`, grouped by place.
 
 Shapes are read from "twins": the static module of a spec built on the meta device (no memory,
 no initialisation), cached by spec key.
@@ -19,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from search_spaces import Architecture, Block, LayerSpec, SearchSpace, Stage, build_layer
+from search_spaces import LayerSpec, SearchSpace, build_layer
+from search_spaces.enumeration import probe_architectures
 
 
 @functools.lru_cache(maxsize=8192)
@@ -49,45 +48,6 @@ class PlaceCandidates:
     kind: str
     specs: tuple[LayerSpec, ...]
     largest: LayerSpec
-
-
-def _restage(space: SearchSpace, arch: Architecture, index: int, width: int) -> Architecture:
-    """`arch` with stage `index` at `width`, head counts re-chosen so they divide the new width."""
-    stage, choices = arch.stages[index], space.stages[index]
-    blocks = []
-    for block in stage.blocks:
-        if block.heads is not None:
-            valid = space.valid_heads(choices, width)
-            block = Block(block.type, block.expansion, max(valid) if valid else block.heads)
-        blocks.append(block)
-    return arch.replace_stage(index, Stage(width, tuple(blocks)))
-
-
-def probe_architectures(space: SearchSpace, resolution: int, num_classes: int) -> list[Architecture]:
-    """Valid architectures that together show every spec each place of the space can take."""
-    base = space.largest(resolution, num_classes)
-    probes = [base, space.smallest(resolution, num_classes)]
-    for index, choices in enumerate(space.stages):
-        for width in choices.widths:
-            for type_name in choices.block_types:
-                block_type = space.block_type(type_name)
-                expansions = choices.expansions if block_type.has_expansion else (None,)
-                heads = space.valid_heads(choices, width) if block_type.has_heads else (None,)
-                for expansion in expansions:
-                    for head_count in heads:
-                        stage = Stage(width, (Block(type_name, expansion, head_count),) * choices.max_depth)
-                        probes.append(base.replace_stage(index, stage))
-        if index:
-            for previous_width in space.stages[index - 1].widths:
-                for width in choices.widths:
-                    probes.append(_restage(space, _restage(space, base, index - 1, previous_width), index, width))
-    valid = []
-    for arch in probes:
-        if not space.contains(arch):
-            arch = space.repair_sample(arch)
-        if space.contains(arch):
-            valid.append(arch)
-    return valid
 
 
 def _size_rank(spec: LayerSpec) -> tuple[int, ...]:

@@ -1,0 +1,133 @@
+"""How close the ort-cpu latency table is to end-to-end measurement (issue 5 fidelity target).
+
+    python benchmarks/lut_fidelity.py [--table FILE] [--calibration-samples 40] [--samples 100]
+                                      [--threads 1] [--out FILE.json] [--plot FILE.png]
+
+Builds (or reuses) the `ort-cpu` table of `efficientformer_v2` at 224 px, measures
+`--calibration-samples` sampled networks (seed 1000) to fit the table's calibration and
+`--samples` other sampled networks (seed 0, none used for the fit) to check it. Both sets are
+measured interleaved (one of each in turn) so a load change on the machine hits both alike.
+Reports, for the naive sum, a global `a·Σ + b` fit and the final per-kind calibration side by side:
+share within ±5% / ±10%, MAPE, max error, Spearman; plus the table's build time and the machine
+load. Target: >= 95% within ±10% and MAPE <= 5%. The calibrated table is saved back to `--table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lut.build import build_table
+from lut.calibration import fit_calibration
+from lut.devices import get_device, host_cpu, loadavg
+from lut.table import load_table
+from lut.validate import fidelity_metrics, measure_networks, plot_fidelity, sample_architectures
+from search_spaces import get_space
+from search_spaces.files import write_text_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPACE = "efficientformer_v2"
+RESOLUTION = 224
+CALIBRATION_SEED = 1000  # far from the validation seed: the two samples share no stream
+VALIDATION_SEED = 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", type=Path, default=RESULTS / f"lut_table_ort-cpu_{SPACE}_r{RESOLUTION}_t1.json")
+    parser.add_argument("--calibration-samples", type=int, default=40)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "lut_fidelity.json")
+    parser.add_argument("--plot", type=Path, default=RESULTS / "lut_fidelity.png")
+    args = parser.parse_args()
+
+    from tqdm import tqdm
+
+    device = get_device("ort-cpu", threads=args.threads)
+    device.require_available()
+    space = get_space(SPACE)
+    if args.table.exists():
+        table = load_table(args.table)
+        print(f"reusing {args.table} ({len(table)} records)", file=sys.stderr)
+    else:
+        with tqdm(desc="building table", unit="spec", file=sys.stderr) as bar:
+
+            def progress(step: int, total: int) -> None:
+                bar.total = total
+                bar.update(step)
+
+            table = build_table(device, space, RESOLUTION, args.table, progress=progress)
+    build = dict(table.metadata.build)
+
+    calibration_archs = sample_architectures(space, args.calibration_samples, CALIBRATION_SEED, RESOLUTION, 1000)
+    validation_archs = sample_architectures(space, args.samples, VALIDATION_SEED, RESOLUTION, 1000)
+    order = []  # interleave the two sets in time
+    for index in range(max(len(calibration_archs), len(validation_archs))):
+        if index < len(calibration_archs):
+            order.append(("calibration", calibration_archs[index]))
+        if index < len(validation_archs):
+            order.append(("validation", validation_archs[index]))
+    start_load, started = loadavg(), time.perf_counter()
+    with tqdm(total=len(order), desc="measuring networks", unit="net", file=sys.stderr) as bar:
+        rows = measure_networks(device, table, [arch for _, arch in order], bar.update)
+    measure_seconds = time.perf_counter() - started
+    fit_rows = [row for (role, _), row in zip(order, rows) if role == "calibration"]
+    eval_rows = [row for (role, _), row in zip(order, rows) if role == "validation"]
+
+    final = fit_calibration([r.sums_by_kind for r in fit_rows], [r.measured_ms for r in fit_rows])
+    # the DESIGN's simplest calibration, measured ≈ a·Σ + b, for comparison
+    global_fit = fit_calibration([{"all": r.naive_ms} for r in fit_rows], [r.measured_ms for r in fit_rows])
+    measured = [r.measured_ms for r in eval_rows]
+    predictors = {
+        "naive_sum": [r.naive_ms for r in eval_rows],
+        "global_fit": [global_fit.apply({"all": r.naive_ms}) for r in eval_rows],
+        "final_per_kind_calibration": [final.apply(r.sums_by_kind) for r in eval_rows],
+    }
+    table = table.with_calibration(final)
+    table.save(args.table)
+
+    report = {
+        "benchmark": "lut_fidelity",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device.name,
+        "space": SPACE,
+        "resolution": RESOLUTION,
+        "threads": args.threads,
+        "host_cpu": host_cpu(),
+        "loadavg": {"table_build": table.metadata.loadavg, "measure_start": start_load, "measure_end": loadavg()},
+        "table": {"path": str(args.table.name), "records": len(table), "sha256": table.sha256, "build": build},
+        "table_build_seconds": build.get("seconds"),
+        "measure_seconds": round(measure_seconds, 1),
+        "calibration": {"networks": len(fit_rows), "seed": CALIBRATION_SEED, **final.to_dict()},
+        "global_fit": global_fit.to_dict(),
+        "validation": {"networks": len(eval_rows), "seed": VALIDATION_SEED},
+        "target": {"within_10_percent": 95.0, "mape_percent": 5.0},
+        "results": {name: fidelity_metrics(values, measured).to_dict() for name, values in predictors.items()},
+        "networks": [r.to_dict(p) for r, p in zip(eval_rows, predictors["final_per_kind_calibration"])],
+        "calibration_networks": [r.to_dict(final.apply(r.sums_by_kind)) for r in fit_rows],
+    }
+    final_metrics = report["results"]["final_per_kind_calibration"]
+    report["meets_target"] = final_metrics["within_10_percent"] >= 95.0 and final_metrics["mape_percent"] <= 5.0
+    write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
+    plot_fidelity(
+        args.plot,
+        measured,
+        [("naive sum", predictors["naive_sum"]), ("per-kind calibration", predictors["final_per_kind_calibration"])],
+        f"ort-cpu {SPACE}@{RESOLUTION}, 1 thread: {len(measured)} networks not used for calibration",
+    )
+    for name, metrics in report["results"].items():
+        print(
+            f"{name:<28} ±5%: {metrics['within_5_percent']:5.1f}%  ±10%: {metrics['within_10_percent']:5.1f}%  "
+            f"MAPE {metrics['mape_percent']:5.2f}%  max {metrics['max_error_percent']:5.1f}%  Spearman {metrics['spearman']:.3f}"
+        )
+    print(f"wrote {args.out} and {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

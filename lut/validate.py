@@ -1,0 +1,276 @@
+"""`python -m lut.validate`: measure sampled networks end to end and report the table's error.
+
+    python -m lut.validate --device ort-cpu --space efficientformer_v2 [--samples 20] [--seed 0]
+                           [--lut FILE] [--refit] [--report FILE.json] [--plot FILE.png]
+
+Samples `--samples` architectures (seeded), prices each with the table (naive sum and calibrated
+prediction) and measures its whole network on the device with the table's own settings. Reports
+the share within ±5% and ±10%, the mean absolute percentage error and the Spearman rank
+correlation, for the naive sum and the calibrated predictor side by side. With `--refit` the
+calibration is fitted on the first half of the samples, the error is reported on the other half,
+and the new calibration is written into the table file (atomically).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from search_spaces import Architecture, SearchSpace
+from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, run_command
+from search_spaces.files import write_text_atomic
+
+from lut.build import positive_int, add_device_arguments, device_from_args, space_from_args
+from lut.calibration import fit_calibration
+from lut.devices import Device, loadavg
+from lut.table import LatencyTable, MissingKeysError, TableError, load_table
+
+PROG = "python -m lut.validate"
+
+
+@dataclass(frozen=True)
+class FidelityMetrics:
+    """How close predictions are to measurements over a set of networks (percentages in %)."""
+
+    networks: int
+    within_5_percent: float
+    within_10_percent: float
+    mape_percent: float
+    max_error_percent: float
+    mean_signed_error_percent: float
+    spearman: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+
+def fidelity_metrics(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> FidelityMetrics:
+    from scipy.stats import spearmanr
+
+    predicted = np.asarray(predicted_ms, dtype=np.float64)
+    measured = np.asarray(measured_ms, dtype=np.float64)
+    relative = (predicted - measured) / measured
+    spearman = float(spearmanr(predicted, measured).statistic) if len(measured) > 2 else float("nan")
+    return FidelityMetrics(
+        networks=int(len(measured)),
+        within_5_percent=float(np.mean(np.abs(relative) <= 0.05) * 100),
+        within_10_percent=float(np.mean(np.abs(relative) <= 0.10) * 100),
+        mape_percent=float(np.mean(np.abs(relative)) * 100),
+        max_error_percent=float(np.max(np.abs(relative)) * 100),
+        mean_signed_error_percent=float(np.mean(relative) * 100),
+        spearman=spearman,
+    )
+
+
+@dataclass(frozen=True)
+class NetworkMeasurement:
+    """One sampled network: its table sums and its end-to-end measurement."""
+
+    arch: Architecture
+    sums_by_kind: dict[str, float]
+    naive_ms: float
+    measured_ms: float
+    measured_p10_ms: float
+    measured_p90_ms: float
+
+    def to_dict(self, predicted_ms: float | None = None) -> dict[str, Any]:
+        row = {
+            "widths": list(self.arch.widths),
+            "depths": list(self.arch.depths),
+            "blocks": [[b.type if b.expansion is None else f"{b.type}/{b.expansion}" for b in s.blocks] for s in self.arch.stages],
+            "naive_ms": round(self.naive_ms, 4),
+            "measured_ms": round(self.measured_ms, 4),
+            "measured_p10_ms": round(self.measured_p10_ms, 4),
+            "measured_p90_ms": round(self.measured_p90_ms, 4),
+        }
+        if predicted_ms is not None:
+            row["predicted_ms"] = round(predicted_ms, 4)
+        return row
+
+
+def sample_architectures(space: SearchSpace, count: int, seed: int, resolution: int, num_classes: int) -> list[Architecture]:
+    rng = np.random.default_rng(seed)
+    return [space.sample(rng, resolution=resolution, num_classes=num_classes) for _ in range(count)]
+
+
+def measure_networks(
+    device: Device, table: LatencyTable, archs: Sequence[Architecture], progress: Callable[[], Any] | None = None
+) -> list[NetworkMeasurement]:
+    """Price each architecture with the table (all keys must exist), then measure it end to end."""
+    for arch in archs:  # fail before measuring anything if the table cannot price a network
+        table.sums_by_kind(arch)
+    profiler = device.profiler()
+    rows = []
+    for arch in archs:
+        sums = table.sums_by_kind(arch)
+        record = profiler.profile_network(arch)
+        rows.append(NetworkMeasurement(arch, sums, sum(sums.values()), record.p50_ms, record.p10_ms, record.p90_ms))
+        if progress:
+            progress()
+    return rows
+
+
+def plot_fidelity(
+    path: Path, measured: Sequence[float], series: Sequence[tuple[str, Sequence[float]]], title: str
+) -> None:
+    """Predicted-vs-measured scatter, one colour per predictor, y = x with ±5% / ±10% bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = np.asarray(measured, dtype=np.float64)
+    everything = np.concatenate([measured, *[np.asarray(values) for _, values in series]])
+    low, high = float(everything.min()) * 0.9, float(everything.max()) * 1.1
+    line = np.linspace(low, high, 50)
+    figure, axes = plt.subplots(figsize=(6.4, 6.0), dpi=120)
+    axes.fill_between(line, line * 0.90, line * 1.10, color="0.88", label="±10%")
+    axes.fill_between(line, line * 0.95, line * 1.05, color="0.75", label="±5%")
+    axes.plot(line, line, color="0.3", linewidth=1, label="predicted = measured")
+    markers = ("x", "o", "^", "s")
+    for index, (label, values) in enumerate(series):
+        metrics = fidelity_metrics(values, measured)
+        axes.scatter(
+            measured,
+            values,
+            s=16,
+            marker=markers[index % len(markers)],
+            alpha=0.8,
+            label=f"{label}: {metrics.within_10_percent:.0f}% within ±10%, MAPE {metrics.mape_percent:.1f}%",
+        )
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_xlabel("measured end-to-end latency (ms)")
+    axes.set_ylabel("predicted latency from the table (ms)")
+    axes.set_title(title, fontsize=10)
+    axes.legend(loc="upper left", fontsize=8)
+    axes.grid(True, linewidth=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary)
+    plt.close(figure)
+    temporary.replace(path)
+
+
+def validate(
+    device: Device,
+    table: LatencyTable,
+    space: SearchSpace,
+    samples: int,
+    seed: int,
+    refit: bool,
+    progress: Callable[[], Any] | None = None,
+) -> tuple[dict[str, Any], LatencyTable, list[tuple[str, list[float]]], list[float]]:
+    """Measure, optionally refit; returns (report, table to keep, plotted series, measured of the evaluated half)."""
+    meta = table.metadata
+    archs = sample_architectures(space, samples, seed, meta.resolution, meta.num_classes)
+    start_load = loadavg()
+    rows = measure_networks(device, table, archs, progress)
+    if refit:
+        half = len(rows) // 2
+        fit_rows, eval_rows = rows[:half], rows[half:]
+        calibration = fit_calibration([r.sums_by_kind for r in fit_rows], [r.measured_ms for r in fit_rows])
+        table = table.with_calibration(calibration)
+    else:
+        fit_rows, eval_rows = [], rows
+    measured = [r.measured_ms for r in eval_rows]
+    naive = [r.naive_ms for r in eval_rows]
+    calibrated = [table.calibration.apply(r.sums_by_kind) for r in eval_rows]
+    report = {
+        "device": device.name,
+        "space": space.name,
+        "resolution": meta.resolution,
+        "threads": device.threads,
+        "samples": samples,
+        "seed": seed,
+        "refit": refit,
+        "table": {"source": table.source, "records": len(table), "calibration": table.calibration.to_dict()},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loadavg": {"start": start_load, "end": loadavg()},
+        "calibration_networks": len(fit_rows),
+        "evaluated_networks": len(eval_rows),
+        "naive": fidelity_metrics(naive, measured).to_dict() if len(eval_rows) > 1 else None,
+        "calibrated": fidelity_metrics(calibrated, measured).to_dict() if len(eval_rows) > 1 else None,
+        "networks": [r.to_dict(p) for r, p in zip(eval_rows, calibrated)],
+    }
+    series = [("naive sum", naive), (f"calibrated ({table.calibration.method})", calibrated)]
+    return report, table, series, measured
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description="Measure sampled networks end to end and report a latency table's error.")
+    add_device_arguments(parser)
+    parser.add_argument("--space", required=True, help="search space name")
+    parser.add_argument("--resolution", type=positive_int, help="input resolution of the table (default: the space's)")
+    parser.add_argument("--lut", help="table file (default: the device's table for the space)")
+    parser.add_argument("--samples", type=positive_int, default=20, help="sampled architectures (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--refit", action="store_true", help="fit the calibration on half, report on the other half, save it")
+    parser.add_argument("--report", help="write the report JSON here")
+    parser.add_argument("--plot", help="write a predicted-vs-measured PNG here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    space, resolution = space_from_args(args.space, args.resolution)
+    device = device_from_args(args)
+    if args.refit and args.samples < 4:
+        raise UsageError("--samples: --refit needs at least 4 samples (half to fit, half to check)")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UsageError(f"--plot: expected a .png file name, got {args.plot!r}")
+    try:
+        if args.lut:
+            table_path = Path(args.lut)
+            table = load_table(table_path)
+        else:
+            table_path = device.default_table_path(space, resolution)
+            table = device.default_table(space, resolution)
+    except TableError as error:
+        raise UsageError(f"--lut: {error}") from None
+    meta = table.metadata
+    if (meta.device, meta.space, meta.resolution) != (device.name, space.name, resolution):
+        raise UsageError(
+            f"--lut: the table is for {meta.device} {meta.space}@{meta.resolution}, not {device.name} {space.name}@{resolution}"
+        )
+
+    from tqdm import tqdm
+
+    with tqdm(total=args.samples, desc="measuring networks", unit="net", file=sys.stderr) as bar:
+        try:
+            report, table, series, measured = validate(device, table, space, args.samples, args.seed, args.refit, bar.update)
+        except MissingKeysError as error:
+            raise UsageError(f"--lut: {error}") from None
+    if args.refit:
+        table.save(table_path)
+        print(f"saved the refitted calibration into {table_path}", file=sys.stderr)
+    if args.report:
+        import json
+
+        write_text_atomic(Path(args.report), json.dumps(report, indent=1) + "\n")
+    if args.plot and len(measured) > 1:
+        plot_fidelity(
+            Path(args.plot),
+            measured,
+            series,
+            f"{device.name} {space.name}@{resolution}, {len(measured)} networks"
+            + (" held out from the fit" if args.refit else ""),
+        )
+    for name in ("naive", "calibrated"):
+        metrics = report[name]
+        if metrics:
+            print(
+                f"{name:<10} within ±5%: {metrics['within_5_percent']:5.1f}%  within ±10%: {metrics['within_10_percent']:5.1f}%  "
+                f"MAPE {metrics['mape_percent']:.2f}%  Spearman {metrics['spearman']:.3f}  ({metrics['networks']} networks)"
+            )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main, prog=PROG))
