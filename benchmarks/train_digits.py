@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bn-statistics", choices=("all", "ends"), default="all")
     parser.add_argument("--cost-steps", type=int, default=5)
     parser.add_argument("--checkpoint", default=str(ROOT / "runs" / "v2_digits.pt"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_digits.json"))
@@ -87,7 +88,7 @@ def main() -> None:
 
     config = TrainConfig(
         space="efficientformer_v2", data="digits", mode="sandwich", epochs=args.epochs, batch_size=args.batch_size,
-        resolution=32, seed=args.seed,
+        resolution=32, seed=args.seed, bn_statistics=args.bn_statistics,
     )
     bundle = load_data("digits", config.resolution, config.seed)
     checkpoint = Path(args.checkpoint)

@@ -72,6 +72,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--arch-lr", type=_positive_float, default=3e-3, help="learning rate of α (gumbel)")
     parser.add_argument("--tau-start", type=_positive_float, default=5.0)
     parser.add_argument("--tau-end", type=_positive_float, default=0.5)
+    parser.add_argument(
+        "--bn-statistics",
+        choices=("all", "ends"),
+        default="all",
+        help="sandwich members that update BN running statistics: all (default; random sub-networks evaluate "
+        "without recalibration) or ends (largest and smallest only; others need recalibrate_bn)",
+    )
     parser.add_argument("--seed", type=_non_negative_int, default=0)
     parser.add_argument("--resume", help="continue from this checkpoint (usually the same as --out)")
     parser.add_argument("--ray-workers", type=_positive_int, help="data-parallel training on N Ray Train workers")
@@ -102,6 +109,7 @@ def config_from_args(args) -> "TrainConfig":
             arch_lr=args.arch_lr,
             tau_start=args.tau_start,
             tau_end=args.tau_end,
+            bn_statistics=args.bn_statistics,
             seed=args.seed,
         )
     except ValueError as error:

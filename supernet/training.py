@@ -4,9 +4,8 @@
 mixing paths with Gumbel-softmax at a temperature annealed from `tau_start` to `tau_end`; at the
 end the importance of every slot and stage is reported. `--mode sandwich` trains, at every step,
 the largest, the smallest and `num_random` random sub-networks, the others distilled in place from
-the largest's soft predictions; gradients accumulate and one optimizer step follows. Only the
-largest and the smallest update BatchNorm running statistics; random sub-networks are validated
-after `recalibrate_bn`.
+the largest's soft predictions; gradients accumulate and one optimizer step follows.
+`bn_statistics` says which of them update BatchNorm running statistics (see `TrainConfig`).
 
 Reproducibility: every random stream (data order, random sub-networks, Gumbel noise) is reseeded
 at the start of each epoch from (seed, epoch), so a run resumed from an epoch checkpoint replays
@@ -61,7 +60,11 @@ class TrainConfig:
     tau_start: float = 5.0  # V1 / FBNet-style: start near-uniform mixing...
     tau_end: float = 0.5  # ...and end close to one-hot, so α's preference shows in the loss
     val_random: int = 3  # random sub-networks evaluated each epoch (their mean is logged)
-    recalibration_batches: int = 10  # BN recalibration of each random sub-network before it is validated
+    # which sandwich members update BatchNorm running statistics: "all" (random sub-networks too;
+    # their shared statistics then serve any sub-network without recalibration) or "ends" (only the
+    # largest and the smallest: exact statistics for those two, recalibration for everything else)
+    bn_statistics: str = "all"
+    recalibration_batches: int = 10  # with "ends": BN recalibration of each random sub-network before validation
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +79,7 @@ class TrainConfig:
             "num_random": self.num_random >= 0,
             "tau_start": self.tau_start > 0,
             "tau_end": 0 < self.tau_end <= self.tau_start,
+            "bn_statistics": self.bn_statistics in ("all", "ends"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -317,7 +321,8 @@ class Trainer:
             students = [self.smallest] + [net.fit(self.space.sample(rng)) for _ in range(config.num_random)]
             for index, arch in enumerate(students):
                 net.set_arch(arch)
-                with frozen_bn_statistics(net) if index else contextlib.nullcontext():  # index 0: the smallest
+                frozen = index and config.bn_statistics == "ends"  # index 0 is the smallest
+                with frozen_bn_statistics(net) if frozen else contextlib.nullcontext():
                     student = F.log_softmax(net(images), dim=1)
                 (-(teacher * student).sum(1).mean()).backward()  # in-place distillation (soft cross-entropy)
         parameters = net.weight_parameters()
@@ -345,10 +350,13 @@ class Trainer:
         smallest = evaluate(net, self.smallest, loader)
         rng = np.random.default_rng(epoch_seed(self.config.seed, epoch, 3))
         calibration = DataLoader(self.bundle.train, batch_size=self.config.batch_size, shuffle=False)
-        randoms = [
-            accuracy(recalibrate_bn(net, net.fit(self.space.sample(rng)), calibration, self.config.recalibration_batches), loader)
-            for _ in range(self.config.val_random)
-        ]
+        randoms = []
+        for _ in range(self.config.val_random):
+            arch = net.fit(self.space.sample(rng))
+            if self.config.bn_statistics == "ends":  # their running statistics were never trained
+                randoms.append(accuracy(recalibrate_bn(net, arch, calibration, self.config.recalibration_batches), loader))
+            else:
+                randoms.append(evaluate(net, arch, loader))
         net.set_mode(mode)
         net.set_arch(self.largest)
         return largest, smallest, (sum(randoms) / len(randoms)) if randoms else float("nan")
