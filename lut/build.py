@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from search_spaces import LayerSpec, SearchSpace, get_space, list_spaces
 from search_spaces.enumeration import enumerate_specs
-from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, run_command
+from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, positive_float, positive_int, run_command
 
 from lut.devices import Device, DeviceError, get_device, list_devices, loadavg
 from lut.profiler import TimingSettings
@@ -217,27 +217,6 @@ def build_table(
     return table
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(text) from None
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-positive_int.__name__ = "positive integer"
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-positive_float.__name__ = "positive number"
 
 
 def add_device_arguments(parser: ArgumentParser) -> None:

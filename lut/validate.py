@@ -25,7 +25,8 @@ from search_spaces import Architecture, SearchSpace
 from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, run_command
 from search_spaces.files import write_text_atomic
 
-from lut.build import positive_int, add_device_arguments, device_from_args, space_from_args
+from lut.build import add_device_arguments, device_from_args, space_from_args
+from search_spaces.command_line import positive_int
 from lut.calibration import fit_calibration
 from lut.devices import Device, loadavg
 from lut.table import LatencyTable, MissingKeysError, TableError, load_table

@@ -15,7 +15,15 @@ from typing import Sequence
 import numpy as np
 
 from search_spaces.architecture import Architecture, ArchitectureError
-from search_spaces.command_line import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, UsageError, run_command
+from search_spaces.command_line import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    ArgumentParser,
+    UsageError,
+    non_negative_int,
+    positive_int,
+    run_command,
+)
 from search_spaces.counting import cost
 from search_spaces.files import write_text_atomic
 from search_spaces.registry import get_space, list_spaces
@@ -31,28 +39,6 @@ def _space(name: str) -> SearchSpace:
         raise UsageError(f"space: unknown space {name!r}; known spaces: {', '.join(list_spaces())}") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-_positive.__name__ = "positive integer"
-_non_negative.__name__ = "non-negative integer"
 
 
 def _summary_row(name: str, arch: Architecture) -> str:
@@ -147,10 +133,10 @@ def build_parser() -> ArgumentParser:
     show.add_argument("--ref", help="reference variant name (e.g. s0)")
     sample = commands.add_parser("sample", help="sample random architectures of a space")
     sample.add_argument("space")
-    sample.add_argument("--n", type=_positive, default=1, help="how many (default 1)")
-    sample.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
-    sample.add_argument("--resolution", type=_positive, help="input resolution (default: the space's)")
-    sample.add_argument("--num-classes", type=_positive, help="classes (default 1000)")
+    sample.add_argument("--n", type=positive_int, default=1, help="how many (default 1)")
+    sample.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    sample.add_argument("--resolution", type=positive_int, help="input resolution (default: the space's)")
+    sample.add_argument("--num-classes", type=positive_int, help="classes (default 1000)")
     sample.add_argument("--out-dir", help="write one YAML file per architecture here instead of stdout")
     validate = commands.add_parser("validate", help="check architecture YAML files (exit 0 valid, 2 with the reason)")
     validate.add_argument("files", nargs="+")

@@ -41,3 +41,30 @@ def run_command(main: Callable[[Sequence[str] | None], int], argv: Sequence[str]
         return 130
     except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours
         return EXIT_OK
+
+
+# Argument types: argparse reports a ValueError as "invalid <__name__> value: 'x'", one line.
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise ValueError(text)
+    return value
+
+
+positive_int.__name__ = "positive integer"
+non_negative_int.__name__ = "non-negative integer"
+positive_float.__name__ = "positive number"

@@ -27,7 +27,7 @@ import search_spaces
 from search_spaces import Architecture, ArchitectureError, Block, LayerSpec, SearchSpace, build_layer, get_space
 from search_spaces.architecture import IDENTITY
 from search_spaces.files import write_bytes_atomic
-from search_spaces.network import Network, assemble
+from search_spaces.network import Network, NetworkStage, assemble
 from supernet.candidates import PlaceCandidates, place_candidates, twin
 from supernet.elastic import ELASTIC_OPS, ElasticOp, SwitchableBatchNorm2d, prefix_slice
 
@@ -185,22 +185,7 @@ class MetaPath(LayerChoice):
         return weights[index] * self._run_path(index, x)
 
 
-class SupernetStage(nn.Module):
-    """A stage of the supernet: its downsample place (stages after the first) and its slots."""
-
-    def __init__(self, downsample: nn.Module, blocks: list[MetaPath]) -> None:
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-
-class Supernet(nn.Module):
+class Supernet(Network):
     """Shared weights for every architecture of one space at one resolution and class count.
 
     Contract: after `set_arch(arch)`, in eval mode, `supernet(x)` equals `extract(arch)(x)` to
@@ -210,15 +195,13 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, space: SearchSpace, num_classes: int, resolution: int) -> None:
-        super().__init__()
-        self.space, self.num_classes, self.resolution = space, num_classes, resolution
         probe = space.largest(resolution, num_classes)
         space.validate(probe)  # a bad resolution fails here, with the field named
         places = place_candidates(space, resolution, num_classes)
         by_where: dict[str, dict[str, PlaceCandidates]] = {}
         for (where, kind), candidates in places.items():
             by_where.setdefault(where, {})[kind] = candidates
-        self.stem = LayerChoice(by_where["stem"])
+        stem = LayerChoice(by_where["stem"])
         stages = []
         for index, choices in enumerate(space.stages):
             downsample = LayerChoice(by_where[f"stages.{index}.downsample"]) if index else nn.Identity()
@@ -226,9 +209,9 @@ class Supernet(nn.Module):
                 MetaPath(by_where.get(f"stages.{index}.blocks.{slot}", {}), choices.block_types)
                 for slot in range(choices.max_depth)
             ]
-            stages.append(SupernetStage(downsample, slots))
-        self.stages = nn.ModuleList(stages)
-        self.head = LayerChoice(by_where["head"])
+            stages.append(NetworkStage(downsample, slots))
+        super().__init__(stem, stages, LayerChoice(by_where["head"]))  # the forward is Network's
+        self.space, self.num_classes, self.resolution = space, num_classes, resolution
         self.arch: Architecture | None = None
         self.set_arch(probe)
 
@@ -348,13 +331,7 @@ class Supernet(nn.Module):
         stages = [sum(v for k, v in slots.items() if k.split(".")[0] == str(i)) for i in range(len(self.stages))]
         return {"slots": slots, "stages": stages}
 
-    # -- running and extracting --------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.stem(images)
-        for stage in self.stages:
-            x = stage(x)
-        return self.head(x)
-
+    # -- extracting ---------------------------------------------------------------------------
     def extract(self, arch: Architecture) -> Network:
         """A static network of `arch` (the classes `build_model` makes) holding the shared weights."""
         self._check_arch(arch)

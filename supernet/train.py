@@ -20,36 +20,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from search_spaces import list_spaces
-from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, run_command
+from search_spaces.command_line import (
+    EXIT_OK,
+    ArgumentParser,
+    UsageError,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
 from supernet.supernet import CheckpointError
 
 PROG = "python -m supernet.train"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-_positive_int.__name__ = "positive integer"
-_non_negative_int.__name__ = "non-negative integer"
-_positive_float.__name__ = "positive number"
 
 
 def build_parser() -> ArgumentParser:
@@ -59,19 +43,19 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--space", required=True, help=f"search space: {', '.join(list_spaces())}")
     parser.add_argument("--data", required=True, help=DATA_SPECS_HELP)
     parser.add_argument("--mode", required=True, choices=("gumbel", "sandwich"))
-    parser.add_argument("--epochs", required=True, type=_positive_int)
+    parser.add_argument("--epochs", required=True, type=positive_int)
     parser.add_argument("--out", required=True, help="checkpoint file, rewritten after every epoch")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("--resolution", type=_positive_int, default=32)
-    parser.add_argument("--lr", type=_positive_float, default=2e-3)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--resolution", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--grad-clip", type=_positive_float, default=5.0)
-    parser.add_argument("--num-random", type=_non_negative_int, default=2, help="random sub-networks per sandwich step")
-    parser.add_argument("--arch-lr", type=_positive_float, default=3e-3, help="learning rate of α (gumbel)")
-    parser.add_argument("--tau-start", type=_positive_float, default=5.0)
-    parser.add_argument("--tau-end", type=_positive_float, default=0.5)
+    parser.add_argument("--grad-clip", type=positive_float, default=5.0)
+    parser.add_argument("--num-random", type=non_negative_int, default=2, help="random sub-networks per sandwich step")
+    parser.add_argument("--arch-lr", type=positive_float, default=3e-3, help="learning rate of α (gumbel)")
+    parser.add_argument("--tau-start", type=positive_float, default=5.0)
+    parser.add_argument("--tau-end", type=positive_float, default=0.5)
     parser.add_argument(
         "--bn-statistics",
         choices=("all", "ends"),
@@ -79,9 +63,9 @@ def build_parser() -> ArgumentParser:
         help="sandwich members that update BN running statistics: all (default; random sub-networks evaluate "
         "without recalibration) or ends (largest and smallest only; others need recalibrate_bn)",
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--resume", help="continue from this checkpoint (usually the same as --out)")
-    parser.add_argument("--ray-workers", type=_positive_int, help="data-parallel training on N Ray Train workers")
+    parser.add_argument("--ray-workers", type=positive_int, help="data-parallel training on N Ray Train workers")
     parser.add_argument("--ray-address", help="address of a running Ray cluster (default: start one locally)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
