@@ -168,6 +168,14 @@ def build_table(
 ) -> LatencyTable:
     """Profile every spec of `space` on `device`, journaling as it goes; write the table to `out`."""
     num_classes = num_classes or space.default_num_classes
+    make_table = getattr(device, "make_table", None)
+    if not device.measures and make_table is not None:
+        # a model device (iphone12) prices every spec at once: nothing to profile or journal
+        table = make_table(space, resolution, num_classes, widths)
+        table.save(out)
+        if progress:
+            progress(len(table), len(table))
+        return table
     specs = enumerate_specs(space, resolution, num_classes, widths)
     identity = {
         "device": device.name,
@@ -267,11 +275,22 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--ray", nargs="?", const="", default=None, metavar="ADDRESS", help="profile as Ray tasks (local 2-CPU cluster without ADDRESS)"
     )
+    parser.add_argument(
+        "--compute-units",
+        choices=("all", "cpu_and_ne", "cpu_only"),
+        help="--device coreml only: Core ML compute units to measure with (default all); --out is then the bundle DIR",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.device == "coreml":  # converts to a bundle anywhere, measures only on macOS (lut/coreml.py)
+        from lut.coreml import build_command
+
+        return build_command(args)
+    if args.compute_units:
+        raise UsageError("--compute-units: only for --device coreml")
     space, resolution = space_from_args(args.space, args.resolution)
     device = device_from_args(args)
     widths = parse_widths_subset(space, args.widths_subset) if args.widths_subset else None
@@ -301,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         bar.close()
-    print(f"wrote {out} ({len(table)} records, {table.metadata.build['seconds']} s)", file=sys.stderr)
+    took = table.metadata.build.get("seconds")
+    print(f"wrote {out} ({len(table)} records{f', {took} s' if took is not None else ', analytic model'})", file=sys.stderr)
     return EXIT_OK
 
 

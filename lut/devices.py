@@ -303,6 +303,60 @@ class TorchCudaDevice(TorchDevice):
         return versions
 
 
+# -- iphone12: analytic model (issue 6) ------------------------------------------------------------
+class IPhone12Device(Device):
+    """iPhone 12 (A14 Neural Engine, Core ML, iOS 16) priced by the analytic model in
+    `lut/device_models/iphone12.yaml` (see `lut.analytic`); measures nothing on this host.
+
+    `profile(spec)` is the modelled layer latency; `make_table` prices every spec of a space
+    (what `lut.build --device iphone12` writes); `profile_network` is refused: a model cannot
+    check itself, whole-network numbers come from the phone.
+    """
+
+    name = "iphone12"
+    summary = "iPhone 12 Neural Engine (Core ML, iOS 16): analytic model fitted to published latencies"
+    needs = "nothing (model parameters in lut/device_models/iphone12.yaml)"
+    measures = False
+    precision = "fp16"
+
+    def availability(self) -> tuple[bool, str]:
+        return True, "analytic model, no phone needed"
+
+    def model(self):
+        from lut.analytic import load_model, model_path
+
+        return load_model(model_path(self.name))
+
+    def runtime_versions(self) -> dict[str, str]:
+        return {"toolchain": "Core ML mlprogram, iOS 16 (modelled)", "model": f"lut/device_models/{self.name}.yaml"}
+
+    def metadata_fields(self) -> dict[str, Any]:
+        return {
+            "device": self.name,
+            "batch": 1,
+            "threads": 1,
+            "precision": self.precision,
+            "runtime": self.runtime_versions(),
+            "host_cpu": "",
+            "host": "analytic model (no measurement)",
+        }
+
+    def profile(self, spec: "LayerSpec") -> LatencyRecord:
+        ms = self.model().layer_ms(spec)
+        return LatencyRecord(p50_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, runs=0)
+
+    def profile_network(self, arch: "Architecture") -> LatencyRecord:
+        raise DeviceError(f"device {self.name!r} is a model: it cannot measure a network (measure on the phone)")
+
+    def make_table(
+        self, space: "SearchSpace", resolution: int, num_classes: int | None = None, widths: Sequence[Sequence[int]] | None = None
+    ) -> LatencyTable:
+        """The table of every spec of `space`, priced by the model (see `lut.analytic.model_table`)."""
+        from lut.analytic import model_table
+
+        return model_table(self.model(), space, resolution, self.metadata_fields(), num_classes, widths)
+
+
 # -- registry ------------------------------------------------------------------------------------
 _DEVICES: dict[str, type[Device]] = {}
 
@@ -315,8 +369,15 @@ def register_device(device_class: type[Device]) -> type[Device]:
     return device_class
 
 
-for _device_class in (OrtCpuDevice, TorchCpuDevice, TorchCudaDevice):
+for _device_class in (OrtCpuDevice, TorchCpuDevice, TorchCudaDevice, IPhone12Device):
     register_device(_device_class)
+
+# `coreml` lives in lut/coreml.py and registers itself there (after the devices above); a plain
+# `import` also works when lut.coreml is the module being imported first
+import lut.coreml  # noqa: E402
+
+if __name__ == "__main__":  # `python -m lut.devices` runs this file as a second copy, with its own registry
+    register_device(lut.coreml.CoreMLDevice)
 
 
 def list_devices() -> list[str]:
