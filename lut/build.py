@@ -238,11 +238,13 @@ def add_device_arguments(parser: ArgumentParser) -> None:
     )
 
 
-def device_from_args(args) -> Device:
+def device_from_args(args, measuring: bool = True) -> Device:
+    """The device the arguments name; `measuring` also requires that it can measure on this host."""
     timing = TimingSettings(args.warmup, args.runs, max(args.runs, TimingSettings.max_runs), args.budget)
     try:
         device = get_device(args.device, threads=args.threads, timing=timing)
-        device.require_available()
+        if measuring:
+            device.require_available()
     except DeviceError as error:
         raise UsageError(f"--device: {error}") from None
     return device

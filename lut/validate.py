@@ -9,6 +9,16 @@ the share within ±5% and ±10%, the mean absolute percentage error and the Spea
 correlation, for the naive sum and the calibrated predictor side by side. With `--refit` the
 calibration is fitted on the first half of the samples, the error is reported on the other half,
 and the new calibration is written into the table file (atomically).
+
+    python -m lut.validate --device iphone12 --space efficientformer_v2 --measurements published.csv [--refit]
+
+`--measurements CSV` takes whole-network latencies measured elsewhere (a phone, a published
+table) instead of measuring here, so it works for devices that cannot measure on this host. The
+CSV has a header `architecture,measured_ms`; an architecture is `ref:NAME` (a reference variant of
+`--space`) or the path of an architecture YAML (relative to the CSV's folder). With `--refit` the
+calibration is fitted on all of these networks (there are usually few) and the report gives the
+in-sample error; the refitted table goes to `--lut`'s file, or to the device's table in the user's
+table folder (`$LATNAS_TABLES`), never into the installed package.
 """
 
 from __future__ import annotations
@@ -204,6 +214,76 @@ def validate(
     return report, table, series, measured
 
 
+def read_measurements(path: Path, space: SearchSpace, resolution: int, num_classes: int) -> list[tuple[Architecture, float]]:
+    """(architecture, measured ms) pairs from a `architecture,measured_ms` CSV; UsageError names the line."""
+    import csv
+    import dataclasses
+
+    from search_spaces import ArchitectureError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+        raise UsageError(f"--measurements: {path}: not a readable CSV file") from None
+    rows = [row for row in csv.reader(text.splitlines()) if row and not row[0].lstrip().startswith("#")]
+    if not rows or [c.strip() for c in rows[0]] != ["architecture", "measured_ms"]:
+        raise UsageError(f"--measurements: {path}: the header must be 'architecture,measured_ms'")
+    pairs = []
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != 2:
+            raise UsageError(f"--measurements: {path} line {number}: expected 2 fields, got {len(row)}")
+        name, value = row[0].strip(), row[1].strip()
+        try:
+            measured = float(value)
+        except ValueError:
+            measured = float("nan")
+        if not measured > 0 or measured == float("inf"):
+            raise UsageError(f"--measurements: {path} line {number}: measured_ms must be a positive number, got {value!r}")
+        try:
+            if name.startswith("ref:"):
+                arch = space.reference(name[4:])
+            else:
+                arch = space.validate(Architecture.from_yaml(path.parent / name))
+        except KeyError as error:
+            raise UsageError(f"--measurements: {path} line {number}: {error.args[0]}") from None
+        except ArchitectureError as error:
+            raise UsageError(f"--measurements: {path} line {number}: {name}: {error}") from None
+        pairs.append((dataclasses.replace(arch, resolution=resolution, num_classes=num_classes), measured))
+    if len(pairs) < 2:
+        raise UsageError(f"--measurements: {path}: needs at least 2 measured networks, got {len(pairs)}")
+    return pairs
+
+
+def validate_measured(
+    table: LatencyTable, space: SearchSpace, pairs: Sequence[tuple[Architecture, float]], refit: bool
+) -> tuple[dict[str, Any], LatencyTable, list[tuple[str, list[float]]], list[float]]:
+    """Price networks measured elsewhere; with `refit`, fit the calibration on all of them."""
+    sums = [table.sums_by_kind(arch) for arch, _ in pairs]
+    measured = [ms for _, ms in pairs]
+    if refit:
+        table = table.with_calibration(fit_calibration(sums, measured))
+    naive = [sum(s.values()) for s in sums]
+    calibrated = [table.calibration.apply(s) for s in sums]
+    meta = table.metadata
+    report = {
+        "device": meta.device,
+        "space": space.name,
+        "resolution": meta.resolution,
+        "source": "measurements file",
+        "refit": refit,
+        "error_is": "in-sample (the calibration was fitted on these networks)" if refit else "out-of-sample",
+        "table": {"source": table.source, "records": len(table), "calibration": table.calibration.to_dict()},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "naive": fidelity_metrics(naive, measured).to_dict(),
+        "calibrated": fidelity_metrics(calibrated, measured).to_dict(),
+        "networks": [
+            {"widths": list(a.widths), "depths": list(a.depths), "naive_ms": round(n, 4), "predicted_ms": round(c, 4), "measured_ms": m}
+            for (a, m), n, c in zip(pairs, naive, calibrated)
+        ],
+    }
+    return report, table, [("naive sum", naive), (f"calibrated ({table.calibration.method})", calibrated)], measured
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="Measure sampled networks end to end and report a latency table's error.")
     add_device_arguments(parser)
@@ -213,6 +293,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--samples", type=positive_int, default=20, help="sampled architectures (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--refit", action="store_true", help="fit the calibration on half, report on the other half, save it")
+    parser.add_argument(
+        "--measurements", type=Path, help="CSV 'architecture,measured_ms' of networks measured elsewhere (no measuring here)"
+    )
     parser.add_argument("--report", help="write the report JSON here")
     parser.add_argument("--plot", help="write a predicted-vs-measured PNG here")
     return parser
@@ -221,8 +304,8 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     space, resolution = space_from_args(args.space, args.resolution)
-    device = device_from_args(args)
-    if args.refit and args.samples < 4:
+    device = device_from_args(args, measuring=args.measurements is None)
+    if args.refit and args.samples < 4 and args.measurements is None:
         raise UsageError("--samples: --refit needs at least 4 samples (half to fit, half to check)")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UsageError(f"--plot: expected a .png file name, got {args.plot!r}")
@@ -243,11 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    with tqdm(total=args.samples, desc="measuring networks", unit="net", file=sys.stderr) as bar:
-        try:
-            report, table, series, measured = validate(device, table, space, args.samples, args.seed, args.refit, bar.update)
-        except MissingKeysError as error:
-            raise UsageError(f"--lut: {error}") from None
+    try:
+        if args.measurements is not None:
+            pairs = read_measurements(args.measurements, space, meta.resolution, meta.num_classes)
+            report, table, series, measured = validate_measured(table, space, pairs, args.refit)
+        else:
+            with tqdm(total=args.samples, desc="measuring networks", unit="net", file=sys.stderr) as bar:
+                report, table, series, measured = validate(device, table, space, args.samples, args.seed, args.refit, bar.update)
+    except MissingKeysError as error:
+        raise UsageError(f"--lut: {error}") from None
     if args.refit:
         table.save(table_path)
         print(f"saved the refitted calibration into {table_path}", file=sys.stderr)
@@ -261,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             measured,
             series,
             f"{device.name} {space.name}@{resolution}, {len(measured)} networks"
-            + (" held out from the fit" if args.refit else ""),
+            + (" held out from the fit" if args.refit and args.measurements is None else ""),
         )
     for name in ("naive", "calibrated"):
         metrics = report[name]
