@@ -44,7 +44,7 @@ from search_spaces.layers import LayerSpec, layer_cost
 if TYPE_CHECKING:
     from search_spaces import Architecture, SearchSpace
 
-    from lut.table import LatencyTable, TableMetadata
+    from lut.table import LatencyTable
 
 MODEL_SCHEMA = "latnas/device-model@1"
 

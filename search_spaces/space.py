@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from search_spaces.architecture import IDENTITY, IDENTITY_BLOCK, Architecture, ArchitectureError, Block, Stage
+from search_spaces.architecture import IDENTITY, Architecture, ArchitectureError, Block, Stage
 from search_spaces.layers import LayerSpec
 
 

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from search_spaces import list_spaces
 from search_spaces.command_line import (
@@ -30,6 +30,9 @@ from search_spaces.command_line import (
     run_command,
 )
 from supernet.supernet import CheckpointError
+
+if TYPE_CHECKING:
+    from supernet.training import TrainConfig
 
 PROG = "python -m supernet.train"
 

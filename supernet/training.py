@@ -168,6 +168,8 @@ def recalibrate_bn(supernet: Supernet, arch: Architecture, loader: Iterable, bat
 
 @dataclass
 class EpochMetrics:
+    """One line of `<out>.metrics.jsonl`: training loss/accuracy and validation accuracies of an epoch."""
+
     epoch: int
     loss: float
     train_accuracy: float
