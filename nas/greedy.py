@@ -11,7 +11,7 @@ Deterministic: actions come in a fixed order and ties keep the first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from search_spaces import Architecture, SearchSpace, count_params
 
