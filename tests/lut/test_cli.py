@@ -12,7 +12,7 @@ from lut import build, devices, predict, validate
 from lut.table import load_table
 from search_spaces import get_space
 from search_spaces.command_line import run_command
-
+from tests.cli_support import invoke
 from tests.lut.conftest import FakeDevice  # noqa: F401  (registers the fake device)
 
 QUICK = ["--runs", "3", "--warmup", "1", "--budget", "0.0001"]
@@ -20,12 +20,7 @@ EDGEVIT_SUBSET = ["--widths-subset", "36", "72", "144", "288"]
 
 
 def run(module, argv, capsys):
-    try:
-        code = run_command(module.main, argv, prog=module.PROG)
-    except SystemExit as exit:  # argparse's own refusals
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(module.main, module.PROG, argv, capsys)
 
 
 @pytest.fixture(scope="module")

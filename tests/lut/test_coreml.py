@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_support import invoke
+
 pytest.importorskip("coremltools")
 
 from lut import build, coreml, importer, validate  # noqa: E402
@@ -45,12 +47,7 @@ KIND_SPECS = one_spec_per_kind()
 
 
 def run(module, argv, capsys):
-    try:
-        code = run_command(module.main, argv, prog=module.PROG)
-    except SystemExit as exit:  # argparse's own refusals
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(module.main, module.PROG, argv, capsys)
 
 
 def test_every_space_and_kind_is_covered():

@@ -12,18 +12,13 @@ import pytest
 from lut import load_table
 from lut.validate import PROG, main
 from search_spaces import get_space
-from search_spaces.command_line import run_command
+from tests.cli_support import invoke
 
 SHIPPED = Path(__file__).resolve().parents[2] / "lut" / "tables" / "iphone12_efficientformer_v2_r224.json"
 
 
 def _run(argv, capsys):
-    try:
-        code = run_command(main, argv, prog=PROG)
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(main, PROG, argv, capsys)
 
 
 def _csv(tmp_path, text):

@@ -9,16 +9,11 @@ import pytest
 
 from search_spaces import Architecture, get_space
 from search_spaces.__main__ import PROG, main
-from search_spaces.command_line import run_command
+from tests.cli_support import invoke
 
 
 def run(argv, capsys):
-    try:
-        code = run_command(main, argv, prog=PROG)
-    except SystemExit as exit:  # argparse's own refusals end the process the same way
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(main, PROG, argv, capsys)
 
 
 def test_list_shows_every_space_and_reference(capsys):

@@ -13,7 +13,7 @@ from supernet import CheckpointError, Supernet
 from supernet.data import load_data
 from supernet.train import PROG, main
 from supernet.training import TrainConfig, Trainer, accuracy, evaluate, recalibrate_bn
-from search_spaces.command_line import run_command
+from tests.cli_support import invoke
 
 DATA = "synthetic:96"
 
@@ -95,12 +95,7 @@ def test_recalibrate_bn_is_pure_and_evaluate_reports_accuracy(tmp_path):
 
 
 def _run(argv, capsys):
-    try:
-        code = run_command(main, argv, prog=PROG)
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(main, PROG, argv, capsys)
 
 
 def test_command_line_trains_and_writes_checkpoint_and_metrics(tmp_path, capsys):

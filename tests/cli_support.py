@@ -1,0 +1,17 @@
+"""Running a latnas command in-process the way `python -m ...` runs it, for tests."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from search_spaces.command_line import run_command
+
+
+def invoke(main: Callable, prog: str, argv: Sequence[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `main(argv)` under the shared error handling."""
+    try:
+        code = run_command(main, argv, prog=prog)
+    except SystemExit as exit:  # argparse's own refusals end the process the same way
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
