@@ -13,6 +13,7 @@ operations from the spec's shapes alone.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Union
 
@@ -189,7 +190,10 @@ def build_layer(spec: LayerSpec, ops: "Ops | None" = None) -> "nn.Module":
     return get_layer_kind(spec.kind).build(spec, ops)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def layer_cost(spec: LayerSpec) -> LayerCost:
+    """Params, MACs and op counts of one spec (a pure function of its shapes, so it is memoised:
+    a search prices the same few thousand specs over and over)."""
     return get_layer_kind(spec.kind).cost(spec)
 
 

@@ -46,6 +46,16 @@ class Network(nn.Module):
             x = stage(x)
         return self.head(x)
 
+    def place(self, where: str) -> nn.Module:
+        """The module at a spec's `where` ("stem", "head", "stages.<i>.downsample", "stages.<i>.blocks.<j>")."""
+        if where in ("stem", "head"):
+            return getattr(self, where)
+        parts = where.split(".")
+        if len(parts) < 3 or parts[0] != "stages":
+            raise KeyError(f"no place {where!r} in a network")
+        stage = self.stages[int(parts[1])]
+        return stage.downsample if parts[2] == "downsample" else stage.blocks[int(parts[3])]
+
 
 def assemble(arch: Architecture, specs: list[LayerSpec], make) -> Network:
     """Place `make(spec)` for each spec where its `where` says; identity slots become nn.Identity.

@@ -221,12 +221,9 @@ class Supernet(Network):
         return cls(space, num_classes, resolution or space.default_resolution)
 
     # -- places ------------------------------------------------------------------------------
-    def _place(self, where: str) -> LayerChoice:
-        parts = where.split(".")
-        if where in ("stem", "head"):
-            return getattr(self, where)
-        stage = self.stages[int(parts[1])]
-        return stage.downsample if parts[2] == "downsample" else stage.blocks[int(parts[3])]
+    def place(self, where: str) -> LayerChoice:
+        """The supernet place a spec's `where` names (stem, head, a downsample or a block slot)."""
+        return super().place(where)
 
     def metapaths(self) -> Iterator[tuple[tuple[int, int], MetaPath]]:
         for index, stage in enumerate(self.stages):
@@ -251,7 +248,7 @@ class Supernet(Network):
         for _, path in self.metapaths():
             path.activate_identity()
         for spec in self.space.layer_specs(arch):
-            self._place(spec.where).activate(spec)
+            self.place(spec.where).activate(spec)
         self.arch = arch
         if self.mode != "fixed":
             self._configure_all_paths(arch)
@@ -291,7 +288,7 @@ class Supernet(Network):
         base = Architecture(arch.space, arch.resolution, arch.num_classes, tuple(base_stages))
         for spec in self.space.layer_specs(base):
             if ".blocks." not in spec.where:
-                self._place(spec.where).activate(spec)
+                self.place(spec.where).activate(spec)
         for (index, slot), path in self.metapaths():
             for type_name in path.paths[:-1]:
                 block = self._block_like(index, base.stages[index].width, type_name, base.stages[index].blocks[slot])
@@ -338,7 +335,7 @@ class Supernet(Network):
 
         def make(spec: LayerSpec) -> nn.Module:
             static = build_layer(spec)
-            _export(self._place(spec.where).module_for(spec.kind), static)
+            _export(self.place(spec.where).module_for(spec.kind), static)
             return static
 
         network = assemble(arch, self.space.layer_specs(arch), make)

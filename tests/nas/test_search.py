@@ -10,7 +10,6 @@ from search_spaces import get_space
 from search_spaces.command_line import run_command
 
 from nas.actions import v1_actions, v2_actions
-from nas.evaluators import ProxyEvaluator
 from nas.greedy import Unreachable, greedy_search
 from nas.objectives import LatencyObjective, MESObjective, mes
 from nas.search import main, parse_latency, parse_size
@@ -108,13 +107,6 @@ def test_unreachable_names_the_smallest_latency():
     assert info.value.smallest_latency == pytest.approx(ToyTable().predict(SPACE.smallest()))
 
 
-def test_proxy_is_cached_and_prefers_bigger_networks():
-    proxy = ProxyEvaluator(SPACE)
-    assert proxy.score(SPACE.largest()) > proxy.score(SPACE.smallest())
-    proxy.score(SPACE.largest())
-    assert proxy.evaluations == 2
-
-
 # -- command line ------------------------------------------------------------------------------
 def test_latency_and_size_parsing():
     assert parse_latency("1.5ms") == pytest.approx(1.5)
@@ -129,10 +121,13 @@ def cli(argv, capsys):
     return code, out, err
 
 
-@pytest.mark.parametrize("latency", ["1.5", "-1ms", "fastms", "1.5 parsecs"])
-def test_bad_latency_strings(latency, capsys):
-    code, _, err = cli([f"--target-latency={latency}", "--device", "iphone12"], capsys)
+@pytest.mark.parametrize("latency", ["1.5", "-1ms", "fastms", "1.5 parsecs", "0ms"])
+@pytest.mark.parametrize("joined", [True, False])
+def test_bad_latency_strings(latency, joined, capsys):
+    argv = [f"--target-latency={latency}"] if joined else ["--target-latency", latency]
+    code, _, err = cli([*argv, "--device", "iphone12"], capsys)
     assert code == 2 and "1.5ms, 1500us, 0.0015s" in err and len(err.strip().splitlines()) == 1
+    assert "--target-latency" in err
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -142,6 +137,14 @@ def test_bad_latency_strings(latency, capsys):
     (["--lut", "/nonexistent/table.json"], "table"),
     (["--device", "iphone12", "--max-params", "1000"], "smallest"),
     (["--device", "iphone12", "--max-params", "lots"], "6M"),
+    (["--device", "iphone12", "--max-params", "-6M"], "6M"),
+    (["--device", "iphone12", "--strategy", "annealing"], "greedy, random, evolution"),
+    (["--device", "iphone12", "--evaluator", "oracle"], "supernet, proxy"),
+    (["--device", "iphone12", "--evaluator", "supernet"], "--supernet"),
+    (["--device", "iphone12", "--budget", "10"], "--budget"),
+    (["--device", "iphone12", "--start", "/nonexistent.yaml"], "--start"),
+    (["--device", "iphone12", "--supernet", "/nonexistent.pt", "--data", "digits"], "--supernet"),
+    (["--device", "iphone12", "--recalibrate", "4"], "--recalibrate"),
 ])
 def test_bad_input_exits_2_with_one_line(extra, needle, capsys):
     code, _, err = cli(["--target-latency", "1.5ms", *extra], capsys)
@@ -174,3 +177,161 @@ def test_same_seed_gives_byte_identical_yaml_with_provenance(tmp_path, capsys):
         assert key in text
     steps = [json.loads(line) for line in trace.read_text().splitlines()]
     assert steps[0]["action"] == "start" and steps[-1]["latency"] <= 2.5
+
+
+# -- the SynFlow proxy -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synflow():
+    from nas.synflow import SynFlowEvaluator
+
+    return SynFlowEvaluator.from_space(get_space("edgevit"), seed=0)
+
+
+def test_synflow_proxy_ranks_the_references_by_size_and_is_cached(synflow):
+    space = synflow.space
+    scores = {name: synflow.score(space.reference(name)) for name in ("xxs", "xs", "s")}
+    assert synflow.score(space.smallest()) < scores["xxs"] < scores["xs"] < scores["s"] < synflow.score(space.largest())
+    assert synflow.score(space.largest()) == pytest.approx(100.0)
+    before = synflow.evaluations
+    synflow.score(space.reference("xs").with_meta(note="meta does not matter"))
+    assert synflow.evaluations == before
+
+
+def test_synflow_score_is_additive_over_layers(synflow):
+    space = synflow.space
+    arch = space.reference("xs")
+    fitted = arch.__class__(arch.space, synflow.resolution, synflow.num_classes, arch.stages)
+    total = sum(synflow.spec_saliency(spec) for spec in space.layer_specs(fitted))
+    assert synflow.score(arch) == pytest.approx(100 * total / synflow._full)
+
+
+def test_synflow_depends_on_the_seed_and_not_on_the_global_generator():
+    import torch
+
+    from nas.synflow import SynFlowEvaluator
+
+    space = get_space("edgevit")
+    torch.manual_seed(123)
+    marker = torch.rand(1)
+    torch.manual_seed(123)
+    first = SynFlowEvaluator.from_space(space, seed=0).score(space.reference("xs"))
+    assert torch.rand(1) == marker  # the global generator is left as it was
+    again = SynFlowEvaluator.from_space(space, seed=0).score(space.reference("xs"))
+    other = SynFlowEvaluator.from_space(space, seed=1).score(space.reference("xs"))
+    assert first == again and first != other
+
+
+def test_synflow_on_a_supernet_leaves_its_weights_alone():
+    import torch
+
+    from nas.synflow import SynFlowEvaluator
+    from supernet import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet.from_space("edgevit", num_classes=10, resolution=64)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    proxy = SynFlowEvaluator.from_supernet(net)
+    assert proxy.score(net.space.reference("xs")) > proxy.score(net.space.smallest())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+# -- start, front, strategies, supernets through the command line --------------------------------
+def test_start_and_front(tmp_path, capsys):
+    start = tmp_path / "start.yaml"
+    start.write_text(get_space("efficientformer_v2").reference("s2").to_yaml())
+    out, front = tmp_path / "found.yaml", tmp_path / "front.yaml"
+    code, _, err = cli(["--target-latency", "1.2ms", "--device", "iphone12", "--start", str(start),
+                        "--out", str(out), "--front", str(front)], capsys)
+    assert code == 0, err
+    import yaml
+
+    from search_spaces import Architecture
+
+    document = yaml.safe_load(front.read_text())
+    points = document["points"]
+    assert document["schema"] == "latnas/front@1" and document["strategy"] == "greedy"
+    assert Architecture.from_dict(points[0]["architecture"]) == get_space("efficientformer_v2").reference("s2")
+    latencies = [p["latency_ms"] for p in points]
+    assert latencies == sorted(latencies, reverse=True) and latencies[-1] <= 1.2 < latencies[-2]
+    found = Architecture.from_yaml(out)
+    assert found == Architecture.from_dict(points[-1]["architecture"]) and found.meta["start"] == "start.yaml"
+
+
+def test_start_of_another_space_is_refused(tmp_path, capsys):
+    start = tmp_path / "start.yaml"
+    start.write_text(get_space("edgevit").reference("xs").to_yaml())
+    code, _, err = cli(["--target-latency", "1.2ms", "--device", "iphone12", "--start", str(start)], capsys)
+    assert code == 2 and "edgevit" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution"])
+def test_sampling_strategies_from_the_command_line(strategy, tmp_path, capsys):
+    from search_spaces import Architecture
+
+    out, trace, front = tmp_path / "a.yaml", tmp_path / "t.jsonl", tmp_path / "f.yaml"
+    argv = ["--target-latency", "2.0ms", "--device", "iphone12", "--strategy", strategy, "--budget", "12",
+            "--seed", "1", "--out", str(out), "--trace", str(trace), "--front", str(front)]
+    code, _, err = cli(argv, capsys)
+    assert code == 0, err
+    found = Architecture.from_yaml(out)
+    assert found.meta["strategy"] == strategy and found.meta["evaluations"] == 12
+    assert found.meta["predicted_latency_ms"] <= 2.0
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(records) == 12 and all(r["latency"] <= 2.0 for r in records)
+    assert max(r["score"] for r in records) == pytest.approx(found.meta["score"], abs=1e-5)
+
+
+def test_state_resumes_a_sampling_search(tmp_path, capsys):
+    state = tmp_path / "state.json"
+    base = ["--target-latency", "2.0ms", "--device", "iphone12", "--strategy", "random", "--seed", "2",
+            "--state", str(state)]
+    assert cli([*base, "--budget", "5", "--out", str(tmp_path / "a.yaml")], capsys)[0] == 0
+    assert cli([*base, "--budget", "8", "--out", str(tmp_path / "b.yaml")], capsys)[0] == 0
+    fresh = ["--target-latency", "2.0ms", "--device", "iphone12", "--strategy", "random", "--seed", "2",
+             "--budget", "8", "--out", str(tmp_path / "c.yaml")]
+    assert cli(fresh, capsys)[0] == 0
+    assert (tmp_path / "b.yaml").read_text() == (tmp_path / "c.yaml").read_text()
+    code, _, err = cli([*base[:-4], "--seed", "3", "--state", str(state), "--budget", "8"], capsys)
+    assert code == 2 and "--state" in err and len(err.strip().splitlines()) == 1
+
+
+def test_supernet_of_another_space_is_refused(tmp_path, capsys):
+    from supernet import Supernet
+
+    checkpoint = tmp_path / "edgevit.pt"
+    Supernet.from_space("edgevit", num_classes=10, resolution=64).save(checkpoint)
+    code, _, err = cli(["--target-latency", "1.5ms", "--device", "iphone12", "--supernet", str(checkpoint),
+                        "--data", "synthetic:40"], capsys)
+    assert code == 2 and "edgevit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_supernet_evaluator_search_end_to_end(tmp_path, capsys):
+    """A (random) EdgeViT supernet scores candidates on held-out synthetic images; the search meets the
+    target, records accuracies in %, and the proxy can run on the same checkpoint."""
+    import torch
+
+    from search_spaces import Architecture
+    from supernet import Supernet
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "edgevit.pt"
+    Supernet.from_space("edgevit", num_classes=4, resolution=32).save(checkpoint)
+    space = get_space("edgevit")
+    from lut import get_device
+
+    table = get_device("iphone12").default_table(space)
+    target = 0.97 * table.predict(space.largest())
+    out, trace = tmp_path / "a.yaml", tmp_path / "t.jsonl"
+    base = ["--target-latency", f"{target}ms", "--device", "iphone12", "--space", "edgevit",
+            "--supernet", str(checkpoint)]
+    code, _, err = cli([*base, "--data", "synthetic:16", "--eval-batches", "1", "--recalibrate", "1",
+                        "--out", str(out), "--trace", str(trace)], capsys)
+    assert code == 0, err
+    found = Architecture.from_yaml(out)
+    assert found.meta["evaluator"] == "supernet" and found.meta["predicted_latency_ms"] <= target
+    assert found.meta["evaluator_settings"]["recalibrate_batches"] == 1
+    scores = [json.loads(line)["score"] for line in trace.read_text().splitlines()]
+    assert all(0.0 <= s <= 100.0 for s in scores)
+    code, _, err = cli([*base, "--evaluator", "proxy", "--out", str(tmp_path / "p.yaml")], capsys)
+    assert code == 0, err
+    assert Architecture.from_yaml(tmp_path / "p.yaml").meta["evaluator_settings"]["weights"] == "supernet edgevit.pt"
