@@ -42,6 +42,7 @@ import nas
 from nas.evaluators import SupernetEvaluator
 from nas.greedy import SearchResult, Step, Unreachable, greedy_search
 from nas.objectives import OBJECTIVES, get_objective
+from nas.verify import measuring_device, verify_search
 
 PROG = "python -m nas.search"
 LATENCY_FORMS = "accepted forms: 1.5ms, 1500us, 0.0015s"
@@ -100,6 +101,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", help="output YAML (default stdout)")
     parser.add_argument("--trace", help="write every step as JSON lines")
     parser.add_argument("--front", help="write the latency/score front (every architecture on the path) as YAML")
+    parser.add_argument("--verify", action="store_true",
+                        help="measure the found network end to end on the (measured) device; if it misses the target by "
+                             "more than the table's error, correct the table with the measurement and search again")
+    parser.add_argument("--verify-rounds", type=positive_int, default=3, help="--verify: at most N searches (default 3)")
     return parser
 
 
@@ -271,12 +276,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: target {target:g} ms cannot be met on {table.metadata.device}; the smallest latency "
               f"{space.name} reaches is {smallest_latency:.4f} ms", file=sys.stderr)
         return EXIT_UNREACHABLE
+    device = measuring_device(table) if args.verify else None
+    table_record = {"name": table_name, "sha256": table.sha256}  # the file's, before any --verify correction
     evaluator = _evaluator(args, space)
     trace_mode = "a" if args.state and Path(args.state).exists() else "w"
     trace = open(args.trace, trace_mode, encoding="utf-8") if args.trace else None
     try:
         on_step = (lambda step: trace.write(json.dumps(step_record(step), sort_keys=True) + "\n")) if trace else None
-        result = _run_strategy(args, space, table, evaluator, objective, target, max_params, start, on_step)
+        if device is None:
+            result = _run_strategy(args, space, table, evaluator, objective, target, max_params, start, on_step)
+            verification = None
+        else:
+            results: list[SearchResult] = []
+
+            def search(current_table) -> tuple[Architecture, float]:
+                results.append(_run_strategy(args, space, current_table, evaluator, objective, target, max_params,
+                                             start, on_step))
+                return results[-1].arch, results[-1].latency
+
+            def measure(found: Architecture) -> float:
+                milliseconds = device.profile_network(found).p50_ms
+                print(f"{PROG}: --verify: predicted {results[-1].latency:.4f} ms, measured {milliseconds:.4f} ms",
+                      file=sys.stderr)
+                return milliseconds
+
+            _, table, verification = verify_search(search, table, target, measure, args.verify_rounds)
+            result = results[-1]
     except Unreachable as error:
         print(f"{PROG}: target cannot be met; the smallest latency {space.name} reaches is "
               f"{error.smallest_latency:.4f} ms", file=sys.stderr)
@@ -286,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trace.close()
     provenance = {
         "device": table.metadata.device,
-        "table": {"name": table_name, "sha256": table.sha256},
+        "table": table_record,
         "objective": objective.settings(),
         "target_latency_ms": target,
         "max_params": max_params,
@@ -308,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **search_counts,
         **provenance,
         **({"start": Path(args.start).name} if start is not None else {}),
+        **({"verify": verification.to_meta()} if verification is not None else {}),
     )
     if args.front:
         write_text_atomic(Path(args.front), front_document(result, provenance))
@@ -316,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_text_atomic(Path(args.out), text)
     else:
         sys.stdout.write(text)
+    if verification is not None and not verification.met:
+        print(f"{PROG}: --verify: measured {verification.rounds[-1].measured_ms:.4f} ms still misses {target:g} ms "
+              f"(+{verification.tolerance:.0%}) after {len(verification.rounds)} searches", file=sys.stderr)
     print(f"{PROG}: {result.latency:.4f} ms, {result.params} params, MES {result.mes:.2f}, score "
           f"{result.score:.3f} ({evaluator.name}), {result.evaluations} evaluations", file=sys.stderr)
     return EXIT_OK

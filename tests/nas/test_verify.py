@@ -1,0 +1,80 @@
+"""`nas.search --verify`: the measure-correct-search-again loop, with fake and real measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search_spaces import Architecture, get_space
+
+from nas.search import main
+from nas.verify import scaled, table_error, verify_search
+from tests.cli_support import invoke
+
+ROOT = Path(__file__).resolve().parents[2]
+ORT_TABLE = ROOT / "benchmarks" / "results" / "lut_table_ort-cpu_efficientformer_v2_r224_t1.json"
+SPACE = get_space("efficientformer_v2")
+
+
+@pytest.fixture(scope="module")
+def table():
+    from lut import load_table
+
+    return load_table(ORT_TABLE)
+
+
+def test_scaling_multiplies_every_prediction(table):
+    arch = SPACE.reference("s1")
+    assert scaled(table, 1.5).predict(arch) == pytest.approx(1.5 * table.predict(arch))
+    assert 0 < table_error(table) < 0.1  # the fitted MAPE of this table
+
+
+def test_a_device_slower_than_the_table_gets_a_corrected_table_and_a_smaller_network(table):
+    """The device takes 1.4x what the table says: round 1 picks s1 and misses, the table is scaled
+    by 1.4, and the second search (with the corrected table) picks s0, which meets the target."""
+    candidates = [SPACE.reference(name) for name in ("l", "s2", "s1", "s0")]
+    searched_with = []
+
+    def search(current):
+        searched_with.append(current)
+        arch = next(a for a in candidates if current.predict(a) <= 20.0)
+        return arch, current.predict(arch)
+
+    def measure(arch):
+        return 1.4 * table.predict(arch)
+
+    arch, final_table, record = verify_search(search, table, 20.0, measure, rounds=3)
+    assert len(record.rounds) == 2 and record.met
+    assert record.rounds[1].table_factor == pytest.approx(1.4)
+    assert final_table.predict(arch) == pytest.approx(1.4 * table.predict(arch))
+    assert record.rounds[1].measured_ms <= 20.0 * (1 + record.tolerance)
+    assert [r.predicted_ms for r in record.rounds] == pytest.approx([table.predict(SPACE.reference("s1")),
+                                                                     1.4 * table.predict(SPACE.reference("s0"))])
+
+
+def test_rounds_are_bounded(table):
+    arch = SPACE.reference("s0")
+    _, _, record = verify_search(lambda t: (arch, t.predict(arch)), table, 1.0, lambda a: 50.0, rounds=2)
+    assert len(record.rounds) == 2 and not record.met
+
+
+def test_verify_refuses_a_modelled_device(capsys):
+    code, _, err = invoke(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12", "--verify"], capsys)
+    assert code == 2 and "iphone12" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_verify_measures_on_ort_cpu_and_corrects_a_table_that_underestimates(table, tmp_path, capsys):
+    """A table that predicts half of what onnxruntime takes is caught by the measurement."""
+    halved = tmp_path / "halved.json"
+    scaled(table, 0.5).save(halved)
+    out = tmp_path / "found.yaml"
+    code, _, err = invoke(main, "nas.search", ["--target-latency", "12ms", "--lut", str(halved), "--verify",
+                                               "--verify-rounds", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    record = Architecture.from_yaml(out).meta["verify"]
+    assert len(record["rounds"]) == 2
+    first = record["rounds"][0]
+    assert first["measured_ms"] > 1.3 * first["predicted_ms"]  # a 2x underestimate, whatever the load
+    assert record["rounds"][1]["table_factor"] > 1.3
