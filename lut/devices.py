@@ -224,7 +224,8 @@ class OrtCpuDevice(Device):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    def _runnable(self, model: bytes, input_shape: tuple[int, ...]) -> Runnable:
+    def load_onnx(self, model: bytes, input_shape: tuple[int, ...]) -> Runnable:
+        """A runnable of a serialised ONNX model (an exported network, or a layer) fed random input."""
         import numpy as np
 
         session = self.session(model)
@@ -232,10 +233,10 @@ class OrtCpuDevice(Device):
         return lambda: session.run(None, feed)
 
     def load(self, module: "nn.Module", input_shape: tuple[int, ...]) -> Runnable:
-        return self._runnable(export_onnx(module, input_shape), input_shape)
+        return self.load_onnx(export_onnx(module, input_shape), input_shape)
 
     def load_empty(self, input_shape: tuple[int, ...]) -> Runnable:
-        return self._runnable(empty_onnx(input_shape), input_shape)
+        return self.load_onnx(empty_onnx(input_shape), input_shape)
 
 
 # -- torch ---------------------------------------------------------------------------------------

@@ -186,7 +186,10 @@ class Profiler:
         self.clock = clock
 
     def profile_module(self, module: "nn.Module", input_shape: tuple[int, ...]) -> LatencyRecord:
-        subject = self.backend.load(module, input_shape)
+        return self.profile_runnable(self.backend.load(module, input_shape), input_shape)
+
+    def profile_runnable(self, subject: Runnable, input_shape: tuple[int, ...]) -> LatencyRecord:
+        """The net latency of an already loaded model (e.g. an exported ONNX file) taking `input_shape`."""
         empty = self.backend.load_empty(input_shape)
         best = net_record(*time_interleaved(subject, empty, self.settings, self.clock))
         for _ in range(self.settings.retries):

@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 from typing import Any, Protocol
+
+import torch
 
 from search_spaces import Architecture
 
@@ -34,13 +37,21 @@ class SupernetEvaluator:
     architecture is scored on the same images without re-reading them. `recalibrate` > 0
     re-estimates the sub-network's BN statistics on that many batches of `calibration_loader`
     (training data; default `loader`) before evaluating.
+
+    Without recalibration, the activations after the stem and after each stage are cached by the
+    architecture prefix that produced them (stage i's output depends on stages 0..i only, and the
+    supernet in eval mode is deterministic): a greedy step's candidates differ from each other in
+    one place, so most of them re-run only the stages from that place on. `prefix_cache` bounds
+    how many prefixes are kept (each holds one activation tensor per batch).
     """
 
     name = "supernet"
 
     def __init__(self, net, loader, max_batches: int | None = None, recalibrate: int = 0,
-                 calibration_loader=None) -> None:
+                 calibration_loader=None, prefix_cache: int = 256) -> None:
         self.net = net
+        self._prefixes: collections.OrderedDict[tuple, list[torch.Tensor]] = collections.OrderedDict()
+        self.prefix_cache = prefix_cache
         self.batches = list(itertools.islice(loader, max_batches))
         if not self.batches:
             raise ValueError("the evaluation data has no batches")
@@ -64,7 +75,38 @@ class SupernetEvaluator:
         if self.recalibrate:
             model = recalibrate_bn(self.net, arch, self.calibration_loader, self.recalibrate)
             return 100.0 * float(accuracy(model, self.batches))
-        return 100.0 * float(evaluate(self.net, arch, self.batches))
+        if not self.prefix_cache:
+            return 100.0 * float(evaluate(self.net, arch, self.batches))
+        return self._evaluate_by_stage(arch)
+
+    def _evaluate_by_stage(self, arch: Architecture) -> float:
+        net = self.net
+        was_training = net.training
+        net.set_arch(arch)
+        net.eval()
+        try:
+            with torch.no_grad():
+                key: tuple = ("stem", arch.stages[0].width)
+                outputs = self._prefix(key, lambda: [net.stem(images) for images, _ in self.batches])
+                for index, stage in enumerate(net.stages):
+                    previous = outputs
+                    key = (*key, arch.stages[index])
+                    outputs = self._prefix(key, lambda stage=stage, previous=previous: [stage(x) for x in previous])
+                correct = sum(int((net.head(x).argmax(1) == labels).sum()) for x, (_, labels) in zip(outputs, self.batches))
+        finally:
+            net.train(was_training)
+        return 100.0 * (correct / sum(len(labels) for _, labels in self.batches))  # as `evaluate` rounds
+
+    def _prefix(self, key: tuple, compute) -> list[torch.Tensor]:
+        cached = self._prefixes.get(key)
+        if cached is None:
+            cached = compute()
+            self._prefixes[key] = cached
+            if len(self._prefixes) > self.prefix_cache:
+                self._prefixes.popitem(last=False)
+        else:
+            self._prefixes.move_to_end(key)
+        return cached
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "recalibrate_batches": self.recalibrate, "images": sum(len(y) for _, y in self.batches)}

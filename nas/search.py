@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table_record = {"name": table_name, "sha256": table.sha256}  # the file's, before any --verify correction
     evaluator = _evaluator(args, space)
     trace_mode = "a" if args.state and Path(args.state).exists() else "w"
-    trace = open(args.trace, trace_mode, encoding="utf-8") if args.trace else None
+    trace = open(args.trace, trace_mode, encoding="utf-8", buffering=1) if args.trace else None  # line by line: tail -f works
     try:
         on_step = (lambda step: trace.write(json.dumps(step_record(step), sort_keys=True) + "\n")) if trace else None
         if device is None:

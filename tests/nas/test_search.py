@@ -335,3 +335,29 @@ def test_supernet_evaluator_search_end_to_end(tmp_path, capsys):
     code, _, err = cli([*base, "--evaluator", "proxy", "--out", str(tmp_path / "p.yaml")], capsys)
     assert code == 0, err
     assert Architecture.from_yaml(tmp_path / "p.yaml").meta["evaluator_settings"]["weights"] == "supernet edgevit.pt"
+
+
+def test_stage_prefix_cache_gives_the_same_accuracies_as_full_forwards():
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nas.actions import v2_actions
+    from nas.evaluators import SupernetEvaluator
+    from supernet import Supernet
+    from supernet.data import load_data
+
+    torch.manual_seed(0)
+    net = Supernet.from_space("edgevit", num_classes=4, resolution=32)
+    for module in net.modules():  # make the BN statistics matter
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    data = load_data("synthetic:64", 32)
+    plain = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), prefix_cache=0)
+    cached = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), prefix_cache=8)
+    space = net.space
+    archs = [a.apply(space.largest()) for a in v2_actions(space, space.largest())]
+    archs += [space.sample(np.random.default_rng(seed)) for seed in range(4)]
+    assert [cached.score(a) for a in archs] == [plain.score(a) for a in archs]
+    assert len(cached._prefixes) <= 8
