@@ -1,0 +1,419 @@
+"""Study: the iPhone 12 analytic latency model against the published iPhone 12 latencies.
+
+    python experiments/iphone12_model/run.py [--config experiments/iphone12_model/config.yaml]
+
+Reads the shipped model (`lut/device_models/iphone12.yaml`: priors, which parameters are free, the
+ten published latencies it is calibrated on) and, in memory only, refits its free parameters
+(`lut.analytic.fit_parameters`), predicts each published network from a fit without it
+(`lut.analytic.leave_one_out`) and refits with each fixed prior scaled (sensitivity). It prices
+every reference variant of every space with the refitted model and with the shipped table
+(`get_device("iphone12").default_table(space)`), with the modelled share of each op class.
+
+Writes into this folder (atomically): `results.json` (config, machine, versions, wall time, every
+number), `predictions.csv` (one row per reference variant), and three plots: published vs fitted
+vs leave-one-out per network, predicted vs published with y = x and a ±band, and the modelled
+latency breakdown per variant. Nothing is measured: this takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from lut.analytic import DeviceModel, ModelError, fit_parameters, leave_one_out, load_model, model_path
+from lut.devices import get_device, loadavg
+from lut.validate import fidelity_metrics
+from search_spaces import Architecture, count_macs, count_params, get_space
+from search_spaces.files import write_bytes_atomic, write_text_atomic
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+# How the priced classes of `DeviceModel.layer_breakdown` are grouped in the breakdown, in stack order.
+BREAKDOWN_GROUPS: dict[str, tuple[str, ...]] = {
+    "dense conv + linear": ("conv", "linear"),
+    "depthwise conv": ("dwconv",),
+    "attention matmul": ("matmul",),
+    "LayerNorm": ("layernorm",),
+    "reshape / layout": ("reshape",),
+    "element-wise + activation": ("elementwise", "activation", "batchnorm"),
+    "op calls": ("calls",),
+    "fixed (layer + network)": ("layer_fixed", "network_fixed"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One reference variant of one space, with its display name."""
+
+    space: str
+    reference: str
+    name: str
+    family: str
+
+    def architecture(self) -> Architecture:
+        return get_space(self.space).reference(self.reference)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The study's settings; every key the script reads must be there (KeyError otherwise)."""
+    config = yaml.safe_load(path.read_text("utf-8"))
+    for key in ("device", "families", "band_percent", "prior_sensitivity", "outputs"):
+        if key not in config:
+            raise KeyError(f"{path}: missing key {key!r}")
+    return config
+
+
+def variants_of(families: Mapping[str, Mapping[str, Any]]) -> list[Variant]:
+    """The configured reference variants, checked against the spaces (a missing one is an error,
+    a shipped one the config leaves out is reported)."""
+    variants = []
+    for space_name, family in families.items():
+        space = get_space(space_name)
+        shipped = set(space.references())
+        unknown = [v for v in family["variants"] if v not in shipped]
+        if unknown:
+            raise KeyError(f"{space_name} has no reference(s) {unknown}; shipped: {sorted(shipped)}")
+        left_out = sorted(shipped - set(family["variants"]))
+        if left_out:
+            log(f"note: {space_name} references not in the config: {left_out}")
+        for reference in family["variants"]:
+            variants.append(Variant(space_name, reference, f"{family['label']}-{reference.upper()}", family["label"]))
+    return variants
+
+
+def machine_state() -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict[str, str]:
+    import matplotlib
+    import onnxruntime
+    import scipy
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+
+
+def breakdown_ms(model: DeviceModel, arch: Architecture) -> dict[str, float]:
+    """Modelled milliseconds of `arch` per breakdown group (they sum to `model.network_ms(arch)`)."""
+    parts: dict[str, float] = {"network_fixed": model.value("network_fixed")}
+    for spec in get_space(arch.space).layer_specs(arch):
+        for part, ms in model.layer_breakdown(spec).items():
+            parts[part] = parts.get(part, 0.0) + ms
+    grouped = {group: sum(parts.get(part, 0.0) for part in members) for group, members in BREAKDOWN_GROUPS.items()}
+    unknown = set(parts) - {part for members in BREAKDOWN_GROUPS.values() for part in members}
+    if unknown:
+        raise ValueError(f"breakdown parts without a group: {sorted(unknown)}")
+    return grouped
+
+
+def parameter_table(model: DeviceModel) -> dict[str, dict[str, Any]]:
+    return {name: parameter.to_dict() for name, parameter in model.parameters.items()}
+
+
+def metrics_dict(predicted: Sequence[float], published: Sequence[float], band_percent: float) -> dict[str, float]:
+    """MAPE, max error, mean signed error, Spearman and share within ±band of predictions."""
+    metrics = fidelity_metrics(predicted, published)
+    relative = np.abs(np.asarray(predicted) - np.asarray(published)) / np.asarray(published)
+    return {
+        "networks": metrics.networks,
+        "mape_percent": round(metrics.mape_percent, 3),
+        "max_error_percent": round(metrics.max_error_percent, 3),
+        "mean_signed_error_percent": round(metrics.mean_signed_error_percent, 3),
+        "spearman": round(metrics.spearman, 4),
+        f"within_{band_percent:g}_percent_share": round(float(np.mean(relative <= band_percent / 100) * 100), 1),
+    }
+
+
+def prior_sensitivity(model: DeviceModel, parameters: Sequence[str], factors: Sequence[float], band: float) -> list[dict[str, Any]]:
+    """Refit and leave-one-out with one fixed prior scaled at a time."""
+    rows = []
+    for name in parameters:
+        if model.parameters[name].fitted:
+            raise ValueError(f"prior_sensitivity: {name} is a fitted parameter, not a prior")
+        for factor in factors:
+            value = model.value(name) * factor
+            row: dict[str, Any] = {"parameter": name, "factor": factor, "value": value, "unit": model.parameters[name].unit}
+            scaled = model.with_values({name: value})
+            try:
+                fit = fit_parameters(scaled)
+                loo = leave_one_out(scaled)
+            except ModelError as error:  # a free term driven to its bound: the scaled prior leaves it unused
+                row["error"] = str(error)
+            else:
+                row["fit_mape_percent"] = round(fit.mape_percent, 3)
+                row["loo"] = metrics_dict(loo.predicted_ms, loo.published_ms, band)
+                row["fitted"] = {n: fit.model.value(n) for n in model.fitted_names}
+            rows.append(row)
+    return rows
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def figure_bytes(figure: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plot_bars(names: Sequence[str], published: Sequence[float], fitted: Sequence[float], loo: Sequence[float], title: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(names))
+    width = 0.27
+    figure, axes = plt.subplots(figsize=(10.0, 4.8), dpi=110)
+    series = (
+        ("published (iPhone 12, Core ML, iOS 16)", published, "0.35"),
+        ("model fitted on all 10", fitted, "tab:blue"),
+        ("leave-one-out prediction", loo, "tab:orange"),
+    )
+    for offset, (label, values, colour) in zip((-width, 0.0, width), series):
+        bars = axes.bar(x + offset, values, width, label=label, color=colour)
+        axes.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    axes.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+    axes.set_ylabel("latency (ms)")
+    axes.set_xlabel("network (batch 1, 224 px)")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(True, axis="y", linewidth=0.3)
+    figure.tight_layout()
+    return figure_bytes(figure)
+
+
+def plot_scatter(
+    names: Sequence[str], published: Sequence[float], fitted: Sequence[float], loo: Sequence[float], band: float, title: str
+) -> bytes:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    published_array = np.asarray(published)
+    everything = np.concatenate([published_array, fitted, loo])
+    low, high = float(everything.min()) / 1.25, float(everything.max()) * 1.25
+    line = np.geomspace(low, high, 100)
+    figure, axes = plt.subplots(figsize=(6.6, 6.2), dpi=110)
+    axes.fill_between(line, line * (1 - band / 100), line * (1 + band / 100), color="0.88", label=f"±{band:g}%")
+    axes.plot(line, line, color="0.3", linewidth=1, label="predicted = published")
+    fit_metrics = metrics_dict(fitted, published, band)
+    loo_metrics = metrics_dict(loo, published, band)
+    axes.scatter(published, fitted, marker="o", s=30, color="tab:blue",
+                 label=f"fitted on all 10: MAPE {fit_metrics['mape_percent']:.1f}%")
+    axes.scatter(published, loo, marker="^", s=36, color="tab:orange",
+                 label=f"leave-one-out: MAPE {loo_metrics['mape_percent']:.1f}%, Spearman {loo_metrics['spearman']:.3f}")
+    for name, x_value, y_value in zip(names, published, loo):
+        axes.annotate(name, (x_value, y_value), textcoords="offset points", xytext=(5, -3), fontsize=6.5)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    for axis in (axes.xaxis, axes.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
+        axis.set_tick_params(which="minor", labelsize=7)
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_xlabel("published latency (ms, log scale)")
+    axes.set_ylabel("model latency (ms, log scale)")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=7.5, loc="upper left")
+    axes.grid(True, which="both", linewidth=0.3)
+    figure.tight_layout()
+    return figure_bytes(figure)
+
+
+def plot_breakdown(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    names = [f"{row['name']} ({row['resolution']} px)" for row in rows]
+    y = np.arange(len(rows))[::-1]
+    left = np.zeros(len(rows))
+    figure, axes = plt.subplots(figsize=(9.0, 5.6), dpi=110)
+    colours = plt.get_cmap("tab10").colors
+    for index, group in enumerate(BREAKDOWN_GROUPS):
+        values = np.array([row["breakdown_ms"][group] for row in rows])
+        axes.barh(y, values, left=left, color=colours[index % len(colours)], label=group, height=0.7)
+        left += values
+    for y_value, row in zip(y, rows):
+        published = row["published_ms"]
+        text = f"{row['model_ms']:.2f} ms" + (f" (published {published:g})" if published is not None else " (no published number)")
+        axes.text(row["model_ms"] + 0.05, y_value, text, va="center", fontsize=7)
+    axes.set_yticks(y, names, fontsize=8)
+    axes.set_xlim(0, float(left.max()) * 1.45)
+    axes.set_xlabel("modelled iPhone 12 latency (ms)")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=7, loc="lower right")
+    axes.grid(True, axis="x", linewidth=0.3)
+    figure.tight_layout()
+    return figure_bytes(figure)
+
+
+# -- study ---------------------------------------------------------------------------------------
+def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    load_before = loadavg()
+    band = float(config["band_percent"])
+    device = get_device(config["device"])
+    shipped_path = model_path(config["device"])
+    model = load_model(shipped_path)
+    variants = variants_of(config["families"])
+    log(f"model {shipped_path.relative_to(ROOT)}: free {list(model.fitted_names)}, {len(model.calibration_data)} published networks")
+
+    fit = fit_parameters(model)
+    loo = leave_one_out(model)
+    refit = fit.model
+    drift = {
+        name: abs(refit.value(name) - model.value(name)) / model.value(name) if model.value(name) else abs(refit.value(name))
+        for name in model.fitted_names
+    }
+    log(f"refit: fit MAPE {fit.mape_percent:.2f}%  LOO MAPE {loo.mape_percent:.2f}%  LOO Spearman {loo.spearman:.3f}")
+    log(f"refit vs shipped parameters: max relative difference {max(drift.values()):.2e}")
+
+    calibration = {(p.space, p.reference): (index, p) for index, p in enumerate(model.calibration_data)}
+    networks = [
+        {
+            "name": point.name,
+            "space": point.space,
+            "reference": point.reference,
+            "published_ms": point.published_ms,
+            "fitted_ms": round(fit.predicted_ms[index], 4),
+            "fit_error_percent": round((fit.predicted_ms[index] - point.published_ms) / point.published_ms * 100, 2),
+            "loo_ms": round(loo.predicted_ms[index], 4),
+            "loo_error_percent": round(loo.errors_percent[index], 2),
+        }
+        for index, point in enumerate(model.calibration_data)
+    ]
+
+    settings = config["prior_sensitivity"]
+    log(f"prior sensitivity: {len(settings['parameters'])} priors x {len(settings['factors'])} factors")
+    sensitivity = prior_sensitivity(model, settings["parameters"], settings["factors"], band)
+
+    references = []
+    tables = {}
+    for variant in variants:
+        arch = variant.architecture()
+        if variant.space not in tables:
+            tables[variant.space] = device.default_table(variant.space)
+        table = tables[variant.space]
+        model_ms = refit.network_ms(arch)
+        groups = breakdown_ms(refit, arch)
+        known = calibration.get((variant.space, variant.reference))
+        published = known[1].published_ms if known else None
+        loo_ms = loo.predicted_ms[known[0]] if known else None
+        references.append(
+            {
+                "name": variant.name,
+                "family": variant.family,
+                "space": variant.space,
+                "reference": variant.reference,
+                "resolution": arch.resolution,
+                "params_m": round(count_params(arch) / 1e6, 3),
+                "gmacs": round(count_macs(arch) / 1e9, 3),
+                "model_ms": round(model_ms, 4),
+                "shipped_table_ms": round(table.predict(arch), 4),
+                "published_ms": published,
+                "model_error_percent": round((model_ms - published) / published * 100, 2) if published else None,
+                "loo_ms": round(loo_ms, 4) if loo_ms is not None else None,
+                "loo_error_percent": round((loo_ms - published) / published * 100, 2) if published else None,
+                "breakdown_ms": {group: round(ms, 4) for group, ms in groups.items()},
+                "breakdown_percent": {group: round(ms / model_ms * 100, 1) for group, ms in groups.items()},
+            }
+        )
+    table_gap = max(abs(row["model_ms"] - row["shipped_table_ms"]) for row in references)
+    log(f"refitted model vs shipped tables: max |difference| {table_gap:.4f} ms over {len(references)} variants")
+
+    names = [row["name"] for row in networks]
+    published = [row["published_ms"] for row in networks]
+    outputs = {key: HERE / value for key, value in config["outputs"].items()}
+    write_bytes_atomic(
+        outputs["bars_png"],
+        plot_bars(names, published, list(fit.predicted_ms), list(loo.predicted_ms),
+                  "iPhone 12 analytic model vs the 10 published latencies (Core ML, iOS 16)"),
+    )
+    write_bytes_atomic(
+        outputs["scatter_png"],
+        plot_scatter(names, published, list(fit.predicted_ms), list(loo.predicted_ms), band,
+                     f"iPhone 12 model: predicted vs published (y = x, ±{band:g}% band)"),
+    )
+    write_bytes_atomic(
+        outputs["breakdown_png"],
+        plot_breakdown(references, "Where the model puts the time: every reference variant, modelled iPhone 12 latency"),
+    )
+
+    columns = ["name", "space", "reference", "resolution", "params_m", "gmacs", "model_ms", "shipped_table_ms",
+               "published_ms", "model_error_percent", "loo_ms", "loo_error_percent"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns + [f"share_{group}" for group in BREAKDOWN_GROUPS])
+    for row in references:
+        writer.writerow([("" if row[c] is None else row[c]) for c in columns] + list(row["breakdown_percent"].values()))
+    write_text_atomic(outputs["predictions_csv"], buffer.getvalue())
+
+    report = {
+        "study": "iphone12_model",
+        "command": "python experiments/iphone12_model/run.py",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_file": str(config_path.relative_to(ROOT)) if config_path.is_relative_to(ROOT) else str(config_path),
+        "config": dict(config),
+        "machine": {**machine_state(), "loadavg_before": load_before, "loadavg_after": loadavg()},
+        "versions": versions(),
+        "model": {
+            "file": str(shipped_path.relative_to(ROOT)),
+            "sha256": model.sha256,
+            "free_parameters": list(model.fitted_names),
+            "fixed_priors": [name for name in model.parameters if name not in model.fitted_names],
+            "shipped_parameters": parameter_table(model),
+            "refitted_parameters": parameter_table(refit),
+            "refit_vs_shipped_max_relative_difference": max(drift.values()),
+            "refit_vs_shipped_tables_max_abs_ms": table_gap,
+        },
+        "fit": metrics_dict(fit.predicted_ms, fit.published_ms, band),
+        "leave_one_out": metrics_dict(loo.predicted_ms, loo.published_ms, band),
+        "networks": networks,
+        "prior_sensitivity": sensitivity,
+        "references": references,
+        "wall_time_s": None,
+    }
+    report["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_text_atomic(outputs["results"], json.dumps(report, indent=1) + "\n")
+    log(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in outputs.values())} in {report['wall_time_s']} s")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="study settings (default: %(default)s)")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    config_path = args.config.resolve()
+    run(load_config(config_path), config_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
