@@ -459,8 +459,8 @@ def plot_fidelity_grid(panels: Sequence[Panel], title: str) -> bytes:
         axes.set_ylabel("predicted from the layer table (ms, log scale)")
         axes.set_title(f"{panel.label} @ {panel.resolution} px: {len(measured)} validation networks "
                        f"(fit on {panel.calibration_networks} others)", fontsize=10)
-        # points lie near the diagonal: the lower-right corner (predicted << measured) stays free
-        axes.legend(loc="lower right", fontsize=8, framealpha=0.9)
+        # points lie near the diagonal, naive sums below it: the upper-left corner stays free
+        axes.legend(loc="upper left", fontsize=8, framealpha=0.9)
         axes.grid(True, which="major", linewidth=0.3)
         axes.set_aspect("equal", adjustable="box")
     for axes in list(grid.flat)[len(panels):]:
