@@ -13,6 +13,7 @@ from nas.actions import v1_actions, v2_actions
 from nas.greedy import Unreachable, greedy_search
 from nas.objectives import LatencyObjective, MESObjective, mes
 from nas.search import main, parse_latency, parse_size
+from tests.nas.toys import ToyTable, toy_params
 
 
 # -- objectives --------------------------------------------------------------------------------
@@ -51,18 +52,6 @@ def test_v1_actions_use_importance_and_turn_meta3d_into_meta4d():
 
 
 # -- greedy on a toy with analytic latency, params and accuracy -----------------------------------
-class ToyTable:
-    """latency = 0.01 ms per block + 0.001 ms per channel of stage width."""
-
-    def predict(self, arch):
-        return 0.01 * sum(arch.depths) + 0.001 * sum(arch.widths)
-
-
-def toy_params(arch):
-    expansions = sum(b.expansion or 0 for s in arch.stages for b in s.blocks if not b.is_identity)
-    return 100_000 * expansions + 1000 * sum(arch.widths)
-
-
 class ToyEvaluator:
     """Depth is precious (10 per block), width cheap (0.001 per channel), expansion almost free."""
 

@@ -26,23 +26,12 @@ from nas.strategies import (
 )
 from search_spaces import get_space, list_spaces
 from search_spaces.architecture import IDENTITY_BLOCK
+from tests.nas.toys import ToyTable, toy_params
 
 SPACE = get_space("efficientformer_v2")
 
 
 # -- toy problem -------------------------------------------------------------------------------------
-class ToyTable:
-    """latency = 0.01 ms per block + 0.001 ms per channel of stage width."""
-
-    def predict(self, arch):
-        return 0.01 * sum(arch.depths) + 0.001 * sum(arch.widths)
-
-
-def toy_params(arch):
-    expansions = sum(b.expansion or 0 for s in arch.stages for b in s.blocks if not b.is_identity)
-    return 100_000 * expansions + 1000 * sum(arch.widths)
-
-
 class ToyEvaluator:
     """Depth is precious, width cheap, expansion almost free; cached per architecture like the
     real evaluators, with `evaluations` counting distinct architectures scored."""
