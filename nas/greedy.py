@@ -5,6 +5,14 @@ smallest objective ratio (accuracy drop per unit gained), and repeat until the t
 latency ≤ target and params ≤ `max_params`. Every step is recorded; the path is a latency/accuracy
 front. While only the size budget is unmet, the gain is the parameters saved (in millions).
 
+The last step is chosen differently: when the ratio-best action of a step meets every constraint
+(so the search would stop after it), the search takes the feasible candidate of that step with
+the highest score instead. The ratio is the right guide while latency still has to be bought; at
+the finish it would trade accuracy for latency below the target, which nobody asked for (the
+ratio-best action may overshoot the target by a wide margin while a gentler one lands just under
+it with more accuracy). A feasible candidate of an earlier step is not taken: a drastic action
+that reaches the target at once usually scores below the end of the gentler path.
+
 Deterministic: actions come in a fixed order and ties keep the first.
 """
 
@@ -88,7 +96,7 @@ def greedy_search(
         if _met(latency, params, target_latency, max_params):
             break
         latency_met = latency <= target_latency
-        best = None
+        best = best_feasible = None
         for action in actions(space, arch):
             candidate = action.apply(arch)
             cand_latency, cand_params = table.predict(candidate), params_of(candidate)
@@ -102,10 +110,16 @@ def greedy_search(
             ratio = objective.ratio(score - cand_score, gain)
             if ratio == NO_GAIN:
                 continue
+            option = (ratio, action, candidate, cand_latency, cand_params, cand_score)
             if best is None or ratio < best[0]:
-                best = (ratio, action, candidate, cand_latency, cand_params, cand_score)
+                best = option
+            if _met(cand_latency, cand_params, target_latency, max_params) and (
+                    best_feasible is None or cand_score > best_feasible[5]):
+                best_feasible = option
         if best is None:
             raise Unreachable(min(latency, table.predict(space.smallest())))
+        if _met(best[3], best[4], target_latency, max_params):  # the last step: the most accurate finish
+            best = best_feasible
         ratio, action, candidate, cand_latency, cand_params, cand_score = best
         step = Step(action.name, action.description, cand_score - score, cand_latency - latency,
                     cand_params - params, cand_latency, cand_params, mes(cand_params, cand_latency), cand_score, ratio)

@@ -75,6 +75,41 @@ def test_latency_objective_cuts_only_widths_and_meets_the_target():
     assert ToyTable().predict(result.path[-2]) > 0.8  # stops at the first feasible step
 
 
+@pytest.mark.parametrize("objective", [LatencyObjective(), MESObjective()], ids=["latency", "mes"])
+def test_last_step_takes_the_most_accurate_candidate_that_meets_the_target(objective):
+    table, evaluator, target = ToyTable(), ToyEvaluator(), 0.8
+    result = greedy_search(SPACE, table, evaluator, objective, target, params_of=toy_params)
+    before = result.path[-2]
+    feasible = [a.apply(before) for a in v2_actions(SPACE, before) if table.predict(a.apply(before)) <= target]
+    assert len(feasible) > 1  # a real choice at the finish
+    assert result.score == max(evaluator.score(arch) for arch in feasible)
+    assert result.score > min(evaluator.score(arch) for arch in feasible)
+
+
+class StageTable:
+    """Only the widths of stages 0 and 3 cost latency: 1 µs and 4 µs per channel."""
+
+    def predict(self, arch):
+        return 0.001 * arch.widths[0] + 0.004 * arch.widths[3]
+
+
+class StageEvaluator:
+    """A stage-3 channel is worth twice a stage-0 channel, but costs four times the latency."""
+
+    def score(self, arch):
+        return 0.001 * arch.widths[0] + 0.002 * arch.widths[3]
+
+
+def test_last_step_does_not_overshoot_when_a_gentler_cut_meets_the_target():
+    # ratios: width s3 = 0.016/0.032 = 0.5, width s0 = 0.008/0.008 = 1.0, so the path cuts s3; the
+    # target sits 4 µs below the point after three s3 cuts, where both cuts are feasible.
+    start = StageTable().predict(SPACE.largest())
+    target = start - 3 * 0.032 - 0.004
+    result = greedy_search(SPACE, StageTable(), StageEvaluator(), LatencyObjective(), target, params_of=toy_params)
+    assert [s.action for s in result.steps[1:]] == ["width s3"] * 3 + ["width s0"]
+    assert result.latency == pytest.approx(target - 0.004)
+
+
 def test_mes_objective_takes_the_nearly_free_expansion_cut_first():
     result = greedy_search(SPACE, ToyTable(), ToyEvaluator(), MESObjective(), 0.8, params_of=toy_params)
     assert result.steps[1].action.startswith("expansion")
