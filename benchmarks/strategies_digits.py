@@ -1,6 +1,6 @@
 """Greedy vs random vs evolution at equal evaluation budgets, with the digits-trained V2 supernet.
 
-    python benchmarks/strategies_digits.py [--supernet runs/v2_digits.pt] [--fractions 0.9,0.8,0.7]
+    python benchmarks/strategies_digits.py [--supernet runs/v2_digits.pt] [--fractions 0.96,0.93,0.90]
         [--objective latency] [--random-factor 5]
 
 The evaluator is the same for every strategy: top-1 accuracy on the 359 held-out digits through
@@ -52,7 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supernet", default=str(ROOT / "runs" / "v2_digits.pt"))
     parser.add_argument("--table", default=str(TABLE))
-    parser.add_argument("--fractions", default="0.9,0.8,0.7")
+    parser.add_argument("--fractions", default="0.96,0.93,0.90")
     parser.add_argument("--objective", default="latency")
     parser.add_argument("--random-factor", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
