@@ -17,7 +17,6 @@ latency breakdown per variant. Nothing is measured: this takes a few seconds.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -25,7 +24,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -33,14 +31,30 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from lut.analytic import DeviceModel, ModelError, fit_parameters, leave_one_out, load_model, model_path
-from lut.devices import get_device, loadavg
-from lut.validate import fidelity_metrics
-from search_spaces import Architecture, count_macs, count_params, get_space
-from search_spaces.files import write_bytes_atomic, write_text_atomic
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))  # for `experiments.study`: the studies are not an installed package
+
+from experiments.study import (  # noqa: E402
+    config_path_from_command_line,
+    log,
+    png_bytes,
+    require_keys,
+    variants_of,
+    versions,
+)
+from lut.analytic import (  # noqa: E402
+    DeviceModel,
+    ModelError,
+    fit_parameters,
+    leave_one_out,
+    load_model,
+    model_path,
+)
+from lut.devices import get_device, loadavg  # noqa: E402
+from lut.validate import fidelity_metrics  # noqa: E402
+from search_spaces import Architecture, count_macs, count_params, get_space  # noqa: E402
+from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
 # How the priced classes of `DeviceModel.layer_breakdown` are grouped in the breakdown, in stack order.
 BREAKDOWN_GROUPS: dict[str, tuple[str, ...]] = {
@@ -55,67 +69,15 @@ BREAKDOWN_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One reference variant of one space, with its display name."""
-
-    space: str
-    reference: str
-    name: str
-    family: str
-
-    def architecture(self) -> Architecture:
-        return get_space(self.space).reference(self.reference)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def load_config(path: Path) -> dict[str, Any]:
     """The study's settings; every key the script reads must be there (KeyError otherwise)."""
     config = yaml.safe_load(path.read_text("utf-8"))
-    for key in ("device", "families", "band_percent", "prior_sensitivity", "outputs"):
-        if key not in config:
-            raise KeyError(f"{path}: missing key {key!r}")
+    require_keys(config, ("device", "families", "band_percent", "prior_sensitivity", "outputs"), path)
     return config
-
-
-def variants_of(families: Mapping[str, Mapping[str, Any]]) -> list[Variant]:
-    """The configured reference variants, checked against the spaces (a missing one is an error,
-    a shipped one the config leaves out is reported)."""
-    variants = []
-    for space_name, family in families.items():
-        space = get_space(space_name)
-        shipped = set(space.references())
-        unknown = [v for v in family["variants"] if v not in shipped]
-        if unknown:
-            raise KeyError(f"{space_name} has no reference(s) {unknown}; shipped: {sorted(shipped)}")
-        left_out = sorted(shipped - set(family["variants"]))
-        if left_out:
-            log(f"note: {space_name} references not in the config: {left_out}")
-        for reference in family["variants"]:
-            variants.append(Variant(space_name, reference, f"{family['label']}-{reference.upper()}", family["label"]))
-    return variants
 
 
 def machine_state() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-
-
-def versions() -> dict[str, str]:
-    import matplotlib
-    import onnxruntime
-    import scipy
-    import torch
-
-    return {
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "matplotlib": matplotlib.__version__,
-    }
 
 
 def breakdown_ms(model: DeviceModel, arch: Architecture) -> dict[str, float]:
@@ -173,15 +135,6 @@ def prior_sensitivity(model: DeviceModel, parameters: Sequence[str], factors: Se
 
 
 # -- plots ---------------------------------------------------------------------------------------
-def figure_bytes(figure: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def plot_bars(names: Sequence[str], published: Sequence[float], fitted: Sequence[float], loo: Sequence[float], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -203,7 +156,7 @@ def plot_bars(names: Sequence[str], published: Sequence[float], fitted: Sequence
     axes.legend(fontsize=8, loc="upper left")
     axes.grid(True, axis="y", linewidth=0.3)
     figure.tight_layout()
-    return figure_bytes(figure)
+    return png_bytes(figure)
 
 
 def plot_scatter(
@@ -242,7 +195,7 @@ def plot_scatter(
     axes.legend(fontsize=7.5, loc="upper left")
     axes.grid(True, which="both", linewidth=0.3)
     figure.tight_layout()
-    return figure_bytes(figure)
+    return png_bytes(figure)
 
 
 def plot_breakdown(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
@@ -268,7 +221,7 @@ def plot_breakdown(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     axes.legend(fontsize=7, loc="lower right")
     axes.grid(True, axis="x", linewidth=0.3)
     figure.tight_layout()
-    return figure_bytes(figure)
+    return png_bytes(figure)
 
 
 # -- study ---------------------------------------------------------------------------------------
@@ -379,7 +332,7 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
         "config_file": str(config_path.relative_to(ROOT)) if config_path.is_relative_to(ROOT) else str(config_path),
         "config": dict(config),
         "machine": {**machine_state(), "loadavg_before": load_before, "loadavg_after": loadavg()},
-        "versions": versions(),
+        "versions": versions("torch", "onnxruntime", "numpy", "scipy", "matplotlib"),
         "model": {
             "file": str(shipped_path.relative_to(ROOT)),
             "sha256": model.sha256,
@@ -404,13 +357,7 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="study settings (default: %(default)s)")
-    args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    config_path = args.config.resolve()
+    config_path = config_path_from_command_line(__doc__.split("\n\n")[0], HERE / "config.yaml", argv)
     run(load_config(config_path), config_path)
     return 0
 

@@ -41,17 +41,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from lut.build import build_table, journal_path
-from lut.calibration import fit_calibration
-from lut.devices import Device, get_device, host_cpu, loadavg
-from lut.profiler import TimingSettings
-from lut.table import Calibration, LatencyTable, load_table
-from lut.validate import FidelityMetrics, NetworkMeasurement, fidelity_metrics, measure_networks, sample_architectures
-from search_spaces import Architecture, SearchSpace, count_macs, count_params, get_space
-from search_spaces.files import write_bytes_atomic, write_text_atomic
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))  # for `experiments.study`: the studies are not an installed package
+
+from experiments.study import png_bytes  # noqa: E402
+from lut.build import build_table, journal_path  # noqa: E402
+from lut.calibration import fit_calibration  # noqa: E402
+from lut.devices import Device, get_device, host_cpu, loadavg  # noqa: E402
+from lut.profiler import TimingSettings  # noqa: E402
+from lut.table import Calibration, LatencyTable, load_table  # noqa: E402
+from lut.validate import FidelityMetrics, NetworkMeasurement, fidelity_metrics, measure_networks, sample_architectures  # noqa: E402
+from search_spaces import Architecture, SearchSpace, count_macs, count_params, get_space  # noqa: E402
+from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
 CONFIG_KEYS = {"device", "threads", "batch", "torch_threads", "num_classes", "timing", "quiet", "tables_dir", "spaces", "outputs"}
 SPACE_KEYS = {"label", "resolution", "widths_subset", "start_from", "calibration", "validation"}
@@ -409,18 +411,6 @@ def plot_title(device: Mapping[str, Any]) -> str:
             f"batch {settings['batch']}): layer-table prediction vs end-to-end measurement")
 
 
-def png_bytes(figure: Any) -> bytes:
-    """The figure as a 256-colour PNG (a plot of flat colours loses nothing visible; a third of the size)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").quantize(colors=256)
-    buffer = io.BytesIO()
-    image.save(buffer, format="png", optimize=True)
-    return buffer.getvalue()
-
-
 def plot_fidelity_grid(panels: Sequence[Panel], title: str) -> bytes:
     """Predicted vs measured (log-log) of each space's validation networks: naive sum and final
     calibration in two colours, y = x and the ±10% band; one panel per space, 2 columns."""
@@ -466,9 +456,7 @@ def plot_fidelity_grid(panels: Sequence[Panel], title: str) -> bytes:
     for axes in list(grid.flat)[len(panels):]:
         axes.set_visible(False)
     figure.suptitle(title, fontsize=12)
-    data = png_bytes(figure)
-    plt.close(figure)
-    return data
+    return png_bytes(figure, colours=256)
 
 
 def report_json(report: Mapping[str, Any]) -> str:

@@ -21,7 +21,6 @@ quiet machine. About 40 s per round on a free core (V1 l7 takes ~0.2 s a run).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -38,16 +37,26 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from lut.devices import get_device, host_cpu, loadavg
-from lut.profiler import TimingSettings
-from lut.table import LatencyTable, load_table
-from lut.validate import fidelity_metrics
-from nas.objectives import mes
-from search_spaces import Architecture, count_macs, count_params, get_space
-from search_spaces.files import write_bytes_atomic, write_text_atomic
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))  # for `experiments.study`: the studies are not an installed package
+
+from experiments.study import (  # noqa: E402
+    Variant,
+    config_path_from_command_line,
+    log,
+    png_bytes,
+    require_keys,
+    variants_of,
+    versions,
+)
+from lut.devices import get_device, host_cpu, loadavg  # noqa: E402
+from lut.profiler import TimingSettings  # noqa: E402
+from lut.table import LatencyTable, load_table  # noqa: E402
+from lut.validate import fidelity_metrics  # noqa: E402
+from nas.objectives import mes  # noqa: E402
+from search_spaces import Architecture, count_macs, count_params  # noqa: E402
+from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
 # Major ticks of the log axes (1-2-3-5 per decade), those within the data's range are drawn.
 LOG_TICKS = tuple(m * 10.0**e for e in range(-1, 4) for m in (1, 2, 3, 5))
@@ -61,62 +70,11 @@ CSV_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One reference variant of one space, with its display name."""
-
-    space: str
-    reference: str
-    name: str
-    family: str
-
-    def architecture(self) -> Architecture:
-        return get_space(self.space).reference(self.reference)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def load_config(path: Path) -> dict[str, Any]:
     """The study's settings; every key the script reads must be there (KeyError otherwise)."""
     config = yaml.safe_load(path.read_text("utf-8"))
-    for key in ("families", "iphone12_device", "ort_cpu", "quiet", "ort_cpu_tables", "mes", "outputs"):
-        if key not in config:
-            raise KeyError(f"{path}: missing key {key!r}")
+    require_keys(config, ("families", "iphone12_device", "ort_cpu", "quiet", "ort_cpu_tables", "mes", "outputs"), path)
     return config
-
-
-def variants_of(families: Mapping[str, Mapping[str, Any]]) -> list[Variant]:
-    """The configured reference variants, checked against the spaces (a missing one is an error,
-    a shipped one the config leaves out is reported)."""
-    variants = []
-    for space_name, family in families.items():
-        shipped = set(get_space(space_name).references())
-        unknown = [v for v in family["variants"] if v not in shipped]
-        if unknown:
-            raise KeyError(f"{space_name} has no reference(s) {unknown}; shipped: {sorted(shipped)}")
-        left_out = sorted(shipped - set(family["variants"]))
-        if left_out:
-            log(f"note: {space_name} references not in the config: {left_out}")
-        for reference in family["variants"]:
-            variants.append(Variant(space_name, reference, f"{family['label']}-{reference.upper()}", family["label"]))
-    return variants
-
-
-def versions() -> dict[str, str]:
-    import matplotlib
-    import onnx
-    import onnxruntime
-    import torch
-
-    return {
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-        "matplotlib": matplotlib.__version__,
-    }
 
 
 def published_latencies(device_name: str) -> dict[tuple[str, str], float]:
@@ -313,10 +271,7 @@ def plot_latency_vs_params(rows: Sequence[Mapping[str, Any]], device_label: str,
     figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8.5, frameon=False)
     figure.suptitle(title, fontsize=11)
     figure.tight_layout(rect=(0, 0.09, 1, 1))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
@@ -410,7 +365,7 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
             "loadavg_before": load_before,
             "loadavg_after": loadavg(),
         },
-        "versions": versions(),
+        "versions": versions("torch", "onnxruntime", "onnx", "numpy", "matplotlib"),
         "ort_cpu_device": {"settings": ort.settings(), "runtime": ort.runtime_versions()},
         "iphone12_tables": {
             space: {"sha256": iphone.default_table(space).sha256, "name": iphone.table_name(space)}
@@ -430,16 +385,10 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="study settings (default: %(default)s)")
-    args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
+    config_path = config_path_from_command_line(__doc__.split("\n\n")[0], HERE / "config.yaml", argv)
     # the TorchScript exporter notes, for every strided slice, that it does not constant-fold it;
     # the exported graph is what the runtime runs either way
     warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-    config_path = args.config.resolve()
     run(load_config(config_path), config_path)
     return 0
 

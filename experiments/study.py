@@ -1,0 +1,96 @@
+"""What the study runners under `experiments/` share: their settings check, the reference variants
+they price, the versions they record, progress lines and plots as PNG bytes.
+
+A runner (`experiments/<study>/run.py`, started from the repository root) puts the root on
+`sys.path` and imports this module as `experiments.study`: the studies are not an installed package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from search_spaces import Architecture, get_space
+
+
+def log(message: str) -> None:
+    """One progress line on stderr, flushed (studies run for minutes, often under `nohup`)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def config_path_from_command_line(description: str, default: Path, argv: Sequence[str] | None = None) -> Path:
+    """The resolved `--config` path of a runner's command line; also selects matplotlib's Agg
+    backend (studies draw their plots into files, on machines without a display)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, default=default, help="study settings (default: %(default)s)")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    return args.config.resolve()
+
+
+def require_keys(config: Mapping[str, Any], keys: Iterable[str], path: Path) -> None:
+    """`KeyError` naming the first key of `keys` the study's settings lack."""
+    for key in keys:
+        if key not in config:
+            raise KeyError(f"{path}: missing key {key!r}")
+
+
+def versions(*modules: str) -> dict[str, str]:
+    """`module.__version__` of each named module, in the order given."""
+    return {name: importlib.import_module(name).__version__ for name in modules}
+
+
+def png_bytes(figure: Any, colours: int | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes (for an atomic write); the figure is closed. With `colours`,
+    the image is quantised to that many (a plot of flat colours loses nothing visible at 256 and
+    shrinks to about a third)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    if colours is None:
+        return buffer.getvalue()
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").quantize(colors=colours)
+    buffer = io.BytesIO()
+    image.save(buffer, format="png", optimize=True)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One reference variant of one space, with its display name."""
+
+    space: str
+    reference: str
+    name: str
+    family: str
+
+    def architecture(self) -> Architecture:
+        return get_space(self.space).reference(self.reference)
+
+
+def variants_of(families: Mapping[str, Mapping[str, Any]]) -> list[Variant]:
+    """The configured reference variants (`{space: {label, variants}}`), checked against the spaces:
+    a missing one is an error, a shipped one the config leaves out is reported."""
+    variants = []
+    for space_name, family in families.items():
+        shipped = set(get_space(space_name).references())
+        unknown = [v for v in family["variants"] if v not in shipped]
+        if unknown:
+            raise KeyError(f"{space_name} has no reference(s) {unknown}; shipped: {sorted(shipped)}")
+        left_out = sorted(shipped - set(family["variants"]))
+        if left_out:
+            log(f"note: {space_name} references not in the config: {left_out}")
+        for reference in family["variants"]:
+            variants.append(Variant(space_name, reference, f"{family['label']}-{reference.upper()}", family["label"]))
+    return variants
