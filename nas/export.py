@@ -267,20 +267,30 @@ def _export_onnx(model: nn.Module, out: Path, shape: tuple[int, ...], example: n
         (actual,) = session.run(None, {session.get_inputs()[0].name: example})
     except Exception as error:
         raise ExportError(f"onnx export failed: {_first_line(error)}") from error
-    absolute, relative = _check("onnx", actual, expected, out)
+    return _write_checked_file(
+        "onnx", out, data, shape, actual, expected, numerics="checked with onnxruntime (CPUExecutionProvider)",
+        tools={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    )
+
+
+def _write_checked_file(fmt: str, out: Path, data: bytes, shape: tuple[int, ...], actual: np.ndarray,
+                        expected: np.ndarray, numerics: str, tools: dict[str, str]) -> ExportReport:
+    """Compare the exported model's output with torch's (`ExportError` beyond the format's
+    tolerance, nothing written), then write the file atomically and report."""
+    absolute, relative = _check(fmt, actual, expected, out)
     _write_file_atomic(out, data)
     return ExportReport(
-        format="onnx",
+        format=fmt,
         path=str(out),
         input_shape=shape,
         output_shape=tuple(actual.shape),
-        exporter=EXPORTERS["onnx"],
+        exporter=EXPORTERS[fmt],
         file_size_bytes=len(data),
-        numerics="checked with onnxruntime (CPUExecutionProvider)",
+        numerics=numerics,
         max_abs_diff=absolute,
         max_rel_diff=relative,
-        tolerance=TOLERANCE["onnx"],
-        tools={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        tolerance=TOLERANCE[fmt],
+        tools=tools,
     )
 
 
@@ -309,21 +319,8 @@ def _export_torchscript(
             actual = reloaded(torch.from_numpy(example)).numpy()
     except Exception as error:
         raise ExportError(f"torchscript export failed: {_first_line(error)}") from error
-    absolute, relative = _check("torchscript", actual, expected, out)
-    _write_file_atomic(out, data)
-    return ExportReport(
-        format="torchscript",
-        path=str(out),
-        input_shape=shape,
-        output_shape=tuple(actual.shape),
-        exporter=EXPORTERS["torchscript"],
-        file_size_bytes=len(data),
-        numerics="checked by torch.jit.load of the saved file",
-        max_abs_diff=absolute,
-        max_rel_diff=relative,
-        tolerance=TOLERANCE["torchscript"],
-        tools={"torch": torch.__version__},
-    )
+    return _write_checked_file("torchscript", out, data, shape, actual, expected,
+                               numerics="checked by torch.jit.load of the saved file", tools={"torch": torch.__version__})
 
 
 def _export_coreml(model: nn.Module, out: Path, shape: tuple[int, ...], example: np.ndarray, expected: np.ndarray) -> ExportReport:

@@ -85,6 +85,13 @@ def greedy_search(
     max_steps: int = 10_000,
     on_step: Callable[[Step], None] | None = None,
 ) -> SearchResult:
+    """Slim from `start` (default the largest network) until the table's latency ≤ `target_latency`
+    and params ≤ `max_params`, one action a step as the module says; return the end and the path.
+
+    `evaluator.score(arch)` is called once per candidate (cache in the evaluator); `on_step` sees
+    every step as it is taken. Raises `Unreachable` when no action gains anything before the target
+    is met, or after `max_steps`.
+    """
     arch = space.validate(start) if start is not None else space.largest()
     latency, params = table.predict(arch), params_of(arch)
     score = evaluator.score(arch)
