@@ -22,10 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lut.build import build_table
-from lut.calibration import fit_calibration
 from lut.devices import get_device, host_cpu, loadavg
 from lut.table import load_table
-from lut.validate import fidelity_metrics, measure_networks, plot_fidelity, sample_architectures
+from lut.validate import fidelity_metrics, measure_calibration_split, plot_fidelity, sample_architectures
 from search_spaces import get_space
 from search_spaces.files import write_text_atomic
 
@@ -66,22 +65,14 @@ def main() -> int:
 
     calibration_archs = sample_architectures(space, args.calibration_samples, CALIBRATION_SEED, RESOLUTION, 1000)
     validation_archs = sample_architectures(space, args.samples, VALIDATION_SEED, RESOLUTION, 1000)
-    order = []  # interleave the two sets in time
-    for index in range(max(len(calibration_archs), len(validation_archs))):
-        if index < len(calibration_archs):
-            order.append(("calibration", calibration_archs[index]))
-        if index < len(validation_archs):
-            order.append(("validation", validation_archs[index]))
     start_load, started = loadavg(), time.perf_counter()
-    with tqdm(total=len(order), desc="measuring networks", unit="net", file=sys.stderr) as bar:
-        rows = measure_networks(device, table, [arch for _, arch in order], bar.update)
+    with tqdm(total=len(calibration_archs) + len(validation_archs), desc="measuring networks", unit="net",
+              file=sys.stderr) as bar:
+        split = measure_calibration_split(device, table, calibration_archs, validation_archs, bar.update)
     measure_seconds = time.perf_counter() - started
-    fit_rows = [row for (role, _), row in zip(order, rows) if role == "calibration"]
-    eval_rows = [row for (role, _), row in zip(order, rows) if role == "validation"]
-
-    final = fit_calibration([r.sums_by_kind for r in fit_rows], [r.measured_ms for r in fit_rows])
-    # the DESIGN's simplest calibration, measured ≈ a·Σ + b, for comparison
-    global_fit = fit_calibration([{"all": r.naive_ms} for r in fit_rows], [r.measured_ms for r in fit_rows])
+    fit_rows, eval_rows = split.calibration_rows, split.validation_rows
+    # final: per-kind scales; global_fit: the DESIGN's simplest calibration, measured ≈ a·Σ + b
+    final, global_fit = split.calibration, split.global_fit
     measured = [r.measured_ms for r in eval_rows]
     predictors = {
         "naive_sum": [r.naive_ms for r in eval_rows],

@@ -39,7 +39,7 @@ from lut.build import add_device_arguments, device_from_args, space_from_args
 from search_spaces.command_line import positive_int
 from lut.calibration import fit_calibration
 from lut.devices import Device, loadavg
-from lut.table import LatencyTable, MissingKeysError, TableError, load_table
+from lut.table import Calibration, LatencyTable, MissingKeysError, TableError, load_table
 
 PROG = "python -m lut.validate"
 
@@ -124,6 +124,44 @@ def measure_networks(
         if progress:
             progress()
     return rows
+
+
+@dataclass(frozen=True)
+class CalibrationSplit:
+    """Networks of a calibration set and a held-out validation set, measured interleaved in time (a
+    drift in the machine's load hits both alike); the per-kind calibration fitted on the calibration
+    set, and the one-coefficient fit measured ≈ a·Σ + b on the same networks, for comparison."""
+
+    calibration_rows: list[NetworkMeasurement]
+    validation_rows: list[NetworkMeasurement]
+    calibration: Calibration
+    global_fit: Calibration
+
+
+def measure_calibration_split(
+    device: Device,
+    table: LatencyTable,
+    calibration_archs: Sequence[Architecture],
+    validation_archs: Sequence[Architecture],
+    progress: Callable[[], Any] | None = None,
+) -> CalibrationSplit:
+    """Measure both sets alternately (calibration, validation, calibration, ...) and fit on the first."""
+    order: list[tuple[bool, Architecture]] = []
+    for index in range(max(len(calibration_archs), len(validation_archs))):
+        if index < len(calibration_archs):
+            order.append((True, calibration_archs[index]))
+        if index < len(validation_archs):
+            order.append((False, validation_archs[index]))
+    rows = measure_networks(device, table, [arch for _, arch in order], progress)
+    fit_rows = [row for (fit, _), row in zip(order, rows) if fit]
+    held_out = [row for (fit, _), row in zip(order, rows) if not fit]
+    measured = [row.measured_ms for row in fit_rows]
+    return CalibrationSplit(
+        fit_rows,
+        held_out,
+        fit_calibration([row.sums_by_kind for row in fit_rows], measured),
+        fit_calibration([{"all": row.naive_ms} for row in fit_rows], measured),
+    )
 
 
 def plot_fidelity(

@@ -47,12 +47,17 @@ sys.path.insert(0, str(ROOT))  # for `experiments.study`: the studies are not an
 
 from experiments.study import png_bytes  # noqa: E402
 from lut.build import build_table, journal_path  # noqa: E402
-from lut.calibration import fit_calibration  # noqa: E402
 from lut.devices import Device, get_device, host_cpu, loadavg  # noqa: E402
 from lut.profiler import TimingSettings  # noqa: E402
 from lut.table import Calibration, LatencyTable, load_table  # noqa: E402
-from lut.validate import FidelityMetrics, NetworkMeasurement, fidelity_metrics, measure_networks, sample_architectures  # noqa: E402
-from search_spaces import Architecture, SearchSpace, count_macs, count_params, get_space  # noqa: E402
+from lut.validate import (  # noqa: E402
+    FidelityMetrics,
+    NetworkMeasurement,
+    fidelity_metrics,
+    measure_calibration_split,
+    sample_architectures,
+)
+from search_spaces import SearchSpace, count_macs, count_params, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
 CONFIG_KEYS = {"device", "threads", "batch", "torch_threads", "num_classes", "timing", "quiet", "tables_dir", "spaces", "outputs"}
@@ -306,26 +311,18 @@ def measure_space(device: Device, table: LatencyTable, space: SearchSpace, setti
                                  resolution, num_classes)
     seen = set(calibration_archs)
     validation_archs = [arch for arch in drawn if arch not in seen]
-    order: list[tuple[str, Architecture]] = []
-    for index in range(max(len(calibration_archs), len(validation_archs))):
-        if index < len(calibration_archs):
-            order.append(("calibration", calibration_archs[index]))
-        if index < len(validation_archs):
-            order.append(("validation", validation_archs[index]))
     load_before, started = loadavg(), time.perf_counter()
-    with tqdm(total=len(order), desc=f"networks {space.name}@{resolution}", unit="net", file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        rows = measure_networks(device, table, [arch for _, arch in order], bar.update)
+    with tqdm(total=len(calibration_archs) + len(validation_archs), desc=f"networks {space.name}@{resolution}",
+              unit="net", file=sys.stderr, dynamic_ncols=True) as bar:
+        split = measure_calibration_split(device, table, calibration_archs, validation_archs, bar.update)
     seconds = time.perf_counter() - started
-    fit_rows = [row for (role, _), row in zip(order, rows) if role == "calibration"]
-    eval_rows = [row for (role, _), row in zip(order, rows) if role == "validation"]
-    final = fit_calibration([row.sums_by_kind for row in fit_rows], [row.measured_ms for row in fit_rows])
-    global_fit = fit_calibration([{"all": row.naive_ms} for row in fit_rows], [row.measured_ms for row in fit_rows])
+    eval_rows = split.validation_rows
     measured = [row.measured_ms for row in eval_rows]
-    predicted = [predictions(row, final, global_fit) for row in eval_rows]
+    predicted = [predictions(row, split.calibration, split.global_fit) for row in eval_rows]
     metrics = {name: fidelity_metrics([values[name] for values in predicted], measured) for name in PREDICTORS}
-    return SpaceResult(space.name, str(settings["label"]), resolution, fit_rows, eval_rows, final, global_fit, metrics,
-                       len(drawn) - len(validation_archs), round(seconds, 1), load_before, loadavg())
+    return SpaceResult(space.name, str(settings["label"]), resolution, split.calibration_rows, eval_rows,
+                       split.calibration, split.global_fit, metrics, len(drawn) - len(validation_archs),
+                       round(seconds, 1), load_before, loadavg())
 
 
 # -- outputs -----------------------------------------------------------------------------------------

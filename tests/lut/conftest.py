@@ -61,6 +61,19 @@ def fake_device() -> FakeDevice:
 
 
 @pytest.fixture(scope="session")
+def edgevit_table(tmp_path_factory):
+    """A complete edgevit table at 64 px on the fake device (every spec of the space)."""
+    from lut import build
+    from search_spaces.command_line import run_command
+
+    path = tmp_path_factory.mktemp("tables") / "edgevit.json"
+    quick = ["--runs", "3", "--warmup", "1", "--budget", "0.0001"]
+    code = run_command(build.main, ["--device", "fake-cpu", "--space", "edgevit", "--resolution", "64", "--out", str(path), *quick])
+    assert code == 0
+    return path
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray runtime (2 CPUs, 2 units of the ort-cpu resource) for every Ray test."""
     ray = pytest.importorskip("ray")

@@ -11,7 +11,6 @@ import pytest
 from lut import build, devices, predict, validate
 from lut.table import load_table
 from search_spaces import get_space
-from search_spaces.command_line import run_command
 from tests.cli_support import invoke
 from tests.lut.conftest import FakeDevice  # noqa: F401  (registers the fake device)
 
@@ -21,15 +20,6 @@ EDGEVIT_SUBSET = ["--widths-subset", "36", "72", "144", "288"]
 
 def run(module, argv, capsys):
     return invoke(module.main, module.PROG, argv, capsys)
-
-
-@pytest.fixture(scope="module")
-def edgevit_table(tmp_path_factory):
-    """A complete edgevit table at 64 px on the fake device (every spec of the space)."""
-    path = tmp_path_factory.mktemp("tables") / "edgevit.json"
-    code = run_command(build.main, ["--device", "fake-cpu", "--space", "edgevit", "--resolution", "64", "--out", str(path), *QUICK])
-    assert code == 0
-    return path
 
 
 def test_devices_lists_every_device(capsys):
