@@ -42,6 +42,7 @@ from typing import Any, Iterable
 
 import matplotlib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for `experiments.study`: the studies are not an installed package
 matplotlib.use("Agg")
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,6 +53,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import search_spaces  # noqa: E402
+from experiments.study import png_bytes  # noqa: E402
 from lut import get_device  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.evaluators import SupernetEvaluator  # noqa: E402
@@ -352,10 +354,7 @@ def plot(runs: dict[str, StrategyRun], finals: dict[str, dict[str, Any]], refere
     axes.grid(True, alpha=0.3, which="both")
     axes.legend(fontsize=8, loc="lower left" if lower_is_better else "lower right", framealpha=0.9)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, png_bytes(figure))
 
 
 def markdown_table(finals: dict[str, dict[str, Any]], runs: dict[str, StrategyRun],
