@@ -210,7 +210,9 @@ class OrtCpuDevice(Device):
 
         return {**super().runtime_versions(), "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
 
-    def session(self, model: bytes):
+    def session(self, model: bytes, profile_prefix: str | None = None):
+        """An onnxruntime session of a serialised model with this device's settings; with
+        `profile_prefix`, onnxruntime's per-node profiler writes `<prefix>*.json` (`end_profiling`)."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -222,6 +224,9 @@ class OrtCpuDevice(Device):
         if self.threads == 1:
             # with one thread there is no pool to spin; spinning would only steal the shared core
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def load_onnx(self, model: bytes, input_shape: tuple[int, ...]) -> Runnable:

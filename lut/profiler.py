@@ -118,8 +118,12 @@ def net_record(subject_ms: Sequence[float], empty_ms: Sequence[float]) -> Latenc
 
 
 def export_onnx(module: "nn.Module", input_shape: tuple[int, ...]) -> bytes:
-    """The ONNX model of `module` in eval mode for a fixed input shape (TorchScript exporter)."""
+    """The ONNX model of `module` in eval mode for a fixed input shape (TorchScript exporter),
+    with the BatchNorm folds onnxruntime does not make itself (`lut.onnx_fusion`)."""
+    import onnx
     import torch
+
+    from lut.onnx_fusion import fold_batch_norms_into_pointwise_convs
 
     module = module.eval()
     example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
@@ -138,7 +142,10 @@ def export_onnx(module: "nn.Module", input_shape: tuple[int, ...]) -> bytes:
             opset_version=17,
             dynamo=False,
         )
-    return buffer.getvalue()
+    model = onnx.load_from_string(buffer.getvalue())
+    if not fold_batch_norms_into_pointwise_convs(model):
+        return buffer.getvalue()
+    return model.SerializeToString()
 
 
 def empty_onnx(input_shape: tuple[int, ...]) -> bytes:

@@ -16,6 +16,7 @@ Rules for block code so that the same class works with elastic ops:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,7 +36,15 @@ class LayerScale(nn.Module):
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channel dimension of an NCHW tensor ("channels_first" LayerNorm)."""
+    """LayerNorm over the channel dimension of an NCHW tensor ("channels_first" LayerNorm).
+
+    Written as permute -> `F.layer_norm` over the last dimension -> permute back, not by hand
+    (`x.mean(1)`, `(x - mean).pow(2).mean(1)`, as the official EdgeNeXt code does): the same
+    function, but the permuted form exports to one fused `LayerNormalization` (ONNX opset 17) or
+    `layer_norm` (Core ML) between two transposes that runtimes cancel or fuse, where the hand
+    form becomes seven separate reductions and element-wise ops (8% of EdgeNeXt-XXS's onnxruntime
+    latency; `benchmarks/export_speed.py`).
+    """
 
     def __init__(self, num_features: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -45,10 +54,22 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
-        mean = x.mean(1, keepdim=True)
-        variance = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(variance + self.eps)
-        return x * _broadcast(self.weight[:channels], 4, 1) + _broadcast(self.bias[:channels], 4, 1)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), self.weight[:channels], self.bias[:channels], self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ChannelLinear(nn.Linear):
+    """A linear layer over the channel dimension of an NCHW map, run as a 1x1 convolution.
+
+    Holds a linear layer's `(out, in)` weight (so it is interchangeable with `nn.Linear` in a
+    state dict) but applies it to dimension 1 of an NCHW tensor. A channels-last MLP
+    (permute -> linear -> GELU -> linear -> permute back) written this way stays in the layout the
+    surrounding convolutions use: runtimes run it as `Conv` in their blocked convolution layout
+    instead of transposing twice around a `Gemm`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
 def _broadcast(vector: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
@@ -92,6 +113,10 @@ class Ops:
         """Linear layer; `output_chunks` > 1 says the output is that many equal parts (fused q, k, v),
         so an elastic twin slices each part rather than the prefix of the whole."""
         return nn.Linear(in_features, out_features, bias=bias)
+
+    def channel_linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+        """Linear layer over dimension 1 of an NCHW map (a 1x1 conv with an `(out, in)` weight)."""
+        return ChannelLinear(in_features, out_features, bias=bias)
 
     def batch_norm2d(self, num_features: int) -> nn.Module:
         """BatchNorm over NCHW channels (the supernet switches one BN per candidate width)."""

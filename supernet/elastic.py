@@ -191,6 +191,14 @@ class ElasticLinear(ElasticOp):
         return F.linear(x, tensors["weight"], tensors.get("bias"))
 
 
+class ElasticChannelLinear(ElasticLinear):
+    """Linear layer over the channels of an NCHW map (a 1x1 conv), weight[:out, :in] like `ElasticLinear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tensors = self.sliced_tensors(x.shape[1])
+        return F.conv2d(x, tensors["weight"][:, :, None, None], tensors.get("bias"))
+
+
 class ElasticLayerNorm(ElasticOp):
     """LayerNorm over the last dimension, normalising the active channels only."""
 
@@ -257,6 +265,9 @@ class ElasticOps(Ops):
 
     def linear(self, in_features, out_features, bias=True, output_chunks=1) -> nn.Module:
         return ElasticLinear(in_features, out_features, bias, output_chunks)
+
+    def channel_linear(self, in_features, out_features, bias=True) -> nn.Module:
+        return ElasticChannelLinear(in_features, out_features, bias)
 
     def batch_norm2d(self, num_features) -> nn.Module:
         return SwitchableBatchNorm2d(num_features)

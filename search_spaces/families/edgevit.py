@@ -102,7 +102,8 @@ class GlobalSparseAttention(nn.Module):
         head_dim = channels // self.heads
         qkv = self.qkv(x).reshape(batch, -1, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv[0], qkv[1], qkv[2]
-        attention = (query @ key.transpose(-2, -1)) * head_dim**-0.5
+        # a Python float, not a traced shape: the export then holds a constant, not a Pow of a Shape
+        attention = (query @ key.transpose(-2, -1)) * (float(head_dim) ** -0.5)
         attention = attention.softmax(dim=-1)
         x = (attention @ value).transpose(1, 2).reshape(batch, -1, channels)
         if ratio > 1:

@@ -259,6 +259,16 @@ class _PrefixLinear(nn.Linear):
         return F.linear(x, self.weight[:active_out, :active_in], self.bias[:active_out])
 
 
+class _PrefixChannelLinear(nn.Linear):
+    """`_PrefixLinear` over the channels of an NCHW map (as `Ops.channel_linear`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        active_in = x.shape[1]
+        active_out = active_in * self.out_features // self.in_features
+        weight = self.weight[:active_out, :active_in]
+        return F.conv2d(x, weight[:, :, None, None], self.bias[:active_out])
+
+
 class _PrefixDepthwise(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
@@ -279,6 +289,9 @@ class _PrefixOps(Ops):
 
     def linear(self, in_features, out_features, bias=True, output_chunks=1):
         return _PrefixLinear(in_features, out_features, bias=bias)  # plain prefix: consistent with _copy_prefix
+
+    def channel_linear(self, in_features, out_features, bias=True):
+        return _PrefixChannelLinear(in_features, out_features, bias=bias)
 
     def layer_norm(self, num_features, eps=1e-5):
         return _PrefixLayerNorm(num_features, eps=eps)
