@@ -1,8 +1,10 @@
 """Training data for the supernet: four dataset specs behind one call, no torchvision, no downloads.
 
-`load_data(spec, resolution, seed)` returns a `DataBundle` whose `train` and `val` are map-style
-torch datasets of `(image, label)`: `image` a float32 tensor `[3, resolution, resolution]`,
-normalised; `label` a Python `int` (the default collate makes an int64 batch of them).
+`load_data(spec, resolution, seed)` returns a `DataBundle` of named splits, map-style torch
+datasets of `(image, label)`: `image` a float32 tensor `[3, resolution, resolution]`, normalised;
+`label` a Python `int` (the default collate makes an int64 batch of them). Every spec has `train`
+(augmented) and `val` (what searches select on); specs with an official test set also have `test`,
+which no decision may read: it is for the report made once a search is over (`bundle.split(name)`).
 
 Specs (`DATA_SPECS_HELP`):
 
@@ -20,9 +22,17 @@ Specs (`DATA_SPECS_HELP`):
   name. Train: random-resized crop (scale 0.08-1, ratio 3/4-4/3: the DeiT recipe the four
   families were trained with) and a horizontal flip. Val: shorter side to floor(resolution /
   0.875), centre crop. ImageNet mean/std.
-- `cifar10:PATH`: the python pickle batches in PATH or PATH/cifar-10-batches-py. Train:
-  4-pixel zero pad + random 32x32 crop and a horizontal flip, then a bilinear upscale; val:
-  upscale only. CIFAR-10 mean/std.
+- `cifar10:PATH`: the python pickle batches in PATH or PATH/cifar-10-batches-py. `val` is a fixed
+  stratified 5000 of the 50000 training images (constant seed), `train` the other 45000 and `test`
+  the official test batch. Train: 4-pixel zero pad + random 32x32 crop and a horizontal flip, then
+  a bilinear upscale; val and test: upscale only. CIFAR-10 mean/std.
+- `fashion-mnist[:PATH]`: Fashion-MNIST's IDX files (`train-images-idx3-ubyte[.gz]`,
+  `train-labels-idx1-ubyte[.gz]`, `t10k-...`) in PATH, by default where Debian's
+  `dataset-fashion-mnist` package puts them (`FASHION_MNIST_DEFAULT_PATH`). `val` is a fixed
+  stratified 10000 of the 60000 training images (1000 per class, constant seed), `train` the other
+  50000, `test` the official 10000. Train: 2-pixel zero pad + random 28x28 crop and a horizontal
+  flip (clothes are left-right symmetric, digits are not), then a bilinear upscale; grey
+  replicated to three channels, normalised with the train split's mean and std.
 
 Every random decision of a train transform is drawn from torch's global RNG, which a
 `DataLoader` seeds per worker from its `generator` (and which the main process uses when
@@ -38,14 +48,16 @@ import math
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-DATA_SPECS_HELP = "digits | synthetic[:N] (N train images, default 512) | imagefolder:PATH | cifar10:PATH"
+DATA_SPECS_HELP = ("digits | synthetic[:N] (N train images, default 512) | imagefolder:PATH | cifar10:PATH | "
+                   "fashion-mnist[:PATH]")
+SPLITS = ("train", "val", "test")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,6 +88,29 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{index}" for index in range(1, 6))
 CIFAR10_FILES = (*CIFAR10_TRAIN_BATCHES, "test_batch", "batches.meta")
 CIFAR10_PAD = 4  # source pixels of zero padding before the random 32x32 crop
+CIFAR10_VAL_PER_CLASS = 500  # carved from the training batches: the test batch is kept for reports
+
+FASHION_MNIST_DEFAULT_PATH = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+FASHION_MNIST_SIZES = {"train": 60_000, "test": 10_000}
+FASHION_MNIST_VAL_PER_CLASS = 1000
+FASHION_MNIST_PAD = 2  # source pixels: a 7% translation of a 28x28 image, as for CIFAR's 4 of 32
+# Splits carved from a training set use a constant seed, never `seed`: every run and every seed
+# selects on the same images.
+SPLIT_SEED = 0
+# IDX (LeCun's MNIST format): big-endian magic 0x0000TTDD (TT = 0x08 unsigned byte, DD dimensions),
+# then DD big-endian int32 sizes, then the data. Images are 3-D (count, rows, cols), labels 1-D.
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+IDX_MAX_BYTES = 1 << 30  # a file declaring more is not a dataset this loader should hold in memory
 
 
 class DataError(ValueError):
@@ -84,11 +119,13 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataBundle:
-    """The train and val datasets of one spec at one resolution, and what they are.
+    """The named splits of one spec at one resolution, and what they are.
 
-    `train` and `val` yield `(float32 [3, resolution, resolution], int label)`; labels lie in
-    `range(num_classes)` and `classes[label]` names them. `describe()` is a JSON-ready dict (sizes,
-    split rule, augmentation, normalisation, source) for logs and checkpoints.
+    `train`, `val` and (where the data has one) `test` yield `(float32 [3, resolution, resolution],
+    int label)`; labels lie in `range(num_classes)` and `classes[label]` names them. `train` is
+    augmented, `val` is what a search selects on, `test` is read only for a final report.
+    `describe()` is a JSON-ready dict (sizes, split rule, augmentation, normalisation, source) for
+    logs and checkpoints.
     """
 
     name: str
@@ -99,15 +136,27 @@ class DataBundle:
     classes: tuple[str, ...]
     resolution: int
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    test: Dataset | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The split names this bundle has, in `SPLITS` order."""
+        return tuple(name for name in SPLITS if getattr(self, name) is not None)
+
+    def split(self, name: str) -> Dataset:
+        """The dataset of split `name`; `DataError` naming the splits there are otherwise."""
+        if name not in self.splits:
+            raise DataError(f"data {self.spec}: no split {name!r}; it has {', '.join(self.splits)}")
+        return getattr(self, name)
 
     def describe(self) -> dict[str, Any]:
+        sizes = {f"{name}_size": len(getattr(self, name)) for name in self.splits}
         return {
             "name": self.name,
             "spec": self.spec,
             "num_classes": self.num_classes,
             "resolution": self.resolution,
-            "train_size": len(self.train),
-            "val_size": len(self.val),
+            **sizes,
             **copy.deepcopy(dict(self.details)),
         }
 
@@ -124,6 +173,12 @@ def load_data(spec: str, resolution: int, seed: int = 0) -> DataBundle:
     kind, _, argument = spec.partition(":")
     if kind == "digits" and not argument and ":" not in spec:
         return _load_digits(resolution)
+    if kind == "fashion-mnist":
+        if ":" in spec and not argument.strip():
+            raise DataError(f"data spec {spec!r}: give a folder after the colon, or no colon for "
+                            f"{FASHION_MNIST_DEFAULT_PATH}")
+        root = Path(os.path.expanduser(argument.strip())) if argument.strip() else FASHION_MNIST_DEFAULT_PATH
+        return _load_fashion_mnist(spec, root, resolution)
     if kind == "synthetic":
         return _load_synthetic(spec, argument if ":" in spec else None, resolution, seed)
     if kind in ("imagefolder", "cifar10"):
@@ -210,16 +265,22 @@ class SmallImageDataset(Dataset):
 # --- digits --------------------------------------------------------------------------------------
 
 
-def digits_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/val indices: per class, a constant-seeded shuffle, round(20%) to val; sorted."""
-    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+def stratified_split(labels: np.ndarray, val_count: Callable[[int], int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/val indices (each sorted): per class, a `seed`-ed shuffle of its members, the first
+    `val_count(class size)` to val, the rest to train."""
+    rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        cut = int(round(len(members) * DIGITS_VAL_FRACTION))
+        cut = val_count(len(members))
         val.append(members[:cut])
         train.append(members[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def digits_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/val indices: per class, a constant-seeded shuffle, round(20%) to val; sorted."""
+    return stratified_split(labels, lambda size: int(round(size * DIGITS_VAL_FRACTION)), DIGITS_SPLIT_SEED)
 
 
 def _load_digits(resolution: int) -> DataBundle:
@@ -566,13 +627,17 @@ def _load_cifar10(spec: str, root: Path, resolution: int) -> DataBundle:
     parts = [_batch_arrays(spec, folder / name, len(classes)) for name in CIFAR10_TRAIN_BATCHES]
     train_images = np.concatenate([images for images, _ in parts])
     train_labels = np.concatenate([labels for _, labels in parts])
-    val_images, val_labels = _batch_arrays(spec, folder / "test_batch", len(classes))
-    train = SmallImageDataset(
-        torch.from_numpy(train_images), torch.from_numpy(train_labels), resolution, CIFAR10_MEAN, CIFAR10_STD,
-        shift=CIFAR10_PAD, flip=True,
+    test_images, test_labels = _batch_arrays(spec, folder / "test_batch", len(classes))
+    # 500 of each class's 5000 (a tiny folder, as in tests, still gets one per class of two or more)
+    train_index, val_index = stratified_split(
+        train_labels, lambda size: min(CIFAR10_VAL_PER_CLASS, max(1, size // 10)) if size > 1 else 0, SPLIT_SEED
     )
-    val = SmallImageDataset(
-        torch.from_numpy(val_images), torch.from_numpy(val_labels), resolution, CIFAR10_MEAN, CIFAR10_STD
+    images, labels = torch.from_numpy(train_images), torch.from_numpy(train_labels)
+    train = SmallImageDataset(images[train_index], labels[train_index], resolution, CIFAR10_MEAN, CIFAR10_STD,
+                              shift=CIFAR10_PAD, flip=True)
+    val = SmallImageDataset(images[val_index], labels[val_index], resolution, CIFAR10_MEAN, CIFAR10_STD)
+    test = SmallImageDataset(
+        torch.from_numpy(test_images), torch.from_numpy(test_labels), resolution, CIFAR10_MEAN, CIFAR10_STD
     )
     return DataBundle(
         name="cifar10",
@@ -582,12 +647,118 @@ def _load_cifar10(spec: str, root: Path, resolution: int) -> DataBundle:
         num_classes=len(classes),
         classes=classes,
         resolution=resolution,
+        test=test,
         details={
             "source": str(folder.resolve()),
-            "split": "data_batch_1..5 train, test_batch val",
+            "split": (f"data_batch_1..5: a fixed stratified {CIFAR10_VAL_PER_CLASS} per class (seed {SPLIT_SEED}) "
+                      "to val, the rest train; test_batch test"),
             "train_augmentation": f"{CIFAR10_PAD}-pixel zero pad + random 32x32 crop, horizontal flip p=0.5",
-            "val_transform": "none",
+            "val_transform": "none (val and test)",
             "resize": f"bilinear 32x32 -> {resolution}x{resolution}",
             "normalisation": {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD), "of": "CIFAR-10 train"},
+        },
+    )
+
+
+# --- fashion-mnist -------------------------------------------------------------------------------
+
+
+def read_idx(path: Path, magic: int, what: str) -> np.ndarray:
+    """The uint8 array of an IDX file (raw, or gzip when the name ends in `.gz`).
+
+    Checks the magic number (`IDX_IMAGES_MAGIC`: 3-D images, `IDX_LABELS_MAGIC`: 1-D labels), that
+    the declared sizes fit `IDX_MAX_BYTES`, and that the file holds exactly the declared bytes;
+    anything else is a `DataError` naming the file.
+    """
+    import gzip
+    import struct
+
+    dimensions = magic & 0xFF
+    header_size = 4 + 4 * dimensions
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
+            header = stream.read(header_size)
+            if len(header) < 4 or struct.unpack(">I", header[:4])[0] != magic:
+                found = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else None
+                raise DataError(f"{path} is not an IDX {what} file (magic {found}, expected {magic})")
+            if len(header) < header_size:
+                raise DataError(f"{path} is truncated (its header ends after {len(header)} bytes)")
+            shape = struct.unpack(f">{dimensions}I", header[4:])
+            size = int(np.prod(shape, dtype=np.int64))
+            if size > IDX_MAX_BYTES:
+                raise DataError(f"{path} declares {size} bytes of {what}, more than the {IDX_MAX_BYTES} accepted")
+            data = stream.read(size + 1)
+    except DataError:
+        raise
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path}: cannot read it ({_first_line(error)})") from None
+    if len(data) != size:
+        state = "truncated" if len(data) < size else "longer than its header says"
+        raise DataError(f"{path} is {state} (header declares {size} bytes of {what} {list(shape)}, "
+                        f"{'found ' + str(len(data)) if len(data) < size else 'found more'})")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _fashion_mnist_file(spec: str, root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"data {spec}: no {stem}[.gz] in {root}; Fashion-MNIST's IDX files are installed there by "
+                    f"`{FASHION_MNIST_INSTALL}` (or give fashion-mnist:PATH)")
+
+
+def _fashion_mnist_split(spec: str, root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    images_path = _fashion_mnist_file(spec, root, FASHION_MNIST_FILES[f"{part}_images"])
+    labels_path = _fashion_mnist_file(spec, root, FASHION_MNIST_FILES[f"{part}_labels"])
+    images = read_idx(images_path, IDX_IMAGES_MAGIC, "images")
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC, "labels")
+    if len(images) != len(labels):
+        raise DataError(f"data {spec}: {images_path.name} has {len(images)} images but {labels_path.name} "
+                        f"{len(labels)} labels")
+    if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"data {spec}: {labels_path} has labels outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
+    return images, labels.astype(np.int64)
+
+
+def _load_fashion_mnist(spec: str, root: Path, resolution: int) -> DataBundle:
+    if not root.is_dir():
+        raise DataError(f"data {spec}: no folder {root}; Fashion-MNIST's IDX files are installed there by "
+                        f"`{FASHION_MNIST_INSTALL}` (or give fashion-mnist:PATH)")
+    train_images, train_labels = _fashion_mnist_split(spec, root, "train")
+    test_images, test_labels = _fashion_mnist_split(spec, root, "test")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(f"data {spec}: train images are {list(train_images.shape[1:])} but test images "
+                        f"{list(test_images.shape[1:])}")
+    per_class = min(np.bincount(train_labels, minlength=len(FASHION_MNIST_CLASSES)))
+    val_per_class = min(FASHION_MNIST_VAL_PER_CLASS, per_class // 6)  # tiny files (tests) keep most for train
+    train_index, val_index = stratified_split(train_labels, lambda size: val_per_class, SPLIT_SEED)
+    images = torch.from_numpy(train_images.copy()).unsqueeze(1)  # [N, 1, 28, 28] uint8
+    labels = torch.from_numpy(train_labels)
+    train_pixels = images[torch.from_numpy(train_index)].to(torch.float32) / 255.0
+    mean3, std3 = (float(train_pixels.mean()),) * 3, (float(train_pixels.std()),) * 3
+    train = SmallImageDataset(images[train_index], labels[train_index], resolution, mean3, std3,
+                              shift=FASHION_MNIST_PAD, flip=True)
+    val = SmallImageDataset(images[val_index], labels[val_index], resolution, mean3, std3)
+    test = SmallImageDataset(torch.from_numpy(test_images.copy()).unsqueeze(1), torch.from_numpy(test_labels),
+                             resolution, mean3, std3)
+    rows, cols = train_images.shape[1:]
+    official = all(len(part) == FASHION_MNIST_SIZES[name] for name, part in (("train", train_labels), ("test", test_labels)))
+    return DataBundle(
+        name="fashion-mnist",
+        spec=spec,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(FASHION_MNIST_CLASSES),
+        classes=FASHION_MNIST_CLASSES,
+        resolution=resolution,
+        details={
+            "source": str(root.resolve()) + ("" if official else " (not the official 60000/10000 sizes)"),
+            "split": (f"train-*: a fixed stratified {val_per_class} per class (seed {SPLIT_SEED}, not by --seed) to "
+                      f"val, the rest train; t10k-* test"),
+            "train_augmentation": f"{FASHION_MNIST_PAD}-pixel zero pad + random {rows}x{cols} crop, horizontal flip p=0.5",
+            "val_transform": "none (val and test)",
+            "resize": f"bilinear {rows}x{cols} -> {resolution}x{resolution}, grey replicated to 3 channels",
+            "normalisation": {"mean": list(mean3), "std": list(std3), "of": "train split pixels in [0, 1]"},
         },
     )

@@ -280,14 +280,16 @@ def test_cifar10_from_the_batch_folder_or_its_parent(tmp_path):
     for path in (folder, tmp_path):
         bundle = load_data(f"cifar10:{path}", 40)
         assert bundle.num_classes == 10 and bundle.classes[0] == "plane"
-        assert len(bundle.train) == 5 * 4 and len(bundle.val) == 4
+        assert len(bundle.train) + len(bundle.val) == 5 * 4 and len(bundle.test) == 4
+        assert 0 < len(bundle.val) < len(bundle.train) and bundle.splits == ("train", "val", "test")
         assert_items(bundle.train, 40, 10)
         assert_items(bundle.val, 40, 10)
+        assert_items(bundle.test, 40, 10)
     native = load_data(f"cifar10:{folder}", 32)
     test_batch = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")
     source = torch.from_numpy(test_batch[b"data"][1].reshape(3, 32, 32)).float() / 255
     expected = (source - torch.tensor(CIFAR10_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR10_STD).view(3, 1, 1)
-    image, label = native.val[1]
+    image, label = native.test[1]  # the test batch is the test split; val is carved from the training batches
     assert torch.allclose(image, expected, atol=1e-6) and label == test_batch[b"labels"][1]
     torch.manual_seed(0)
     augmented = [native.train[0][0] for _ in range(8)]
@@ -302,7 +304,7 @@ def test_cifar10_batches_pickled_by_numpy_1_load(tmp_path):
         write_batch(folder / name, pickle.loads(payload, encoding="bytes"), protocol=2)
         (folder / name).write_bytes((folder / name).read_bytes().replace(b"numpy._core.", b"numpy.core."))
     assert b"numpy.core.multiarray" in (folder / "test_batch").read_bytes()
-    assert len(load_data(f"cifar10:{folder}", 32).val) == 4
+    assert len(load_data(f"cifar10:{folder}", 32).test) == 4
 
 
 @pytest.mark.parametrize(
@@ -370,3 +372,147 @@ def test_bad_resolution_or_seed_and_the_help_line():
     assert issubclass(DataError, ValueError)
     assert "\n" not in DATA_SPECS_HELP
     assert all(form in DATA_SPECS_HELP for form in ("digits", "synthetic", "imagefolder:PATH", "cifar10:PATH"))
+
+
+# --- fashion-mnist -------------------------------------------------------------------------------
+
+
+def write_idx(path, array: np.ndarray, magic: int | None = None) -> None:
+    """An IDX file of a uint8 array (gzip when the name ends in .gz), as LeCun's format defines it."""
+    import gzip
+    import struct
+
+    magic = (0x08 << 8 | array.ndim) if magic is None else magic
+    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.name.endswith(".gz") else payload)
+
+
+def make_fashion_mnist(folder, train_per_class: int = 12, test_per_class: int = 3, gz: bool = True):
+    """Tiny Fashion-MNIST-shaped IDX files: 28x28 images whose mean brightness encodes the class."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for part, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(10), per_class)).astype(np.uint8)
+        images = (rng.integers(0, 40, (len(labels), 28, 28)) + labels[:, None, None] * 20).astype(np.uint8)
+        write_idx(folder / f"{part}-images-idx3-ubyte{suffix}", images)
+        write_idx(folder / f"{part}-labels-idx1-ubyte{suffix}", labels)
+    return folder
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+def test_fashion_mnist_splits_shapes_and_normalisation(tmp_path, gz):
+    folder = make_fashion_mnist(tmp_path / "fm", gz=gz)
+    bundle = load_data(f"fashion-mnist:{folder}", 32)
+    assert bundle.splits == ("train", "val", "test") and bundle.num_classes == 10
+    assert bundle.classes[0] == "T-shirt/top" and bundle.classes[9] == "Ankle boot"
+    assert len(bundle.train) + len(bundle.val) == 120 and len(bundle.test) == 30
+    assert len(bundle.val) == 20  # stratified: 2 of each class's 12 (a sixth, at most 1000)
+    assert sorted(bundle.val.labels.tolist()) == sorted(list(range(10)) * 2)
+    for split in bundle.splits:
+        assert_items(bundle.split(split), 32, 10)
+    description = bundle.describe()
+    assert (description["train_size"], description["val_size"], description["test_size"]) == (100, 20, 30)
+    json.dumps(description)
+    pixels = torch.stack([bundle.val[index][0] for index in range(len(bundle.val))])
+    assert abs(float(pixels.mean())) < 0.5  # normalised with the train split's statistics
+
+
+def test_fashion_mnist_val_is_fixed_and_train_is_augmented(tmp_path):
+    folder = make_fashion_mnist(tmp_path / "fm")
+    first, again = load_data(f"fashion-mnist:{folder}", 28, seed=0), load_data(f"fashion-mnist:{folder}", 28, seed=5)
+    assert torch.equal(first.val.images, again.val.images)  # the split ignores the seed
+    assert not set(map(bytes, first.val.images.numpy())) & set(map(bytes, first.train.images.numpy()))
+    assert torch.equal(first.test[0][0], first.test[0][0])  # test is not augmented
+    torch.manual_seed(0)
+    augmented = {first.train[0][0].sum().item() for _ in range(8)}
+    assert len(augmented) > 1  # pad-crop and flip vary
+
+
+def test_fashion_mnist_test_split_is_the_t10k_files(tmp_path):
+    folder = make_fashion_mnist(tmp_path / "fm", gz=False)
+    bundle = load_data(f"fashion-mnist:{folder}", 28)
+    raw = np.frombuffer((folder / "t10k-images-idx3-ubyte").read_bytes()[16:], dtype=np.uint8).reshape(-1, 28, 28)
+    assert torch.equal(bundle.test.images[:, 0], torch.from_numpy(raw.copy()))
+
+
+def test_a_split_that_does_not_exist_is_one_line_error():
+    bundle = load_data("digits", 8)
+    assert bundle.splits == ("train", "val")
+    with pytest.raises(DataError, match="no split 'test'; it has train, val"):
+        bundle.split("test")
+    with pytest.raises(DataError, match="no split 'tset'"):
+        bundle.split("tset")
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _foreign(path):
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+
+
+def _wrong_magic(path):
+    write_idx(path, np.zeros((10, 28, 28), dtype=np.uint8), magic=2049)
+
+
+def _header_only(path):
+    path.write_bytes(path.read_bytes()[:10])
+
+
+def _fewer_labels(path):
+    write_idx(path, np.zeros(5, dtype=np.uint8))
+
+
+def _bad_labels(path):
+    write_idx(path, np.full(120, 11, dtype=np.uint8))
+
+
+def _huge_declared(path):
+    import struct
+
+    path.write_bytes(struct.pack(">IIII", 2051, 1 << 20, 1 << 10, 1 << 10) + b"\x00" * 16)
+
+
+@pytest.mark.parametrize(
+    "name, damage, match",
+    [
+        ("train-images-idx3-ubyte", _truncate, "is truncated"),
+        ("train-images-idx3-ubyte", _header_only, "is truncated"),
+        ("train-images-idx3-ubyte", _foreign, "is not an IDX images file"),
+        ("t10k-images-idx3-ubyte", _wrong_magic, r"is not an IDX images file \(magic 2049, expected 2051\)"),
+        ("train-labels-idx1-ubyte", _fewer_labels, "has 120 images but train-labels-idx1-ubyte 5 labels"),
+        ("train-labels-idx1-ubyte", _bad_labels, "labels outside 0..9"),
+        ("train-images-idx3-ubyte", _huge_declared, "more than the"),
+        ("t10k-labels-idx1-ubyte", lambda path: path.unlink(), r"no t10k-labels-idx1-ubyte\[.gz\] in .*apt-get install"),
+    ],
+)
+def test_bad_fashion_mnist_files_are_one_line_errors(tmp_path, name, damage, match):
+    folder = make_fashion_mnist(tmp_path / "fm", gz=False)
+    damage(folder / name)
+    assert_one_line_error(f"fashion-mnist:{folder}", match)
+
+
+def test_truncated_gzip_is_one_line_error(tmp_path):
+    folder = make_fashion_mnist(tmp_path / "fm")
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    assert_one_line_error(f"fashion-mnist:{folder}", "train-images-idx3-ubyte.gz")
+
+
+def test_fashion_mnist_folder_without_the_files_says_where_it_looked_and_how_to_get_them(tmp_path):
+    error = assert_one_line_error(f"fashion-mnist:{tmp_path}", "no train-images-idx3-ubyte")
+    assert str(tmp_path) in str(error) and "dataset-fashion-mnist" in str(error)
+    missing = tmp_path / "nowhere"
+    error = assert_one_line_error(f"fashion-mnist:{missing}", "no folder")
+    assert str(missing) in str(error) and "apt-get install dataset-fashion-mnist" in str(error)
+    assert_one_line_error("fashion-mnist:", "give a folder after the colon")
+
+
+def test_fashion_mnist_default_path_is_the_debian_package(monkeypatch, tmp_path):
+    import supernet.data as data
+
+    monkeypatch.setattr(data, "FASHION_MNIST_DEFAULT_PATH", make_fashion_mnist(tmp_path / "debian"))
+    assert len(load_data("fashion-mnist", 16).test) == 30
+    assert "fashion-mnist[:PATH]" in DATA_SPECS_HELP
