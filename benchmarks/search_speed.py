@@ -32,14 +32,9 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture  # noqa: E402
 from search_spaces.files import write_text_atomic  # noqa: E402
 
+from lut.devices import loadavg  # noqa: E402
+
 DEFAULT_COMMAND = [sys.executable, "-m", "nas.search", "--target-latency", "1.5ms", "--device", "iphone12"]
-
-
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def timed_run(argv: list[str], out: Path) -> tuple[float, str]:

@@ -2,8 +2,8 @@
 
     python benchmarks/search_vs_references.py [--targets 0.9,1.1,1.6,2.7] [--objective mes]
 
-For each target, runs the default search (`nas.search`, greedy, MES objective, SynFlow proxy,
-shipped `iphone12` table) and reports predicted latency, params, MACs, MES and proxy score of the
+For each target, runs the default search (`nas.api.run_search`: greedy, MES objective, SynFlow
+proxy, shipped `iphone12` table, as `python -m nas.search` does) and reports predicted latency, params, MACs, MES and proxy score of the
 found architecture; the same numbers for the four references (priced by that table, scored by
 the same proxy). Writes `benchmarks/results/search_vs_references.json` and a markdown table.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,8 +22,11 @@ from search_spaces import Architecture, count_macs, count_params, get_space  # n
 from search_spaces.files import write_text_atomic  # noqa: E402
 
 from lut import get_device  # noqa: E402
-from nas.objectives import mes  # noqa: E402
+from nas.api import SearchRequest, run_search  # noqa: E402
+from nas.objectives import MobileEfficiencyScore  # noqa: E402
 from nas.synflow import SynFlowEvaluator  # noqa: E402
+
+MES = MobileEfficiencyScore()  # the paper's constants, as the searches use
 
 REFERENCES = ("s0", "s1", "s2", "l")
 
@@ -32,7 +34,7 @@ REFERENCES = ("s0", "s1", "s2", "l")
 def row(name: str, arch: Architecture, latency: float, score: float) -> dict:
     params = count_params(arch)
     return {"name": name, "latency_ms": round(latency, 4), "params_M": round(params / 1e6, 3),
-            "gmacs": round(count_macs(arch) / 1e9, 3), "mes": round(mes(params, latency), 2),
+            "gmacs": round(count_macs(arch) / 1e9, 3), "mes": round(MES(params, latency), 2),
             "proxy_score": round(score, 2), "depths": list(arch.depths), "widths": list(arch.widths)}
 
 
@@ -44,17 +46,14 @@ def main() -> int:
     args = parser.parse_args()
     space = get_space("efficientformer_v2")
     table = get_device("iphone12").default_table(space)
-    proxy = SynFlowEvaluator.from_space(space, seed=0)
-    scratch = ROOT / "runs" / "search_vs_references"
-    scratch.mkdir(parents=True, exist_ok=True)
+    proxy = SynFlowEvaluator.from_space(space, seed=0)  # the default evaluator of nas.search (seed 0)
     references = [row(name, space.reference(name), table.predict(space.reference(name)), proxy.score(space.reference(name)))
                   for name in REFERENCES]
     found = []
     for target in args.targets.split(","):
-        out = scratch / f"{target}ms.yaml"
-        subprocess.run([sys.executable, "-m", "nas.search", "--target-latency", f"{target}ms", "--device", "iphone12",
-                        "--objective", args.objective, "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
-        arch = Architecture.from_yaml(out)
+        outcome = run_search(SearchRequest(space.name, table, float(target), evaluator=proxy, objective=args.objective,
+                                           table_name=get_device("iphone12").table_name(space)))
+        arch = outcome.arch
         found.append({"target_ms": float(target), **row(f"found @ {target} ms", arch, arch.meta["predicted_latency_ms"],
                                                         arch.meta["score"])})
     lines = ["| network | latency (ms) | params (M) | GMACs | MES | proxy score | depths | widths |",

@@ -32,10 +32,8 @@ from search_spaces.files import write_text_atomic  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lut import load_table  # noqa: E402
+from nas.api import SearchRequest, run_search  # noqa: E402
 from nas.evaluators import SupernetEvaluator  # noqa: E402
-from nas.greedy import greedy_search  # noqa: E402
-from nas.objectives import get_objective  # noqa: E402
-from nas.strategies import random_search, regularized_evolution  # noqa: E402
 from supernet import Supernet  # noqa: E402
 from supernet.data import load_data  # noqa: E402
 
@@ -66,11 +64,14 @@ def main() -> int:
     space, table = net.space, load_table(args.table)
     data = load_data("digits", net.resolution, seed=args.seed)
     val = DataLoader(data.val, batch_size=512, shuffle=False)
-    objective = get_objective(args.objective)
     largest_ms = table.predict(space.largest())
 
-    def evaluator() -> SupernetEvaluator:
-        return SupernetEvaluator(net, val)
+    def search(target: float, strategy: str = "greedy", budget: int | None = None):
+        """One search through the API, with its own evaluator cache (every count is what it paid)."""
+        request = SearchRequest(space.name, table, target, evaluator=SupernetEvaluator(net, val),
+                                objective=args.objective, strategy=strategy, budget=budget, seed=args.seed,
+                                table_name=Path(args.table).name)
+        return run_search(request).result
 
     report = {"benchmark": "strategies_digits", "what": __doc__.split("\n\n")[2].strip(),
               "supernet": Path(args.supernet).name, "table": Path(args.table).name, "objective": args.objective,
@@ -79,16 +80,16 @@ def main() -> int:
         target = fraction * largest_ms
         entry: dict = {"target_ms": round(target, 3), "fraction_of_largest": fraction}
         start = time.perf_counter()
-        greedy = greedy_search(space, table, evaluator(), objective, target)
+        greedy = search(target)
         entry["greedy"] = summary(greedy, time.perf_counter() - start)
         budget = greedy.evaluations
-        for name, run, runs_budget in (
-            ("random_equal", random_search, budget),
-            ("evolution_equal", regularized_evolution, budget),
-            (f"random_{args.random_factor}x", random_search, args.random_factor * budget),
+        for name, strategy, runs_budget in (
+            ("random_equal", "random", budget),
+            ("evolution_equal", "evolution", budget),
+            (f"random_{args.random_factor}x", "random", args.random_factor * budget),
         ):
             start = time.perf_counter()
-            result = run(space, table, evaluator(), objective, target, budget=runs_budget, seed=args.seed)
+            result = search(target, strategy, runs_budget)
             entry[name] = summary(result, time.perf_counter() - start)
             entry[name]["acceptance_rate"] = round(result.stats.acceptance_rate, 4)
         entry["greedy_matches_or_beats_random_5x"] = (

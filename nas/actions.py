@@ -6,18 +6,20 @@ Generated for any space from its declared `StageChoices`; only actions whose res
 - V2 set (`v2_actions`): drop one block (the slot becomes identity), one stage's width down one
   step (heads adjusted to a valid count when the block type has heads), one block's expansion down
   one step.
-- V1 set (`v1_actions`): the least important MetaPath (block) to identity, using given importance
-  scores (the trained α; without scores, the last block of the deepest stage); the first `meta3d`
-  to the 4D partition (`meta4d`); the least important stage's width down one step.
+- V1 set (`v1_actions`, `V1Actions`): the least important MetaPath (block) to identity, by the
+  importance a Gumbel-trained supernet learned (`supernet.importance`); the first attention-style
+  block (V1: `meta3d`) to its stage's conv-style type (V1: the 4D partition `meta4d`); the least
+  important stage's width down one step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Protocol, Sequence
 
 from search_spaces import Architecture, Block, SearchSpace, Stage
+from supernet.importance import MetaPathImportance
 
 IDENTITY = "identity"
 
@@ -39,16 +41,6 @@ def _set_block(arch: Architecture, stage: int, slot: int, block: Block) -> Archi
     return arch.replace_stage(stage, Stage(old.width, tuple(blocks)))
 
 
-def _fix_heads(space: SearchSpace, stage_index: int, width: int, block: Block) -> Block:
-    if block.heads is None:
-        return block
-    valid = space.valid_heads(space.stages[stage_index], width)
-    if block.heads in valid or not valid:
-        return block
-    below = [h for h in valid if h <= block.heads]
-    return dataclasses.replace(block, heads=max(below) if below else min(valid))
-
-
 def _width_down(space: SearchSpace, arch: Architecture, stage_index: int) -> Architecture | None:
     choices = space.stages[stage_index]
     stage = arch.stages[stage_index]
@@ -58,7 +50,7 @@ def _width_down(space: SearchSpace, arch: Architecture, stage_index: int) -> Arc
     if position == 0:
         return None
     width = choices.widths[position - 1]
-    blocks = tuple(_fix_heads(space, stage_index, width, b) for b in stage.blocks)
+    blocks = tuple(space.heads_for(stage_index, width, b) for b in stage.blocks)
     return arch.replace_stage(stage_index, Stage(width, blocks))
 
 
@@ -93,49 +85,84 @@ def v2_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
     return _keep_valid(space, arch, actions)
 
 
-def v1_actions(space: SearchSpace, arch: Architecture,
-               importance: Mapping[tuple[int, int], float] | None = None,
-               stage_importance: Mapping[int, float] | None = None) -> list[Action]:
-    """The V1 steps from `arch` (at most three): least important MetaPath -> identity, first
-    `meta3d` -> `meta4d`, least important stage's width down one step.
+def v1_actions(space: SearchSpace, arch: Architecture, importance: MetaPathImportance | None = None) -> list[Action]:
+    """The V1 steps from `arch` (at most three), under the MetaPath `importance` of a trained supernet:
 
-    `importance[(stage, slot)]` is a block's importance (the trained α); without it, later slots of
-    deeper stages count as less important. `stage_importance[stage]` likewise (default: the sum of
-    its blocks' importance; without any scores, the widest stage is cut first).
+    1. the least important MetaPath holding a block -> identity (ties: the later slot of the
+       deeper stage);
+    2. the first attention-style block (a block whose type is not its stage's first, conv-style
+       type: V1 `meta3d`, V2 `attn_ffn`, EdgeNeXt `sdta`) -> the stage's first type (V1: the 4D
+       partition);
+    3. the least important stage (mean slot importance) that can still narrow: width down one step.
+
+    Without `importance` every slot and stage counts as equally important, so ties decide: the
+    last block of the deepest stage, and the first stage that can narrow.
     """
     actions: list[Action] = []
+
+    def slot_value(key: tuple[int, int]) -> float:
+        return importance.slots.get(key, 1.0) if importance is not None else 1.0
+
     slots = [(s, slot) for s, stage in enumerate(arch.stages) for slot, b in enumerate(stage.blocks) if not b.is_identity]
-    def block_key(key: tuple[int, int]) -> tuple:
-        if importance is not None and key in importance:
-            return (importance[key], -key[0], -key[1])
-        return (0.0, -key[0], -key[1])
-    removable = [key for key in sorted(slots, key=block_key)
+    removable = [key for key in sorted(slots, key=lambda key: (slot_value(key), -key[0], -key[1]))
                  if space.contains(_set_block(arch, key[0], key[1], Block(IDENTITY)))]
     if removable:
         s, slot = removable[0]
         actions.append(Action(f"metapath s{s}b{slot}", f"least important MetaPath (stage {s} block {slot}) -> identity",
                               lambda a, s=s, slot=slot: _set_block(a, s, slot, Block(IDENTITY))))
-    for s, slot in sorted((s, slot) for s, slot in slots):
-        block = arch.stages[s].blocks[slot]
-        if block.type == "meta3d" and "meta4d" in space.stages[s].block_types:
-            new = dataclasses.replace(block, type="meta4d", heads=None)
-            if space.contains(_set_block(arch, s, slot, new)):
-                actions.append(Action(f"meta3d->4d s{s}b{slot}", f"first meta3d (stage {s} block {slot}) -> 4D partition",
-                                      lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b)))
-                break
-    def stage_key(s: int) -> tuple:
-        if stage_importance is not None and s in stage_importance:
-            return (stage_importance[s], s)
-        if importance is not None:
-            return (sum(importance.get((s, slot), 0.0) for slot in range(len(arch.stages[s].blocks))), s)
-        return (-arch.stages[s].width, s)
-    for s in sorted(range(len(arch.stages)), key=stage_key):
-        result = _width_down(space, arch, s)
-        if result is not None and space.contains(result):
-            actions.append(Action(f"width s{s}", f"least important stage ({s}) width down one step",
-                                  lambda a, s=s: _width_down(space, a, s)))
+    for s, slot in sorted(slots):
+        block, conv_type = arch.stages[s].blocks[slot], space.stages[s].block_types[0]
+        if block.type == conv_type:
+            continue
+        new = _as_type(space, s, arch.stages[s].width, block, conv_type)
+        if space.contains(_set_block(arch, s, slot, new)):
+            actions.append(Action(f"{block.type}->{conv_type} s{s}b{slot}",
+                                  f"first {block.type} (stage {s} block {slot}) -> {conv_type}",
+                                  lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b)))
             break
+    narrowable = [s for s in range(len(arch.stages))
+                  if (narrowed := _width_down(space, arch, s)) is not None and space.contains(narrowed)]
+    stage = importance.least_important_stage(narrowable) if importance is not None else (narrowable or [None])[0]
+    if stage is not None:
+        actions.append(Action(f"width s{stage}", f"least important stage ({stage}) width down one step",
+                              lambda a, s=stage: _width_down(space, a, s)))
     return _keep_valid(space, arch, actions)
 
 
-ACTION_SETS = {"v1": v1_actions, "v2": v2_actions}
+def _as_type(space: SearchSpace, stage_index: int, width: int, block: Block, type_name: str) -> Block:
+    """`block` turned into `type_name`, keeping its expansion and heads where the new type has them."""
+    block_type, choices = space.block_type(type_name), space.stages[stage_index]
+    expansion = heads = None
+    if block_type.has_expansion:
+        expansion = block.expansion if block.expansion in choices.expansions else max(choices.expansions)
+    if block_type.has_heads:
+        valid = space.valid_heads(choices, width)
+        heads = block.heads if block.heads in valid else max(valid)
+    return Block(type_name, expansion, heads)
+
+
+def supports_v1_actions(space: SearchSpace) -> bool:
+    """Whether the space has MetaPaths of several block types (what V1's importance ranks)."""
+    return any(len(stage.block_types) > 1 for stage in space.stages)
+
+
+class ActionSet(Protocol):
+    """Every valid step from an architecture, in a fixed order (the greedy controller's moves)."""
+
+    def __call__(self, space: SearchSpace, arch: Architecture) -> Sequence[Action]: ...
+
+
+@dataclass(frozen=True)
+class V1Actions:
+    """EfficientFormer V1's action set (`v1_actions`) under one trained `importance`."""
+
+    importance: MetaPathImportance
+
+    def __call__(self, space: SearchSpace, arch: Architecture) -> list[Action]:
+        return v1_actions(space, arch, self.importance)
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": "v1", "importance": self.importance.to_dict()}
+
+
+ACTION_SET_NAMES = ("v1", "v2")

@@ -4,30 +4,144 @@
   held-out data (`supernet.training.evaluate`), optionally after BN recalibration.
 - `nas.synflow.SynFlowEvaluator`: the training-free proxy (SynFlow saliency a sub-network keeps),
   used when no supernet is given; the output then says `evaluator: proxy`.
+
+A search request names its evaluator by an `EvaluatorSpec` (`ProxyEvaluation`,
+`SupernetEvaluation`): `validate` checks it without loading anything, `build` loads the
+checkpoint and the data and returns the evaluator (`nas.problem.Evaluator`) and the supernet.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-from typing import Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from search_spaces import Architecture
+from search_spaces import Architecture, SearchSpace
+
+from nas.problem import Evaluator
+
+#: the largest number of BN recalibration or evaluation batches a request may ask for
+MAX_BATCHES = 100_000
+#: BN recalibration batches for a candidate whose statistics were never trained (64 images each:
+#: enough for stable per-channel means at these widths; see supernet.training.recalibrate_bn)
+AUTO_RECALIBRATION_BATCHES = 10
 
 
-class Evaluator(Protocol):
-    """What the search strategies ask of a scorer: `score` (cached per architecture) and its settings."""
+class EvaluatorError(ValueError):
+    """An evaluator that cannot be built; `field` names the request field at fault."""
 
-    name: str
-    evaluations: int
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field = field_name
+        super().__init__(message)
 
-    def score(self, arch: Architecture) -> float:
-        """Higher is better (accuracy in % for `supernet`, arbitrary units for `proxy`)."""
 
-    def settings(self) -> dict[str, Any]:
-        """Name and settings for the output's provenance."""
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_checkpoint_path(checkpoint: str | Path) -> None:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise EvaluatorError("supernet", f"no such checkpoint file: {checkpoint}" if not path.is_dir()
+                             else f"{checkpoint} is a directory, not a checkpoint file")
+
+
+def load_supernet(checkpoint: str | Path, space: SearchSpace):
+    """The supernet of `checkpoint`; `EvaluatorError` (one line) for a missing, foreign or corrupt file."""
+    from supernet import Supernet
+
+    _check_checkpoint_path(checkpoint)
+    try:
+        return Supernet.load(checkpoint, space=space.name)
+    except Exception as error:  # noqa: BLE001  (any unreadable checkpoint is one line of bad input)
+        raise EvaluatorError("supernet", f"cannot use {checkpoint}: {_first_line(error)}") from None
+
+
+class EvaluatorSpec:
+    """How to score candidates, before anything is loaded (see the module docstring)."""
+
+    name = ""
+
+    def validate(self, space: SearchSpace) -> None:
+        """Cheap checks (settings, files exist); `EvaluatorError` naming the field."""
+
+    def build(self, space: SearchSpace, seed: int) -> tuple[Evaluator, Any]:
+        """The evaluator and the supernet it scores with (None when it has none)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ProxyEvaluation(EvaluatorSpec):
+    """The SynFlow proxy, on weights initialised from the request's seed or on a checkpoint's."""
+
+    checkpoint: Path | None = None
+    name = "proxy"
+
+    def validate(self, space: SearchSpace) -> None:
+        if self.checkpoint is not None:
+            _check_checkpoint_path(self.checkpoint)
+
+    def build(self, space: SearchSpace, seed: int) -> tuple[Evaluator, Any]:
+        from nas.synflow import SynFlowEvaluator
+
+        if self.checkpoint is None:
+            return SynFlowEvaluator.from_space(space, seed=seed), None
+        net = load_supernet(self.checkpoint, space)
+        return SynFlowEvaluator.from_supernet(net, source=f"supernet {Path(self.checkpoint).name}"), net
+
+
+@dataclass(frozen=True)
+class SupernetEvaluation(EvaluatorSpec):
+    """Top-1 accuracy through a trained supernet on split `split` of data `data`
+    (`supernet.data`), optionally after re-estimating BN statistics on `recalibrate` training
+    batches, on at most `eval_batches` batches of `batch_size` images."""
+
+    checkpoint: Path
+    data: str
+    split: str = "val"
+    recalibrate: int = 0
+    eval_batches: int | None = None
+    batch_size: int = 256
+    name = "supernet"
+
+    def validate(self, space: SearchSpace) -> None:
+        _check_checkpoint_path(self.checkpoint)
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise EvaluatorError("data", "the supernet evaluator needs a data spec (the held-out images it scores on)")
+        if self.split == "test":
+            raise EvaluatorError("split", "a search selects on val; test is for the report made after it")
+        if self.split not in ("train", "val"):
+            raise EvaluatorError("split", f"unknown split {self.split!r}; a search selects on val (or train)")
+        for name, value, lowest in (("recalibrate", self.recalibrate, 0), ("eval_batches", self.eval_batches, 1),
+                                    ("batch_size", self.batch_size, 1)):
+            if value is not None and not (isinstance(value, int) and lowest <= value <= MAX_BATCHES):
+                raise EvaluatorError(name, f"{value!r} is not an integer from {lowest} to {MAX_BATCHES}")
+
+    def load_data(self, resolution: int, seed: int):
+        from supernet.data import load_data
+
+        try:
+            return load_data(self.data, resolution, seed=seed)
+        except ValueError as error:
+            raise EvaluatorError("data", f"bad data {self.data!r}: {_first_line(error)}") from None
+
+    def build(self, space: SearchSpace, seed: int) -> tuple[Evaluator, Any]:
+        from torch.utils.data import DataLoader
+
+        net = load_supernet(self.checkpoint, space)
+        bundle = self.load_data(net.resolution, seed)
+        if bundle.num_classes != net.num_classes:
+            raise EvaluatorError("data", f"{self.data} has {bundle.num_classes} classes, the supernet "
+                                         f"{Path(self.checkpoint).name} {net.num_classes}")
+        loader = DataLoader(bundle.split(self.split), batch_size=self.batch_size, shuffle=False)
+        calibration = DataLoader(bundle.train, batch_size=64, shuffle=False)
+        evaluator = SupernetEvaluator(net, loader, self.eval_batches, self.recalibrate, calibration, split=self.split)
+        return evaluator, net
 
 
 class SupernetEvaluator:
@@ -36,7 +150,10 @@ class SupernetEvaluator:
     The first `max_batches` batches of `loader` (all when None) are read once and kept, so every
     architecture is scored on the same images without re-reading them. `recalibrate` > 0
     re-estimates the sub-network's BN statistics on that many batches of `calibration_loader`
-    (training data; default `loader`) before evaluating.
+    (training data; default `loader`) before evaluating. Without it, a candidate that runs a
+    BatchNorm no training step updated (`supernet.training.untrained_batch_norms`: the narrower
+    widths of a Gumbel-trained supernet) is recalibrated anyway, on `AUTO_RECALIBRATION_BATCHES`
+    batches, rather than scored on initial statistics; `settings()` counts how many were.
 
     Without recalibration, the activations after the stem and after each stage are cached by the
     architecture prefix that produced them (stage i's output depends on stages 0..i only, and the
@@ -48,8 +165,9 @@ class SupernetEvaluator:
     name = "supernet"
 
     def __init__(self, net, loader, max_batches: int | None = None, recalibrate: int = 0,
-                 calibration_loader=None, prefix_cache: int = 256) -> None:
+                 calibration_loader=None, prefix_cache: int = 256, split: str = "val") -> None:
         self.net = net
+        self.split = split
         self._prefixes: collections.OrderedDict[tuple, list[torch.Tensor]] = collections.OrderedDict()
         self.prefix_cache = prefix_cache
         self.batches = list(itertools.islice(loader, max_batches))
@@ -60,6 +178,7 @@ class SupernetEvaluator:
         self.calibration_loader = calibration_loader if calibration_loader is not None else loader
         self._cache: dict[Architecture, float] = {}
         self.evaluations = 0
+        self.auto_recalibrated = 0
 
     def score(self, arch: Architecture) -> float:
         value = self._cache.get(arch)
@@ -72,8 +191,14 @@ class SupernetEvaluator:
     def _evaluate(self, arch: Architecture) -> float:
         from supernet.training import accuracy, evaluate, recalibrate_bn
 
-        if self.recalibrate:
-            model = recalibrate_bn(self.net, arch, self.calibration_loader, self.recalibrate)
+        from supernet.training import untrained_batch_norms
+
+        batches = self.recalibrate
+        if not batches and untrained_batch_norms(self.net, arch):
+            batches = AUTO_RECALIBRATION_BATCHES
+            self.auto_recalibrated += 1
+        if batches:
+            model = recalibrate_bn(self.net, arch, self.calibration_loader, batches)
             return 100.0 * float(accuracy(model, self.batches))
         if not self.prefix_cache:
             return 100.0 * float(evaluate(self.net, arch, self.batches))
@@ -109,4 +234,10 @@ class SupernetEvaluator:
         return cached
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "recalibrate_batches": self.recalibrate, "images": sum(len(y) for _, y in self.batches)}
+        return {"name": self.name, "split": self.split, "recalibrate_batches": self.recalibrate,
+                "images": sum(len(y) for _, y in self.batches)}
+
+    def report(self) -> dict[str, Any]:
+        """What happened during the search (not a setting): candidates recalibrated because they
+        ran untrained BatchNorm statistics."""
+        return {"evaluations": self.evaluations, "auto_recalibrated": self.auto_recalibrated}

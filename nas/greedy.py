@@ -1,9 +1,10 @@
 """The greedy slimming controller (EfficientFormer V1/V2 search).
 
-From `space.largest()` (or a start architecture), score every valid action, apply the one with the
-smallest objective ratio (accuracy drop per unit gained), and repeat until the table's predicted
-latency ≤ target and params ≤ `max_params`. Every step is recorded; the path is a latency/accuracy
-front. While only the size budget is unmet, the gain is the parameters saved (in millions).
+From `space.largest()` (or a start architecture), score every action of the action set, apply the
+one with the smallest objective ratio (accuracy drop per unit gained), and repeat until the
+predicted latency ≤ target and params ≤ `max_params`. Every step is recorded; the path is a
+latency/accuracy front. While only the size budget is unmet, the gain is the parameters saved (in
+millions).
 
 The last step is chosen differently: when the ratio-best action of a step meets every constraint
 (so the search would stop after it), the search takes the feasible candidate of that step with
@@ -13,129 +14,154 @@ ratio-best action may overshoot the target by a wide margin while a gentler one 
 it with more accuracy). A feasible candidate of an earlier step is not taken: a drastic action
 that reaches the target at once usually scores below the end of the gentler path.
 
-Deterministic: actions come in a fixed order and ties keep the first.
+Deterministic: actions come in a fixed order and ties keep the first. That makes the search
+resumable by replay: with a state file, every score is recorded as it is computed; a resumed run
+starts from the beginning with those scores known, so it retraces the recorded path without
+evaluating anything again and continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable
 
-from search_spaces import Architecture, SearchSpace, count_params
+from search_spaces import Architecture
 
-from nas.actions import Action, v2_actions
-from nas.objectives import NO_GAIN, Objective, mes
+from nas.actions import ActionSet, v2_actions
+from nas.objectives import NO_GAIN
+from nas.problem import Evaluator, SearchProblem, SearchResult, Step, Unreachable
+from nas.state import StateFile, problem_settings
 
-
-class Unreachable(Exception):
-    """The target cannot be met; `smallest_latency` is the lowest latency the search reaches."""
-
-    def __init__(self, smallest_latency: float, message: str = "") -> None:
-        self.smallest_latency = smallest_latency
-        super().__init__(message or f"target latency cannot be met; the smallest reachable latency is {smallest_latency:.4f} ms")
+STRATEGY_NAME = "greedy"
+MID_STEP_SAVE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
-class Step:
-    action: str
-    description: str
-    delta_accuracy: float
-    delta_latency: float
-    delta_params: int
-    latency: float
-    params: int
-    mes: float
+class _Scored:
+    arch: Architecture
     score: float
-    ratio: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {"arch": self.arch.to_dict(), "score": self.score}
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    arch: Architecture
-    latency: float
-    params: int
-    score: float
-    mes: float
-    steps: tuple[Step, ...]
-    path: tuple[Architecture, ...]
-    evaluations: int
+class _RecordedScores:
+    """The evaluator's scores of one search, in evaluation order, persisted after each new one.
 
-    def front(self) -> list[dict[str, Any]]:
-        """(latency, params, score) of every architecture on the path, start first."""
-        return [{"latency": s.latency, "params": s.params, "score": s.score} for s in self.steps]
+    Scores recorded in the state file (a resumed search) are answered without asking the
+    evaluator; `evaluations` counts every distinct architecture scored for this search.
+    """
 
+    def __init__(self, evaluator: Evaluator, state: StateFile, body: Callable[[], dict[str, Any]]) -> None:
+        self.evaluator, self.state, self.body = evaluator, state, body
+        self.records: list[_Scored] = []
+        self.known: dict[Architecture, float] = {}
 
-def _met(latency: float, params: int, target: float, max_params: int | None) -> bool:
-    return latency <= target and (max_params is None or params <= max_params)
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        try:
+            for item in history:
+                self._add(_Scored(Architecture.from_dict(item["arch"]), float(item["score"])))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{self.state.path}: corrupt search state: {error}") from None
+
+    def _add(self, record: _Scored) -> None:
+        self.records.append(record)
+        self.known[record.arch] = record.score
+
+    def score(self, arch: Architecture) -> float:
+        value = self.known.get(arch)
+        if value is None:
+            value = float(self.evaluator.score(arch))
+            self._add(_Scored(arch, value))
+            # every step ends with a save; within a step, at most one a second: a slow (supernet)
+            # evaluator loses at most a second of work to a kill, a fast one no time to rewriting
+            self.state.save(self.body(), self.records, _Scored.to_dict, min_interval_s=MID_STEP_SAVE_INTERVAL_S)
+        return value
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.records)
 
 
 def greedy_search(
-    space: SearchSpace,
-    table,
-    evaluator,
-    objective: Objective,
-    target_latency: float,
-    max_params: int | None = None,
+    problem: SearchProblem,
     start: Architecture | None = None,
-    actions: Callable[[SearchSpace, Architecture], Sequence[Action]] = v2_actions,
-    params_of: Callable[[Architecture], int] = count_params,
+    actions: ActionSet = v2_actions,
     max_steps: int = 10_000,
     on_step: Callable[[Step], None] | None = None,
+    state_path: str | Path | None = None,
 ) -> SearchResult:
-    """Slim from `start` (default the largest network) until the table's latency ≤ `target_latency`
-    and params ≤ `max_params`, one action a step as the module says; return the end and the path.
+    """Slim from `start` (default the largest network) until `problem` is met, one action a step as
+    the module says; return the end and the path.
 
-    `evaluator.score(arch)` is called once per candidate (cache in the evaluator); `on_step` sees
-    every step as it is taken. Raises `Unreachable` when no action gains anything before the target
-    is met, or after `max_steps`.
+    Each distinct candidate is scored once. `on_step` sees every step as it is taken (on resume,
+    only the steps the state file did not already hold). Raises `Unreachable` when no action
+    gains anything before the target is met, or after `max_steps`; `ValueError` for a state file
+    of another search.
     """
+    space = problem.space
     arch = space.validate(start) if start is not None else space.largest()
-    latency, params = table.predict(arch), params_of(arch)
-    score = evaluator.score(arch)
-    first = Step("start", "starting architecture", 0.0, 0.0, 0, latency, params, mes(params, latency), score, 0.0)
-    steps, path = [first], [arch]
-    if on_step:
-        on_step(first)
+    settings = {**problem_settings(problem), "start": arch.to_dict(), "actions": actions_settings(actions),
+                "max_steps": max_steps}
+    state = StateFile(state_path, STRATEGY_NAME, settings)
+    steps: list[Step] = []
+    scores = _RecordedScores(problem.evaluator, state, lambda: {"steps": len(steps) - 1})
+    stored = state.load()
+    announced = 0
+    if stored is not None:
+        scores.restore(stored["history"])
+        announced = int(stored.get("steps", 0)) + 1  # the steps (and the start) a trace already holds
+
+    def take(step: Step) -> None:
+        steps.append(step)
+        if on_step and len(steps) > announced:
+            on_step(step)
+
+    latency, params = problem.price(arch)
+    score = scores.score(arch)
+    take(Step("start", "starting architecture", 0.0, 0.0, 0, latency, params, problem.mes(params, latency), score, 0.0))
+    path = [arch]
     for _ in range(max_steps):
-        if _met(latency, params, target_latency, max_params):
+        if problem.met(latency, params):
             break
-        latency_met = latency <= target_latency
+        latency_met = latency <= problem.target_latency
         best = best_feasible = None
         for action in actions(space, arch):
             candidate = action.apply(arch)
-            cand_latency, cand_params = table.predict(candidate), params_of(candidate)
+            cand_latency, cand_params = problem.price(candidate)
             if latency_met:  # only the size budget is left
                 gain = (params - cand_params) / 1e6
             else:
-                gain = objective.gain(latency, params, cand_latency, cand_params)
+                gain = problem.objective.gain(latency, params, cand_latency, cand_params)
             if not gain > 0:
                 continue
-            cand_score = evaluator.score(candidate)
-            ratio = objective.ratio(score - cand_score, gain)
+            cand_score = scores.score(candidate)
+            ratio = problem.objective.ratio(score - cand_score, gain)
             if ratio == NO_GAIN:
                 continue
             option = (ratio, action, candidate, cand_latency, cand_params, cand_score)
             if best is None or ratio < best[0]:
                 best = option
-            if _met(cand_latency, cand_params, target_latency, max_params) and (
-                    best_feasible is None or cand_score > best_feasible[5]):
+            if problem.met(cand_latency, cand_params) and (best_feasible is None or cand_score > best_feasible[5]):
                 best_feasible = option
         if best is None:
-            raise Unreachable(min(latency, table.predict(space.smallest())))
-        if _met(best[3], best[4], target_latency, max_params):  # the last step: the most accurate finish
+            raise Unreachable(min(latency, problem.smallest_latency()))
+        if problem.met(best[3], best[4]):  # the last step: the most accurate finish
             best = best_feasible
         ratio, action, candidate, cand_latency, cand_params, cand_score = best
-        step = Step(action.name, action.description, cand_score - score, cand_latency - latency,
-                    cand_params - params, cand_latency, cand_params, mes(cand_params, cand_latency), cand_score, ratio)
-        steps.append(step)
+        take(Step(action.name, action.description, cand_score - score, cand_latency - latency, cand_params - params,
+                  cand_latency, cand_params, problem.mes(cand_params, cand_latency), cand_score, ratio))
         path.append(candidate)
-        if on_step:
-            on_step(step)
+        state.save({"steps": len(steps) - 1}, scores.records, _Scored.to_dict)
         arch, latency, params, score = candidate, cand_latency, cand_params, cand_score
     else:
         raise Unreachable(latency, f"no solution within {max_steps} steps")
-    return SearchResult(arch, latency, params, score, mes(params, latency), tuple(steps), tuple(path),
-                        getattr(evaluator, "evaluations", 0))
+    return SearchResult(arch, latency, params, score, problem.mes(params, latency), tuple(steps), tuple(path),
+                        scores.evaluations)
+
+
+def actions_settings(actions: ActionSet) -> Any:
+    """What a state file records of an action set: its `settings()` if it has them, else its name."""
+    settings = getattr(actions, "settings", None)
+    return settings() if callable(settings) else getattr(actions, "__name__", type(actions).__name__)

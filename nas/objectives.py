@@ -29,6 +29,38 @@ def mes(params: float, latency_ms: float, u_size: float = 3e6, u_lat: float = 1.
     return 100.0 * (params / u_size) ** (-alpha_size) * (latency_ms / u_lat) ** (-alpha_lat)
 
 
+@dataclass(frozen=True)
+class MobileEfficiencyScore:
+    """The MES of EfficientFormerV2 with its four constants: units U_size (parameters) and U_lat
+    (ms) and exponents α_size and α_lat; the defaults are the paper's (3 M, 1 ms, 0.5, 1.0).
+
+    One instance is the definition a whole search reports (every step, the result, evolution's
+    tie-break) and, for the `mes` objective, what it ranks by.
+    """
+
+    u_size: float = 3e6
+    u_lat: float = 1.0
+    alpha_size: float = 0.5
+    alpha_lat: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("u_size", "u_lat"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: {value!r} is not a positive number")
+        for name in ("alpha_size", "alpha_lat"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 10):
+                raise ValueError(f"{name}: {value!r} is not a number between 0 and 10")
+
+    def __call__(self, params: float, latency_ms: float) -> float:
+        return mes(params, latency_ms, self.u_size, self.u_lat, self.alpha_size, self.alpha_lat)
+
+    def settings(self) -> dict[str, Any]:
+        return {"u_size": self.u_size, "u_lat_ms": self.u_lat, "alpha_size": self.alpha_size,
+                "alpha_lat": self.alpha_lat}
+
+
 class Objective(Protocol):
     name: str
 
@@ -66,16 +98,13 @@ class LatencyObjective:
 
 @dataclass(frozen=True)
 class MESObjective:
-    """EfficientFormerV2: the action with the smallest accuracy drop per MES gained."""
+    """EfficientFormerV2: the action with the smallest accuracy drop per MES gained (`definition`)."""
 
-    u_size: float = 3e6
-    u_lat: float = 1.0
-    alpha_size: float = 0.5
-    alpha_lat: float = 1.0
+    definition: MobileEfficiencyScore = MobileEfficiencyScore()
     name: str = "mes"
 
     def score(self, params: int, latency_ms: float) -> float:
-        return mes(params, latency_ms, self.u_size, self.u_lat, self.alpha_size, self.alpha_lat)
+        return self.definition(params, latency_ms)
 
     def gain(self, latency_before: float, params_before: int, latency_after: float, params_after: int) -> float:
         return self.score(params_after, latency_after) - self.score(params_before, latency_before)
@@ -84,14 +113,16 @@ class MESObjective:
         return _ratio(accuracy_drop, gain)
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "u_size": self.u_size, "u_lat_ms": self.u_lat,
-                "alpha_size": self.alpha_size, "alpha_lat": self.alpha_lat}
+        return {"name": self.name, **self.definition.settings()}
 
 
 OBJECTIVES = {"latency": LatencyObjective, "mes": MESObjective}
 
 
-def get_objective(name: str, **settings: Any) -> Objective:
+def get_objective(name: str, definition: MobileEfficiencyScore | None = None) -> Objective:
+    """The objective called `name`; `mes` ranks by `definition` (the paper's constants by default)."""
     if name not in OBJECTIVES:
         raise KeyError(f"unknown objective {name!r}; choose from {', '.join(sorted(OBJECTIVES))}")
-    return OBJECTIVES[name](**settings) if name == "mes" else OBJECTIVES[name]()
+    if name == "mes":
+        return MESObjective(definition or MobileEfficiencyScore())
+    return LatencyObjective()

@@ -1,18 +1,23 @@
 """`python -m nas.search`: find an architecture under a latency (and size) budget.
 
     python -m nas.search --target-latency 1.5ms --device iphone12 [--space S] [--objective mes|latency]
+        [--mes-params-unit 3M --mes-latency-unit 1ms --mes-alpha-params 0.5 --mes-alpha-latency 1.0]
         [--max-params 6M] [--supernet CKPT --data SPEC [--recalibrate N] [--eval-batches N]]
-        [--evaluator supernet|proxy] [--strategy greedy|random|evolution --budget N [--state FILE]]
-        [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl] [--front FILE.yaml]
-        [--lut FILE]
+        [--evaluator supernet|proxy] [--strategy greedy|random|evolution] [--budget N] [--state FILE]
+        [--actions v1|v2] [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl]
+        [--front FILE.yaml] [--lut FILE] [--verify [--verify-rounds N] [--verify-undershoot 5%]]
 
-YAML (with a provenance `meta` block) to `--out` or stdout; exit 2 on bad input, 3 when the
-target cannot be met (naming the smallest reachable latency). The output is a pure function of
-the inputs (no wall-clock date in `meta`), so the same inputs and seed give byte-identical YAML.
+A thin adapter over `nas.api`: the options become a `SearchRequest`, `run_search` validates and
+runs it, and the outcome is written. YAML (with a provenance `meta` block) to `--out` or stdout;
+exit 2 on bad input (one line naming the option), 3 when the target cannot be met (naming the
+smallest reachable latency). The output is a pure function of the inputs (no wall-clock date in
+`meta`), so the same inputs and seed give byte-identical YAML.
 
 The evaluator is the trained supernet's accuracy when `--supernet` is given, otherwise the
 SynFlow proxy (`nas.synflow`) on a supernet initialised from `--seed`; `--evaluator proxy` with
-`--supernet` computes the proxy on the trained weights instead.
+`--supernet` computes the proxy on the trained weights instead. Greedy uses the V1 action set
+(MetaPath importance) when the checkpoint's MetaPath logits were trained (`--mode gumbel`), else
+V2's; `--actions` overrides.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from search_spaces import Architecture, ArchitectureError, count_macs, count_params, get_space, list_spaces
+from search_spaces import Architecture, ArchitectureError
 from search_spaces.command_line import (
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -38,45 +43,84 @@ from search_spaces.command_line import (
 )
 from search_spaces.files import write_text_atomic
 
-import nas
-from nas.evaluators import SupernetEvaluator
-from nas.greedy import SearchResult, Step, Unreachable, greedy_search
-from nas.objectives import OBJECTIVES, get_objective
-from nas.verify import measuring_device, verify_search
+from nas.api import (
+    RequestError,
+    SearchOutcome,
+    SearchRequest,
+    VerifySettings,
+    run_search,
+    space_named,
+    validate_request,
+)
+from nas.evaluators import ProxyEvaluation, SupernetEvaluation
+from nas.objectives import MobileEfficiencyScore
+from nas.problem import Step
+from nas.verify import DEFAULT_ROUNDS, DEFAULT_UNDERSHOOT
 
 PROG = "python -m nas.search"
 LATENCY_FORMS = "accepted forms: 1.5ms, 1500us, 0.0015s"
 SIZE_FORMS = "accepted forms: 6M, 6000000"
-STRATEGY_NAMES = ("greedy", "random", "evolution")
 EVALUATOR_NAMES = ("supernet", "proxy")
 FRONT_SCHEMA = "latnas/front@1"
-DEFAULT_BUDGET = 200
 _LATENCY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|s)\s*$")
 _SCALE = {"ms": 1.0, "us": 1e-3, "s": 1e3}
 #: options whose value may start with "-" (a negative latency must reach our parser, not argparse)
-_VALUE_OPTIONS = ("--target-latency", "--max-params")
+_VALUE_OPTIONS = ("--target-latency", "--max-params", "--mes-params-unit", "--mes-latency-unit",
+                  "--mes-alpha-params", "--mes-alpha-latency", "--verify-undershoot")
+#: the option that sets each SearchRequest field (a RequestError names the field)
+OPTION_OF_FIELD = {
+    "space": "--space", "target_latency": "--target-latency", "objective": "--objective", "strategy": "--strategy",
+    "predictor": "--lut", "max_params": "--max-params", "budget": "--budget", "seed": "--seed",
+    "start": "--start", "actions": "--actions", "state_path": "--state", "verify": "--verify",
+    "evaluator": "--evaluator", "supernet": "--supernet", "data": "--data", "split": "--data",
+    "recalibrate": "--recalibrate", "eval_batches": "--eval-batches", "batch_size": "--eval-batches",
+    "mes": "--mes-*",
+}
 
 
-def parse_latency(text: str) -> float:
-    """'1.5ms' / '1500us' / '0.0015s' -> milliseconds; anything else raises UsageError."""
+def parse_latency(text: str, option: str = "--target-latency") -> float:
+    """'1.5ms' / '1500us' / '0.0015s' -> milliseconds; anything else raises UsageError naming `option`."""
     match = _LATENCY.match(text or "")
     if not match:
-        raise UsageError(f"--target-latency: bad latency {text!r}; {LATENCY_FORMS}")
+        raise UsageError(f"{option}: bad latency {text!r}; {LATENCY_FORMS}")
     value = float(match.group(1)) * _SCALE[match.group(2)]
-    if not value > 0:
-        raise UsageError(f"--target-latency: bad latency {text!r}: must be positive; {LATENCY_FORMS}")
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{option}: bad latency {text!r}: must be positive and finite; {LATENCY_FORMS}")
     return value
 
 
-def parse_size(text: str) -> int:
-    """'6M' / '6000000' (also '500k') -> a parameter count; anything else raises UsageError."""
+def parse_size(text: str, option: str = "--max-params") -> int:
+    """'6M' / '6000000' (also '500k') -> a parameter count; anything else raises UsageError naming `option`."""
     match = re.match(r"^\s*([0-9]*\.?[0-9]+)\s*([MmKk]?)\s*$", text or "")
     if not match:
-        raise UsageError(f"--max-params: bad size {text!r}; {SIZE_FORMS}")
+        raise UsageError(f"{option}: bad size {text!r}; {SIZE_FORMS}")
     value = float(match.group(1)) * {"": 1, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}[match.group(2)]
-    if not value >= 1:
-        raise UsageError(f"--max-params: bad size {text!r}: must be positive; {SIZE_FORMS}")
+    if not (value >= 1 and math.isfinite(value) and value <= 1e15):
+        raise UsageError(f"{option}: bad size {text!r}: must be from 1 to 10^15; {SIZE_FORMS}")
     return int(round(value))
+
+
+def parse_exponent(text: str, option: str) -> float:
+    """An MES exponent: a number from 0 to 10."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option}: {text!r} is not a number (accepted: 0 to 10, e.g. 0.5)") from None
+    if not (math.isfinite(value) and 0 <= value <= 10):
+        raise UsageError(f"{option}: {text!r} is outside 0 to 10")
+    return value
+
+
+def parse_fraction(text: str, option: str) -> float:
+    """'5%' or '0.05' -> 0.05; a fraction strictly between 0 and 1."""
+    raw = (text or "").strip()
+    try:
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UsageError(f"{option}: {text!r} is not a fraction (accepted: 5%, 0.05)") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise UsageError(f"{option}: {text!r} must be between 0 and 1 (accepted: 5%, 0.05)")
+    return value
 
 
 def build_parser() -> ArgumentParser:
@@ -86,25 +130,35 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--lut", help="a latency table file instead of the device's default")
     parser.add_argument("--space", default="efficientformer_v2", help="search space (default efficientformer_v2)")
     parser.add_argument("--objective", default="mes", help="mes (default) or latency")
+    parser.add_argument("--mes-params-unit", default="3M", help="MES size unit U_size (default 3M)")
+    parser.add_argument("--mes-latency-unit", default="1ms", help="MES latency unit U_lat (default 1ms)")
+    parser.add_argument("--mes-alpha-params", default="0.5", help="MES size exponent α_size (default 0.5)")
+    parser.add_argument("--mes-alpha-latency", default="1.0", help="MES latency exponent α_lat (default 1.0)")
     parser.add_argument("--max-params", help=f"size budget ({SIZE_FORMS})")
     parser.add_argument("--strategy", default="greedy", help="greedy (default), random or evolution")
-    parser.add_argument("--budget", type=positive_int, help=f"evaluations for random/evolution (default {DEFAULT_BUDGET})")
-    parser.add_argument("--state", help="random/evolution: resumable state file (continued when it exists)")
+    parser.add_argument("--budget", type=positive_int, help="evaluations for random/evolution (default 200)")
+    parser.add_argument("--state", help="resumable state file (continued when it exists)")
+    parser.add_argument("--actions", help="greedy action set: v1 (MetaPath importance; default with a Gumbel-trained "
+                                          "--supernet) or v2 (default otherwise)")
     parser.add_argument("--start", help="greedy: start from this architecture YAML instead of the largest")
     parser.add_argument("--supernet", help="trained supernet checkpoint (accuracy evaluator)")
-    parser.add_argument("--data", help="held-out data spec for --supernet (e.g. digits)")
+    parser.add_argument("--data", help="data spec for --supernet; searches select on its val split (e.g. digits)")
     parser.add_argument("--evaluator", help="supernet (default with --supernet) or proxy (default without)")
     parser.add_argument("--recalibrate", type=non_negative_int, default=0,
                         help="re-estimate BN statistics on N training batches before each supernet evaluation")
     parser.add_argument("--eval-batches", type=positive_int, help="supernet evaluator: at most N validation batches")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the proxy's weights and the random strategies")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the proxy's weights and the random strategies")
     parser.add_argument("--out", help="output YAML (default stdout)")
     parser.add_argument("--trace", help="write every step as JSON lines")
     parser.add_argument("--front", help="write the latency/score front (every architecture on the path) as YAML")
     parser.add_argument("--verify", action="store_true",
-                        help="measure the found network end to end on the (measured) device; if it misses the target by "
-                             "more than the table's error, correct the table with the measurement and search again")
-    parser.add_argument("--verify-rounds", type=positive_int, default=3, help="--verify: at most N searches (default 3)")
+                        help="measure the found network end to end on the (measured) device; if it misses the target, "
+                             "or lands more than --verify-undershoot below it, correct the table and search again")
+    parser.add_argument("--verify-rounds", type=positive_int,
+                        help=f"--verify: at most N searches (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--verify-undershoot",
+                        help=f"--verify: re-search when measured < (1 - this) x target (default {DEFAULT_UNDERSHOOT:.0%})")
     return parser
 
 
@@ -128,7 +182,7 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _table(args, space):
+def _table(args, space_name: str):
     from lut import get_device, load_table
 
     try:
@@ -139,30 +193,25 @@ def _table(args, space):
         if not args.device:
             raise UsageError("give --device or --lut")
         device = get_device(args.device)
-        return device.default_table(space), device.table_name(space)
+        return device.default_table(space_name), device.table_name(space_name)
     except UsageError:
         raise
     except Exception as error:  # unknown device, missing/corrupt table
         raise UsageError(_first_line(error)) from None
 
 
-def _start(args, space) -> Architecture | None:
+def _start(args) -> Architecture | None:
     if not args.start:
         return None
-    if args.strategy != "greedy":
-        raise UsageError("--start applies to --strategy greedy only")
     if not Path(args.start).is_file():
         raise UsageError(f"--start: no such file: {args.start}")
     try:
-        arch = Architecture.from_yaml(Path(args.start))
-        if arch.space != space.name:
-            raise UsageError(f"--start: {args.start} is an architecture of {arch.space!r}, not {space.name!r}")
-        return space.validate(arch)
+        return Architecture.from_yaml(Path(args.start))
     except ArchitectureError as error:
         raise UsageError(f"--start: {args.start}: {_first_line(error)}") from None
 
 
-def _evaluator(args, space):
+def _evaluator(args):
     name = args.evaluator or ("supernet" if args.supernet else "proxy")
     if name not in EVALUATOR_NAMES:
         raise UsageError(f"--evaluator: unknown evaluator {name!r}; choose from {', '.join(EVALUATOR_NAMES)}")
@@ -172,35 +221,34 @@ def _evaluator(args, space):
         raise UsageError("--supernet needs --data SPEC (the held-out images it is evaluated on)")
     if (args.recalibrate or args.eval_batches) and name != "supernet":
         raise UsageError("--recalibrate and --eval-batches apply to the supernet evaluator only")
-    from nas.synflow import SynFlowEvaluator
-
-    if not args.supernet:
-        return SynFlowEvaluator.from_space(space, seed=args.seed)
-    net = _load_supernet(args.supernet, space)
+    if args.data and name != "supernet":
+        raise UsageError("--data applies to the supernet evaluator only (give --supernet CKPT)")
     if name == "proxy":
-        return SynFlowEvaluator.from_supernet(net, source=f"supernet {Path(args.supernet).name}")
-    from torch.utils.data import DataLoader
-
-    from supernet.data import load_data
-
-    try:
-        data = load_data(args.data, net.resolution, seed=args.seed)
-    except Exception as error:
-        raise UsageError(f"--data: bad data {args.data!r}: {_first_line(error)}") from None
-    calibration = DataLoader(data.train, batch_size=64, shuffle=False) if args.recalibrate else None
-    return SupernetEvaluator(net, DataLoader(data.val, batch_size=256, shuffle=False), args.eval_batches,
-                             args.recalibrate, calibration)
+        return ProxyEvaluation(Path(args.supernet) if args.supernet else None)
+    return SupernetEvaluation(Path(args.supernet), args.data, recalibrate=args.recalibrate,
+                              eval_batches=args.eval_batches)
 
 
-def _load_supernet(path: str, space):
-    from supernet import Supernet
-
-    if not Path(path).is_file():
-        raise UsageError(f"--supernet: no such file: {path}")
-    try:
-        return Supernet.load(path, space=space.name)
-    except Exception as error:
-        raise UsageError(f"--supernet: cannot use {path}: {_first_line(error)}") from None
+def request_from_args(args) -> SearchRequest:
+    """The `SearchRequest` the options describe (options checked here, the whole request by `run_search`)."""
+    target = parse_latency(args.target_latency)
+    mes = MobileEfficiencyScore(parse_size(args.mes_params_unit, "--mes-params-unit"),
+                                parse_latency(args.mes_latency_unit, "--mes-latency-unit"),
+                                parse_exponent(args.mes_alpha_params, "--mes-alpha-params"),
+                                parse_exponent(args.mes_alpha_latency, "--mes-alpha-latency"))
+    max_params = parse_size(args.max_params) if args.max_params else None
+    if (args.verify_rounds is not None or args.verify_undershoot is not None) and not args.verify:
+        raise UsageError("--verify-rounds and --verify-undershoot apply with --verify only")
+    verify = VerifySettings(args.verify_rounds or DEFAULT_ROUNDS,
+                            parse_fraction(args.verify_undershoot, "--verify-undershoot")
+                            if args.verify_undershoot is not None else DEFAULT_UNDERSHOOT) if args.verify else None
+    table, table_name = _table(args, space_named(args.space).name)
+    return SearchRequest(
+        space=args.space, predictor=table, target_latency=target, evaluator=_evaluator(args), objective=args.objective,
+        mes=mes, max_params=max_params, strategy=args.strategy, budget=args.budget, seed=args.seed,
+        state_path=Path(args.state) if args.state else None, actions=args.actions, start=_start(args),
+        start_name=Path(args.start).name if args.start else None, verify=verify, table_name=table_name,
+    )
 
 
 def _strict_json(value: Any) -> Any:
@@ -212,141 +260,58 @@ def step_record(step: Step) -> dict[str, Any]:
     return {key: _strict_json(value) for key, value in step.to_dict().items()}
 
 
-def pareto_front(result: SearchResult) -> list[tuple[Step, Architecture]]:
-    """The points of a result worth keeping: the greedy path as it is (each step is cheaper than
-    the last); for sampling strategies, the evaluated architectures no other one beats on both
-    latency and score, fastest first."""
-    points = list(zip(result.steps, result.path, strict=True))
-    if getattr(result, "strategy", "greedy") == "greedy":
-        return points
-    points.sort(key=lambda point: (point[0].latency, -point[0].score))
-    front, best = [], -math.inf
-    for step, arch in points:
-        if step.score > best:
-            front.append((step, arch))
-            best = step.score
-    return front
-
-
-def front_document(result: SearchResult, provenance: dict[str, Any]) -> str:
+def front_document(outcome: SearchOutcome) -> str:
     points = [
         {"latency_ms": round(step.latency, 6), "params": step.params, "mes": round(step.mes, 4),
          "score": round(step.score, 6), "action": step.action, "architecture": arch.to_dict()}
-        for step, arch in pareto_front(result)
+        for step, arch in outcome.front
     ]
-    return yaml.safe_dump({"schema": FRONT_SCHEMA, **provenance, "points": points}, sort_keys=False)
+    return yaml.safe_dump({"schema": FRONT_SCHEMA, **outcome.meta, "points": points}, sort_keys=False)
 
 
-def _run_strategy(args, space, table, evaluator, objective, target, max_params, start, on_step) -> SearchResult:
-    if args.strategy == "greedy":
-        if args.budget or args.state:
-            raise UsageError("--budget and --state apply to --strategy random|evolution")
-        return greedy_search(space, table, evaluator, objective, target, max_params, start=start, on_step=on_step)
-    from nas.strategies import STRATEGIES
-
+def run_request(request: SearchRequest, trace_path: str | None) -> SearchOutcome:
+    """`run_search` with the trace written line by line (appended when a state file is resumed)."""
+    resuming = request.state_path is not None and Path(request.state_path).exists()
+    trace = open(trace_path, "a" if resuming else "w", encoding="utf-8", buffering=1) if trace_path else None
     try:
-        return STRATEGIES[args.strategy](space, table, evaluator, objective, target, max_params,
-                                         budget=args.budget or DEFAULT_BUDGET, seed=args.seed, on_step=on_step,
-                                         state_path=args.state, progress=sys.stderr.isatty())
-    except ValueError as error:  # a state file of another search
-        raise UsageError(f"--state: {_first_line(error)}") from None
+        on_step = (lambda step: trace.write(json.dumps(step_record(step), sort_keys=True) + "\n")) if trace else None
+        return run_search(request, on_step=on_step, progress=sys.stderr.isatty())
+    finally:
+        if trace:
+            trace.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(attach_dash_values(sys.argv[1:] if argv is None else list(argv)))
-    target = parse_latency(args.target_latency)
-    if args.space not in list_spaces():
-        raise UsageError(f"--space: unknown space {args.space!r}; choose from {', '.join(list_spaces())}")
-    if args.objective not in OBJECTIVES:
-        raise UsageError(f"--objective: unknown objective {args.objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")
-    if args.strategy not in STRATEGY_NAMES:
-        raise UsageError(f"--strategy: unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGY_NAMES)}")
-    space = get_space(args.space)
-    max_params = parse_size(args.max_params) if args.max_params else None
-    smallest_params = count_params(space.smallest())
-    if max_params is not None and max_params < smallest_params:
-        raise UsageError(f"--max-params: {max_params} is below the smallest network of {args.space} ({smallest_params} params)")
-    table, table_name = _table(args, space)
-    if table.metadata.space != space.name:
-        raise UsageError(f"--lut: table {table_name} is for space {table.metadata.space!r}, not {space.name!r}")
-    start = _start(args, space)
-    objective = get_objective(args.objective)
-    smallest_latency = table.predict(space.smallest())
-    if target < smallest_latency:
-        print(f"{PROG}: target {target:g} ms cannot be met on {table.metadata.device}; the smallest latency "
-              f"{space.name} reaches is {smallest_latency:.4f} ms", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    device = measuring_device(table) if args.verify else None
-    table_record = {"name": table_name, "sha256": table.sha256}  # the file's, before any --verify correction
-    evaluator = _evaluator(args, space)
-    trace_mode = "a" if args.state and Path(args.state).exists() else "w"
-    trace = open(args.trace, trace_mode, encoding="utf-8", buffering=1) if args.trace else None  # line by line: tail -f works
     try:
-        on_step = (lambda step: trace.write(json.dumps(step_record(step), sort_keys=True) + "\n")) if trace else None
-        if device is None:
-            result = _run_strategy(args, space, table, evaluator, objective, target, max_params, start, on_step)
-            verification = None
-        else:
-            results: list[SearchResult] = []
-
-            def search(current_table) -> tuple[Architecture, float]:
-                results.append(_run_strategy(args, space, current_table, evaluator, objective, target, max_params,
-                                             start, on_step))
-                return results[-1].arch, results[-1].latency
-
-            def measure(found: Architecture) -> float:
-                milliseconds = device.profile_network(found).p50_ms
-                print(f"{PROG}: --verify: predicted {results[-1].latency:.4f} ms, measured {milliseconds:.4f} ms",
-                      file=sys.stderr)
-                return milliseconds
-
-            _, table, verification = verify_search(search, table, target, measure, args.verify_rounds)
-            result = results[-1]
-    except Unreachable as error:
-        print(f"{PROG}: target cannot be met; the smallest latency {space.name} reaches is "
-              f"{error.smallest_latency:.4f} ms", file=sys.stderr)
+        request = request_from_args(args)
+        validate_request(request)  # before the trace file is opened
+        outcome = run_request(request, args.trace)
+    except RequestError as error:
+        raise UsageError(f"{OPTION_OF_FIELD.get(error.field, '--' + error.field)}: {error}") from None
+    if not outcome.reachable:
+        device = getattr(request.predictor.metadata, "device", "this device")
+        print(f"{PROG}: target {request.target_latency:g} ms cannot be met on {device}; the smallest latency "
+              f"{request.space} reaches is {outcome.smallest_latency:.4f} ms", file=sys.stderr)
         return EXIT_UNREACHABLE
-    finally:
-        if trace:
-            trace.close()
-    provenance = {
-        "device": table.metadata.device,
-        "table": table_record,
-        "objective": objective.settings(),
-        "target_latency_ms": target,
-        "max_params": max_params,
-        "evaluator": evaluator.name,
-        "evaluator_settings": evaluator.settings(),
-        "strategy": args.strategy,
-        "seed": args.seed,
-        "version": nas.__version__,
-    }
-    search_counts = ({"steps": len(result.steps) - 1} if args.strategy == "greedy"
-                     else {"budget": args.budget or DEFAULT_BUDGET, "stats": result.stats.to_dict()})
-    arch = result.arch.with_meta(
-        predicted_latency_ms=round(result.latency, 6),
-        params=result.params,
-        macs=count_macs(result.arch),
-        mes=round(result.mes, 4),
-        score=round(result.score, 6),
-        evaluations=result.evaluations,
-        **search_counts,
-        **provenance,
-        **({"start": Path(args.start).name} if start is not None else {}),
-        **({"verify": verification.to_meta()} if verification is not None else {}),
-    )
     if args.front:
-        write_text_atomic(Path(args.front), front_document(result, provenance))
-    text = arch.to_yaml()
+        write_text_atomic(Path(args.front), front_document(outcome))
+    text = outcome.arch.to_yaml()
     if args.out:
         write_text_atomic(Path(args.out), text)
     else:
         sys.stdout.write(text)
-    if verification is not None and not verification.met:
-        print(f"{PROG}: --verify: measured {verification.rounds[-1].measured_ms:.4f} ms still misses {target:g} ms "
-              f"(+{verification.tolerance:.0%}) after {len(verification.rounds)} searches", file=sys.stderr)
+    result, verification = outcome.result, outcome.verification
+    if verification is not None and not verification.in_window:
+        print(f"{PROG}: --verify: measured {verification.kept.measured_ms:.4f} ms is outside "
+              f"[{1 - verification.undershoot:.2f}, 1.00] x {request.target_latency:g} ms after "
+              f"{len(verification.rounds)} searches", file=sys.stderr)
+    if verification is not None:
+        for row in verification.rounds:
+            print(f"{PROG}: --verify round {row.round}: predicted {row.predicted_ms:.4f} ms, measured "
+                  f"{row.measured_ms:.4f} ms", file=sys.stderr)
     print(f"{PROG}: {result.latency:.4f} ms, {result.params} params, MES {result.mes:.2f}, score "
-          f"{result.score:.3f} ({evaluator.name}), {result.evaluations} evaluations", file=sys.stderr)
+          f"{result.score:.3f} ({outcome.evaluator_name}), {result.evaluations} evaluations", file=sys.stderr)
     return EXIT_OK
 
 

@@ -1,8 +1,10 @@
-"""Baseline search strategies: random search and regularized evolution (latnas issue 8).
+"""Search strategies behind one protocol: greedy slimming, random search, regularized evolution.
 
-Both run under the same evaluator, latency table and constraint as the greedy controller
-(`nas.greedy.greedy_search`) and return a `SearchResult` (a `StrategyResult`, which adds the
-proposal statistics), so they can be compared with it at equal cost.
+`Strategy` is what every caller (`nas.api.run_search`) sees: `search(problem) -> SearchResult`.
+`GreedySlimming` wraps the EfficientFormer controller (`nas.greedy`); `RandomSearch` and
+`RegularizedEvolution` are the baselines, run under the same evaluator, latency table and
+constraint and returning a `SearchResult` (a `StrategyResult`, which adds the proposal
+statistics), so they can be compared with greedy at equal cost.
 
 - Budget: `budget` counts evaluator calls on distinct architectures. The constraint (table latency
   ≤ target and params ≤ `max_params`) is a cheap filter applied *before* evaluating; a proposal
@@ -23,39 +25,38 @@ proposal statistics), so they can be compared with it at equal cost.
   down (head counts fixed to stay valid); only architectures the space contains are returned.
 - Best: the highest score among evaluated (hence feasible) architectures; ties go to the higher
   MES, then the lower latency, then the earlier evaluation.
-- Resumable: with `state_path`, a JSON state (schema `latnas/search-state@1`) is written atomically
-  after every evaluation: strategy, settings, the numpy bit-generator state, the counters, the
-  population and the history (architecture, latency, params, score, action). The set of seen
+- Resumable: with `state_path`, a state file (`nas.state`, schema `latnas/search-state@1`) is
+  written atomically after every evaluation: strategy, settings, the numpy bit-generator state,
+  the counters, the population and the history (architecture, score, action). The set of seen
   architectures is exactly the history's architectures. A run started on an existing state checks
   that it belongs to the same search (`ValueError` naming the differences otherwise), takes the
-  evaluated architectures from the history without scoring them again, and ends with exactly the
-  result of an uninterrupted run; `on_step` is called for the new evaluations only. `budget` is
-  not part of the check, so a finished search can be resumed with a larger budget to extend it.
-  Each write is atomic (temporary file, fsync, rename), a few milliseconds: negligible next to a
-  supernet evaluation, dominant next to the microsecond proxy.
+  evaluated architectures from the history without scoring them again (their latency and params
+  priced again from the table, not read from the file), and ends with exactly the result of an
+  uninterrupted run; `on_step` is called for the new evaluations only. `budget` is not part of the
+  check, so a finished search can be resumed with a larger budget to extend it. Each write is
+  atomic (temporary file, fsync, rename), a few milliseconds: negligible next to a supernet
+  evaluation, dominant next to the microsecond proxy.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from nas.actions import IDENTITY, _fix_heads
-from nas.greedy import SearchResult, Step, Unreachable
-from nas.objectives import Objective, mes
-from search_spaces import Architecture, Block, SearchSpace, Stage, count_params
+from nas.actions import IDENTITY, ActionSet, v2_actions
+from nas.greedy import greedy_search
+from nas.problem import SearchProblem, SearchResult, Step, Unreachable
+from nas.state import StateFile, problem_settings
+from search_spaces import Architecture, Block, SearchSpace, Stage
 from search_spaces.architecture import IDENTITY_BLOCK
-from search_spaces.files import write_text_atomic
 
-STATE_SCHEMA = "latnas/search-state@1"
 MUTATION_KINDS = ("type", "expansion", "heads", "width")
 # A draw fails only when the drawn change breaks a family rule (V1: meta4d after meta3d) or the
 # minimum depth; every architecture of a real space has many valid changes, so 1000 failed draws
@@ -150,7 +151,7 @@ def _change_width(space: SearchSpace, arch: Architecture, s: int, rng: np.random
         return None
     position = widths.index(stage.width)
     width = widths[_pick(rng, [p for p in (position - 1, position + 1) if 0 <= p < len(widths)])]
-    blocks = tuple(_fix_heads(space, s, width, block) for block in stage.blocks)
+    blocks = tuple(space.heads_for(s, width, block) for block in stage.blocks)
     direction = "up" if width > stage.width else "down"
     return Mutation("width", f"stage {s} width {stage.width} -> {width} (one step {direction})",
                     arch.replace_stage(s, Stage(width, blocks)))
@@ -238,7 +239,7 @@ class StrategyResult(SearchResult):
 
 @dataclass(frozen=True)
 class _Evaluation:
-    """One evaluated architecture, as the history records it."""
+    """One evaluated architecture, as the history records it (`mes` under the problem's definition)."""
 
     arch: Architecture
     latency: float
@@ -246,66 +247,53 @@ class _Evaluation:
     score: float
     action: str
     description: str
+    mes: float = field(default=0.0, compare=False)
 
     @property
     def rank(self) -> tuple[float, float, float]:
-        return (self.score, mes(self.params, self.latency), -self.latency)
+        return (self.score, self.mes, -self.latency)
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch.to_dict(), "latency": self.latency, "params": self.params, "score": self.score,
                 "action": self.action, "description": self.description}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> _Evaluation:
-        return cls(Architecture.from_dict(data["arch"]), float(data["latency"]), int(data["params"]),
-                   float(data["score"]), str(data["action"]), str(data["description"]))
+    def from_dict(cls, data: dict[str, Any], problem: SearchProblem) -> _Evaluation:
+        """A history record of a state file; latency and params are priced again from the problem
+        (a state file is not believed about what the table and the space say)."""
+        arch = Architecture.from_dict(data["arch"])
+        latency, params = problem.price(arch)
+        return cls(arch, latency, params, float(data["score"]), str(data["action"]), str(data["description"]),
+                   problem.mes(params, latency))
 
 
-def _compact_json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
-
-
-def _step(record: _Evaluation, incumbent: _Evaluation | None, objective: Objective) -> Step:
+def _step(record: _Evaluation, incumbent: _Evaluation | None, problem: SearchProblem) -> Step:
     """The step of one evaluation, its deltas taken against the best architecture before it."""
-    value = mes(record.params, record.latency)
     if incumbent is None:
-        return Step(record.action, record.description, 0.0, 0.0, 0, record.latency, record.params, value,
+        return Step(record.action, record.description, 0.0, 0.0, 0, record.latency, record.params, record.mes,
                     record.score, 0.0)
-    gain = objective.gain(incumbent.latency, incumbent.params, record.latency, record.params)
+    gain = problem.objective.gain(incumbent.latency, incumbent.params, record.latency, record.params)
     return Step(record.action, record.description, record.score - incumbent.score, record.latency - incumbent.latency,
-                record.params - incumbent.params, record.latency, record.params, value, record.score,
-                objective.ratio(incumbent.score - record.score, gain))
+                record.params - incumbent.params, record.latency, record.params, record.mes, record.score,
+                problem.objective.ratio(incumbent.score - record.score, gain))
 
 
 # -- the shared run: filter, evaluate, record, persist ----------------------------------------------
 class _Run:
-    """Bookkeeping common to both strategies: the constraint filter, the seen set, the budget, the
-    history and population, the counters, the state file and the progress bar."""
+    """Bookkeeping common to both sampling strategies: the constraint filter, the seen set, the
+    budget, the history and population, the counters, the state file and the progress bar."""
 
-    def __init__(self, strategy: str, settings: dict[str, Any], space: SearchSpace, table, evaluator,
-                 objective: Objective, target_latency: float, max_params: int | None, budget: int,
-                 params_of: Callable[[Architecture], int], max_retries: int, rng: np.random.Generator,
-                 on_step: Callable[[Step], None] | None, state_path: str | Path | None, progress: bool,
-                 population_size: int | None = None) -> None:
+    def __init__(self, strategy: str, settings: dict[str, Any], problem: SearchProblem, budget: int, max_retries: int,
+                 rng: np.random.Generator, on_step: Callable[[Step], None] | None, state_path: str | Path | None,
+                 progress: bool, population_size: int | None = None) -> None:
         if budget < 1:
             raise ValueError(f"budget must be at least 1, got {budget}")
         if max_retries < 1:
             raise ValueError(f"max_retries must be at least 1, got {max_retries}")
-        self.strategy, self.space, self.table, self.evaluator = strategy, space, table, evaluator
-        self.objective, self.target, self.max_params = objective, target_latency, max_params
-        self.budget, self.params_of, self.max_retries, self.rng = budget, params_of, max_retries, rng
+        self.strategy, self.problem, self.space = strategy, problem, problem.space
+        self.budget, self.max_retries, self.rng = budget, max_retries, rng
         self.on_step = on_step
-        self.state_path = Path(state_path) if state_path is not None else None
-        self.settings = json.loads(json.dumps({
-            **settings,
-            "space": space.name,
-            "target_latency_ms": float(target_latency),
-            "max_params": max_params,
-            "max_retries": max_retries,
-            "objective": objective.settings(),
-            "evaluator": evaluator.settings() if callable(getattr(evaluator, "settings", None)) else None,
-            "table_sha256": getattr(table, "sha256", None),
-        }))
+        self.state = StateFile(state_path, strategy, {**settings, **problem_settings(problem), "max_retries": max_retries})
         self.history: list[_Evaluation] = []
         self.steps: list[Step] = []
         self.seen: dict[Architecture, int] = {}  # architecture -> its evaluation number (1-based)
@@ -313,32 +301,25 @@ class _Run:
         self.population: deque[_Evaluation] | None = deque(maxlen=population_size) if population_size else None
         self.proposals = self.infeasible = self.duplicates = 0
         self.failures = 0  # consecutive rejected proposals
-        self._history_json: list[str] = []
         self._check_reachable()
-        if self.state_path is not None and self.state_path.exists():
-            self._load()
+        self._load()
         self._bar = tqdm(total=budget, initial=len(self.history), desc=strategy, unit="eval", file=sys.stderr,
                          disable=not progress, leave=False)
 
     # -- constraint ------------------------------------------------------------------------------
     def _check_reachable(self) -> None:
         smallest = self.space.smallest()
-        latency = float(self.table.predict(smallest))
-        if latency > self.target:
-            raise Unreachable(latency, f"target latency {self.target:g} ms cannot be met; the smallest network of "
-                                       f"{self.space.name} takes {latency:.4f} ms")
-        if self.max_params is not None and self.params_of(smallest) > self.max_params:
-            raise Unreachable(latency, f"max_params {self.max_params} cannot be met; the smallest network of "
-                                       f"{self.space.name} has {self.params_of(smallest)} params")
+        latency, params = self.problem.price(smallest)
+        if latency > self.problem.target_latency:
+            raise Unreachable(latency, f"target latency {self.problem.target_latency:g} ms cannot be met; the smallest "
+                                       f"network of {self.space.name} takes {latency:.4f} ms")
+        if self.problem.max_params is not None and params > self.problem.max_params:
+            raise Unreachable(latency, f"max_params {self.problem.max_params} cannot be met; the smallest network of "
+                                       f"{self.space.name} has {params} params")
 
     def _feasible(self, arch: Architecture) -> tuple[float, int] | None:
-        latency = float(self.table.predict(arch))
-        if latency > self.target:
-            return None
-        params = int(self.params_of(arch))
-        if self.max_params is not None and params > self.max_params:
-            return None
-        return latency, params
+        latency, params = self.problem.price(arch)
+        return (latency, params) if self.problem.met(latency, params) else None
 
     # -- proposals -------------------------------------------------------------------------------
     @property
@@ -362,8 +343,9 @@ class _Run:
             self.failures += 1
             return False
         self.failures = 0
-        score = float(self.evaluator.score(arch))
-        step = self._record(_Evaluation(arch, measured[0], measured[1], score, action, description))
+        score = float(self.problem.evaluator.score(arch))
+        latency, params = measured
+        step = self._record(_Evaluation(arch, latency, params, score, action, description, self.problem.mes(params, latency)))
         self._save()
         self._bar.update(1)
         if self.on_step:
@@ -371,7 +353,7 @@ class _Run:
         return True
 
     def _record(self, record: _Evaluation) -> Step:
-        step = _step(record, self.best, self.objective)
+        step = _step(record, self.best, self.problem)
         self.history.append(record)
         self.steps.append(step)
         self.seen[record.arch] = len(self.history)
@@ -383,42 +365,21 @@ class _Run:
 
     # -- state -----------------------------------------------------------------------------------
     def _save(self) -> None:
-        if self.state_path is None:
-            return
-        state = {
-            "schema": STATE_SCHEMA,
-            "strategy": self.strategy,
-            "settings": self.settings,
+        body = {
             "rng": self.rng.bit_generator.state,
             "evaluations": len(self.history),
             "counters": {"proposals": self.proposals, "infeasible": self.infeasible, "duplicates": self.duplicates},
             "population": [record.arch.to_dict() for record in self.population] if self.population is not None else None,
         }
-        # History records never change: each is serialised once, so a write costs a join, not a dump.
-        self._history_json.extend(_compact_json(record.to_dict()) for record in self.history[len(self._history_json):])
-        head = _compact_json(state)
-        write_text_atomic(self.state_path, f'{head[:-1]},"history":[{",".join(self._history_json)}]}}\n')
+        self.state.save(body, self.history, _Evaluation.to_dict)
 
     def _load(self) -> None:
-        path = self.state_path
+        state = self.state.load()
+        if state is None:
+            return
+        path = self.state.path
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: cannot read the search state: {error}") from None
-        if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA:
-            raise ValueError(f"{path}: not a search state (expected schema {STATE_SCHEMA!r})")
-        differences = []
-        if state.get("strategy") != self.strategy:
-            differences.append(f"strategy {state.get('strategy')!r} != {self.strategy!r}")
-        stored = state.get("settings") if isinstance(state.get("settings"), dict) else {}
-        for key in sorted(set(stored) | set(self.settings)):
-            if stored.get(key) != self.settings.get(key):
-                differences.append(f"{key} {stored.get(key)!r} != {self.settings.get(key)!r}")
-        if differences:
-            raise ValueError(f"{path}: the state belongs to a different search ({'; '.join(differences)}); "
-                             "remove it or choose another state path")
-        try:
-            history = [_Evaluation.from_dict(item) for item in state["history"]]
+            history = [_Evaluation.from_dict(item, self.problem) for item in state["history"]]
             counters = state["counters"]
             population = [Architecture.from_dict(item) for item in state["population"] or ()]
             rng_state = state["rng"]
@@ -444,13 +405,13 @@ class _Run:
 
     def result(self) -> StrategyResult:
         if self.best is None:
-            latency = float(self.table.predict(self.space.smallest()))
+            latency = self.problem.smallest_latency()
             raise Unreachable(latency, f"no feasible architecture in {self.proposals} proposals ({self.infeasible} over "
                                        f"the target); the smallest network of {self.space.name} takes {latency:.4f} ms")
         best = self.best
         stats = SearchStats(self.proposals, self.infeasible, self.duplicates, len(self.history),
                             stopped_early=not self.done)
-        return StrategyResult(best.arch, best.latency, best.params, best.score, mes(best.params, best.latency),
+        return StrategyResult(best.arch, best.latency, best.params, best.score, best.mes,
                               tuple(self.steps), tuple(r.arch for r in self.history), len(self.history),
                               strategy=self.strategy, stats=stats)
 
@@ -467,16 +428,10 @@ def _run_until_done(run: _Run, propose: Callable[[], tuple[Architecture, str, st
 
 # -- strategies ------------------------------------------------------------------------------------
 def random_search(
-    space: SearchSpace,
-    table,
-    evaluator,
-    objective: Objective,
-    target_latency: float,
-    max_params: int | None = None,
+    problem: SearchProblem,
     budget: int = 100,
     rng: np.random.Generator | None = None,
     seed: int = 0,
-    params_of: Callable[[Architecture], int] = count_params,
     max_retries: int = 10_000,
     on_step: Callable[[Step], None] | None = None,
     state_path: str | Path | None = None,
@@ -490,23 +445,16 @@ def random_search(
     state file of another search. `progress` shows a tqdm bar on stderr.
     """
     rng = rng if rng is not None else np.random.default_rng(seed)
-    run = _Run("random", {"seed": seed}, space, table, evaluator, objective, target_latency, max_params, budget,
-               params_of, max_retries, rng, on_step, state_path, progress)
-    return _run_until_done(run, lambda: (space.sample(rng), "sample", "uniform random sample"))
+    run = _Run("random", {"seed": seed}, problem, budget, max_retries, rng, on_step, state_path, progress)
+    return _run_until_done(run, lambda: (problem.space.sample(rng), "sample", "uniform random sample"))
 
 
 def regularized_evolution(
-    space: SearchSpace,
-    table,
-    evaluator,
-    objective: Objective,
-    target_latency: float,
-    max_params: int | None = None,
+    problem: SearchProblem,
     budget: int = 100,
     seed: int = 0,
     population_size: int = 20,
     sample_size: int = 5,
-    params_of: Callable[[Architecture], int] = count_params,
     max_retries: int = 10_000,
     on_step: Callable[[Step], None] | None = None,
     state_path: str | Path | None = None,
@@ -522,10 +470,11 @@ def regularized_evolution(
         raise ValueError(f"population_size must be at least 1, got {population_size}")
     if not 1 <= sample_size <= population_size:
         raise ValueError(f"sample_size must be between 1 and population_size ({population_size}), got {sample_size}")
+    space = problem.space
     rng = np.random.default_rng(seed)
     settings = {"seed": seed, "population_size": population_size, "sample_size": sample_size}
-    run = _Run("evolution", settings, space, table, evaluator, objective, target_latency, max_params, budget,
-               params_of, max_retries, rng, on_step, state_path, progress, population_size=population_size)
+    run = _Run("evolution", settings, problem, budget, max_retries, rng, on_step, state_path, progress,
+               population_size=population_size)
 
     def propose() -> tuple[Architecture, str, str]:
         if len(run.history) < population_size:
@@ -549,4 +498,82 @@ def _best(records: Iterable[_Evaluation]) -> _Evaluation:
     return best
 
 
-STRATEGIES: dict[str, Callable[..., SearchResult]] = {"random": random_search, "evolution": regularized_evolution}
+# -- one protocol for all three ------------------------------------------------------------------
+class Strategy(Protocol):
+    """A search strategy: answers a `SearchProblem` with a `SearchResult`.
+
+    `search` calls `on_step` for every step (greedy) or evaluation (sampling strategies) as it
+    happens; with `state_path` it writes a resumable state after every evaluation and, when the
+    file exists, continues the search it holds (ending with what an uninterrupted run gives).
+    `settings()` is what the output's provenance records.
+    """
+
+    name: str
+
+    def search(self, problem: SearchProblem, *, on_step: Callable[[Step], None] | None = None,
+               state_path: str | Path | None = None, progress: bool = False) -> SearchResult: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class GreedySlimming:
+    """EfficientFormer's greedy slimming (`nas.greedy`) from `start` (default the largest network)
+    with an action set (`nas.actions`: V2 by default, `V1Actions` for V1); no budget: it stops
+    when the target is met."""
+
+    actions: ActionSet = v2_actions
+    start: Architecture | None = None
+    actions_name: str = "v2"
+    max_steps: int = 10_000
+    name: str = "greedy"
+
+    def search(self, problem: SearchProblem, *, on_step: Callable[[Step], None] | None = None,
+               state_path: str | Path | None = None, progress: bool = False) -> SearchResult:
+        return greedy_search(problem, self.start, self.actions, self.max_steps, on_step, state_path)
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "actions": self.actions_name}
+
+
+@dataclass(frozen=True)
+class RandomSearch:
+    """Uniform random search (`random_search`) with `budget` evaluations."""
+
+    budget: int = 200
+    seed: int = 0
+    max_retries: int = 10_000
+    name: str = "random"
+
+    def search(self, problem: SearchProblem, *, on_step: Callable[[Step], None] | None = None,
+               state_path: str | Path | None = None, progress: bool = False) -> SearchResult:
+        return random_search(problem, self.budget, seed=self.seed, max_retries=self.max_retries, on_step=on_step,
+                             state_path=state_path, progress=progress)
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "budget": self.budget, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class RegularizedEvolution:
+    """Regularized evolution (`regularized_evolution`) with `budget` evaluations."""
+
+    budget: int = 200
+    seed: int = 0
+    population_size: int = 20
+    sample_size: int = 5
+    max_retries: int = 10_000
+    name: str = "evolution"
+
+    def search(self, problem: SearchProblem, *, on_step: Callable[[Step], None] | None = None,
+               state_path: str | Path | None = None, progress: bool = False) -> SearchResult:
+        return regularized_evolution(problem, self.budget, self.seed, self.population_size, self.sample_size,
+                                     self.max_retries, on_step, state_path, progress)
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "budget": self.budget, "seed": self.seed,
+                "population_size": self.population_size, "sample_size": self.sample_size}
+
+
+STRATEGIES: dict[str, type] = {"greedy": GreedySlimming, "random": RandomSearch, "evolution": RegularizedEvolution}
+"""Every strategy by name; each class implements `Strategy`."""

@@ -4,7 +4,7 @@
         [--strategies greedy] [--space efficientformer_v2] [--max-params 6M] [--budget N] [--seed N]
         [--supernet CKPT --data SPEC] [--ray-address ADDR] [--cpus-per-trial 1] --out DIR
 
-Every combination is one trial that runs `nas.search.main` in-process and writes, atomically,
+Every combination is one trial that runs a search through `nas.api.run_search` and writes, atomically,
 
     DIR/trials/<name>.yaml          the found architecture (status found)
     DIR/trials/<name>.jsonl         the search trace
@@ -42,11 +42,9 @@ from typing import Any
 
 from nas.objectives import OBJECTIVES
 from nas.search import LATENCY_FORMS, SIZE_FORMS, parse_latency, parse_size
-from search_spaces import Architecture, count_params, get_space, list_spaces
-from search_spaces.architecture import ArchitectureError
+from search_spaces import count_params, get_space, list_spaces
 from search_spaces.command_line import (
     EXIT_OK,
-    EXIT_UNREACHABLE,
     ArgumentParser,
     UsageError,
     non_negative_int,
@@ -89,8 +87,6 @@ _PATH_DATA_KINDS = ("imagefolder", "cifar10")
 # options whose value may start with "-" ("-1ms"): argparse would take it for an option
 _DASH_VALUE_OPTIONS = ("--targets", "--max-params")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_SMALLEST = re.compile(r"reaches is ([0-9.eE+-]+) ms")
-_EVALUATIONS = re.compile(r"(\d+) evaluations")
 
 
 # -- settings and combinations -------------------------------------------------------------------
@@ -157,19 +153,22 @@ class Combination:
         parts = (self.space, self.device, format_ms(self.target_ms), self.objective, self.strategy)
         return "-".join(_SAFE_NAME.sub("_", part) for part in parts)
 
-    def search_argv(self, config: SweepConfig, out: Path, trace: Path) -> list[str]:
-        """The `nas.search` command line of this combination, writing to `out` and `trace`."""
-        argv = ["--target-latency", f"{self.target_ms!r}ms", "--device", self.device, "--space", self.space,
-                "--objective", self.objective, "--seed", str(config.seed), "--out", str(out), "--trace", str(trace)]
-        if config.max_params is not None:
-            argv += ["--max-params", str(config.max_params)]
-        if config.supernet is not None:
-            argv += ["--supernet", config.supernet, "--data", config.data or ""]
-        if self.strategy != "greedy":  # the greedy default needs neither option
-            argv += ["--strategy", self.strategy]
-            if config.budget is not None:
-                argv += ["--budget", str(config.budget)]
-        return argv
+    def request(self, config: SweepConfig):
+        """The `nas.api.SearchRequest` of this combination (the device's default table)."""
+        from lut import get_device
+
+        from nas.api import SearchRequest
+        from nas.evaluators import ProxyEvaluation, SupernetEvaluation
+
+        device = get_device(self.device)
+        evaluator = (SupernetEvaluation(Path(config.supernet), config.data or "") if config.supernet is not None
+                     else ProxyEvaluation())
+        return SearchRequest(
+            space=self.space, predictor=device.default_table(self.space), target_latency=self.target_ms,
+            evaluator=evaluator, objective=self.objective, max_params=config.max_params, strategy=self.strategy,
+            budget=config.budget if self.strategy != "greedy" else None,  # greedy needs no budget
+            seed=config.seed, table_name=device.table_name(self.space),
+        )
 
 
 def format_ms(milliseconds: float) -> str:
@@ -355,14 +354,15 @@ def trial_paths(out: Path, name: str) -> tuple[Path, Path, Path]:
 
 
 def run_trial(config: SweepConfig, combination: Combination) -> TrialStatus:
-    """Run one search in-process (`nas.search.main`) and write its YAML, trace and status file.
+    """Run one search (`nas.api.run_search`) and write its YAML, trace and status file.
 
-    `config.out` must be absolute (`validate_config` makes it so). Bad input to the search and any
-    other failure become an error status; the sweep goes on. The YAML and trace are written under
+    `config.out` must be absolute (`validate_config` makes it so). A refused request and any other
+    failure become an error status; the sweep goes on. The YAML and trace are written under
     temporary names and renamed when the search ends, and the status file is written last, so a
     status file always describes complete files beside it.
     """
-    from nas import search
+    from nas.api import RequestError, run_search
+    from nas.search import OPTION_OF_FIELD, step_record
 
     yaml_path, trace_path, _ = trial_paths(config.out, combination.name)
     yaml_path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,33 +370,34 @@ def run_trial(config: SweepConfig, combination: Combination) -> TrialStatus:
     partial_trace = trace_path.with_name(f".{trace_path.name}.partial")
     for partial in (partial_yaml, partial_trace):
         partial.unlink(missing_ok=True)
-    captured = io.StringIO()
-    code: int | None = None
-    message = ""
+    outcome, message = None, ""
     start = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            code = search.main(combination.search_argv(config, partial_yaml, partial_trace))
-    except (UsageError, ArchitectureError) as error:
-        message = f"bad input to nas.search: {error}"
-    except SystemExit as exit:  # argparse refusing an option: its one line is in the captured stderr
-        refusal = _last_line(captured.getvalue(), search.PROG).removeprefix("error: ")
-        message = f"nas.search refused its arguments: {refusal}" if refusal else f"nas.search exited with {exit.code}"
+        with open(partial_trace, "w", encoding="utf-8") as trace:
+            def on_step(step) -> None:
+                trace.write(json.dumps(step_record(step), sort_keys=True) + "\n")
+
+            outcome = run_search(combination.request(config), on_step=on_step)
+    except RequestError as error:
+        message = f"bad input to the search: {OPTION_OF_FIELD.get(error.field, error.field)}: {error}"
     except Exception as error:  # noqa: BLE001  (any failure of one search is that trial's error; the sweep goes on)
         message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
     wall = round(time.perf_counter() - start, 3)
-    output = captured.getvalue()
-    if code == EXIT_OK and partial_yaml.is_file():
-        status = _found(combination, partial_yaml, output, wall, search.PROG)
-    elif code == EXIT_UNREACHABLE:
-        match = _SMALLEST.search(output)
-        status = TrialStatus.of(combination, UNREACHABLE, _last_line(output, search.PROG, "smallest latency"),
-                                wall_s=wall, smallest_latency_ms=float(match.group(1)) if match else None)
+    if outcome is not None and outcome.reachable:
+        write_text_atomic(partial_yaml, outcome.arch.to_yaml())
+        result, meta = outcome.result, outcome.arch.meta
+        status = TrialStatus.of(
+            combination, FOUND, f"{result.latency:.4f} ms, {result.params} params, MES {result.mes:.2f}, score "
+                                f"{result.score:.3f} ({outcome.evaluator_name}), {result.evaluations} evaluations",
+            wall_s=wall, latency_ms=meta["predicted_latency_ms"], params=meta["params"], mes=meta["mes"],
+            score=meta["score"], evaluator=meta["evaluator"], steps=meta.get("steps"), evaluations=result.evaluations,
+        )
+    elif outcome is not None:
+        status = TrialStatus.of(combination, UNREACHABLE,
+                                f"target cannot be met; the smallest latency {combination.space} reaches is "
+                                f"{outcome.smallest_latency:.4f} ms", wall_s=wall,
+                                smallest_latency_ms=outcome.smallest_latency)
     else:
-        if code == EXIT_OK:
-            message = "nas.search reported success but wrote no architecture"
-        elif code is not None:
-            message = f"nas.search exited with {code}: {_last_line(output, search.PROG)}"
         status = TrialStatus.of(combination, ERROR, message, wall_s=wall)
     keep = status.status != ERROR
     for partial, final, field in ((partial_yaml, yaml_path, "yaml"), (partial_trace, trace_path, "trace")):
@@ -408,28 +409,6 @@ def run_trial(config: SweepConfig, combination: Combination) -> TrialStatus:
             final.unlink(missing_ok=True)
     write_status(config.out, status)
     return status
-
-
-def _found(combination: Combination, yaml_path: Path, output: str, wall: float, prog: str) -> TrialStatus:
-    meta = Architecture.from_yaml(yaml_path).meta
-    evaluations = meta.get("evaluations")
-    if evaluations is None:  # the greedy search reports it on stderr only
-        match = _EVALUATIONS.search(_last_line(output, prog))
-        evaluations = int(match.group(1)) if match else None
-    return TrialStatus.of(
-        combination, FOUND, _last_line(output, prog), wall_s=wall,
-        latency_ms=meta.get("predicted_latency_ms"), params=meta.get("params"), mes=meta.get("mes"),
-        score=meta.get("score"), evaluator=meta.get("evaluator"), steps=meta.get("steps"), evaluations=evaluations,
-    )
-
-
-def _last_line(output: str, prog: str, containing: str = "") -> str:
-    """The last non-empty line of `output` (holding `containing`), without the `prog: ` prefix."""
-    lines = [line.strip() for line in output.splitlines() if line.strip() and containing in line]
-    if not lines:
-        return ""
-    line = lines[-1]
-    return line[len(prog) + 2:] if line.startswith(f"{prog}: ") else line
 
 
 def write_status(out: Path, status: TrialStatus) -> None:

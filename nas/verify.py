@@ -3,8 +3,12 @@
 A latency table predicts; the device decides. After a search on a device that measures on this
 host (`ort-cpu`, `torch-cpu`, `torch-cuda`), the found network is built, exported the way the
 device runs it (ONNX for onnxruntime) and timed end to end with the table's own settings (threads,
-batch, timing). When the measurement exceeds the target by more than the table's own error, the
-table is corrected with what was measured and the search runs again, at most `rounds` times.
+batch, timing). The search is accepted when the measurement lands in the window
+`[(1 - undershoot) × target, target]`: over the target is a miss, and far under it leaves budget
+the user paid for unused (a table that over-predicts the networks searches end in makes every
+search stop short). Otherwise the table is corrected with what was measured and the search runs
+again, at most `rounds` times; if no round lands in the window, the best round is kept (the
+slowest one under the target, else the fastest).
 
 The correction is one multiplicative factor on the table's calibration (every per-kind scale and
 the intercept), the median measured/predicted ratio over every network measured so far: with one
@@ -20,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces import Architecture
-from search_spaces.command_line import UsageError
 
 #: the table's error when its calibration records none (lut.validate's ±10% band)
 DEFAULT_TABLE_ERROR = 0.10
 DEFAULT_ROUNDS = 3
+#: a measurement more than this fraction under the target is re-searched with a corrected table
+DEFAULT_UNDERSHOOT = 0.05
 
 
 @dataclass(frozen=True)
@@ -43,16 +48,25 @@ class VerifyRound:
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome: the accepted rounds' record and whether the last measurement met the target."""
+    """The outcome: every round, which one was kept (`chosen`, 1-based), whether its measurement
+    landed in the window (`in_window`) and whether it met the target within the table's error
+    (`met`, measured ≤ target × (1 + tolerance))."""
 
     rounds: tuple[VerifyRound, ...]
     met: bool
     tolerance: float
+    undershoot: float = DEFAULT_UNDERSHOOT
+    chosen: int = 0
+    in_window: bool = False
+
+    @property
+    def kept(self) -> VerifyRound:
+        return self.rounds[(self.chosen or len(self.rounds)) - 1]
 
     def to_meta(self) -> dict[str, Any]:
-        last = self.rounds[-1]
-        return {"measured_latency_ms": round(last.measured_ms, 6), "met": self.met,
-                "tolerance": round(self.tolerance, 6), "rounds": [r.to_dict() for r in self.rounds]}
+        return {"measured_latency_ms": round(self.kept.measured_ms, 6), "met": self.met, "in_window": self.in_window,
+                "tolerance": round(self.tolerance, 6), "undershoot": round(self.undershoot, 6),
+                "chosen_round": self.chosen or len(self.rounds), "rounds": [r.to_dict() for r in self.rounds]}
 
 
 def table_error(table) -> float:
@@ -69,11 +83,11 @@ def measuring_device(table):
     meta = table.metadata
     device = get_device(meta.device, threads=meta.threads, batch=meta.batch)
     if not device.measures:
-        raise UsageError(f"--verify: device {meta.device!r} is a model, not something this host can run; "
+        raise ValueError(f"device {meta.device!r} is a model, not something this host can run; "
                          "verify on a measured device (ort-cpu, torch-cpu, torch-cuda)")
     usable, reason = device.availability()
     if not usable:
-        raise UsageError(f"--verify: device {meta.device!r} is not usable here: {reason}")
+        raise ValueError(f"device {meta.device!r} is not usable here: {reason}")
     return device
 
 
@@ -96,23 +110,32 @@ def verify_search(
     target_ms: float,
     measure: Callable[[Architecture], float],
     rounds: int = DEFAULT_ROUNDS,
+    undershoot: float = DEFAULT_UNDERSHOOT,
 ) -> tuple[Architecture, Any, Verification]:
     """Search with `table`, measure the result, correct the table and search again until the
-    measurement is within the table's error of `target_ms` or `rounds` searches were made.
+    measurement lands in `[(1 - undershoot) × target_ms, target_ms]` or `rounds` searches were made.
 
     `search(table)` returns (architecture, predicted ms); `measure(arch)` the measured ms.
-    Returns the last architecture, the table it was found with and the record.
+    Returns the kept round's architecture, the table it was found with and the record.
     """
     tolerance = table_error(table)
-    base, factor, history = table, 1.0, []
+    base, factor = table, 1.0
+    history: list[VerifyRound] = []
+    found: list[tuple[Architecture, Any]] = []
     ratios: list[float] = []
     while True:
         arch, predicted = search(table)
         measured = measure(arch)
         history.append(VerifyRound(len(history) + 1, predicted, measured, factor))
-        met = measured <= target_ms * (1.0 + tolerance)
-        if met or len(history) >= rounds:
-            return arch, table, Verification(tuple(history), met, tolerance)
+        found.append((arch, table))
+        if (1.0 - undershoot) * target_ms <= measured <= target_ms or len(history) >= rounds:
+            break
         ratios.append(measured / (predicted / factor))  # against the uncorrected table
         factor = statistics.median(ratios)
         table = scaled(base, factor)
+    under = [r for r in history if r.measured_ms <= target_ms]
+    kept = max(under, key=lambda r: r.measured_ms) if under else min(history, key=lambda r: r.measured_ms)
+    in_window = (1.0 - undershoot) * target_ms <= kept.measured_ms <= target_ms
+    met = kept.measured_ms <= target_ms * (1.0 + tolerance)
+    arch, table = found[kept.round - 1]
+    return arch, table, Verification(tuple(history), met, tolerance, undershoot, kept.round, in_window)

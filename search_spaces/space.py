@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from search_spaces.architecture import IDENTITY, Architecture, ArchitectureError, Block, Stage
+from search_spaces.architecture import IDENTITY, IDENTITY_BLOCK, Architecture, ArchitectureError, Block, Stage
 from search_spaces.layers import LayerSpec
 
 
@@ -173,6 +173,57 @@ class SearchSpace(abc.ABC):
             types = self.sample_block_types(rng, index, depth)
             stages.append(Stage(width, tuple(self._block(t, stage, width, "random", rng) for t in types)))
         return self.repair_sample(self._arch(stages, resolution, num_classes))
+
+    def heads_for(self, stage_index: int, width: int, block: Block) -> Block:
+        """`block` with a head count valid at `width` in that stage: its own if still valid, else
+        the largest valid one not above it (the smallest valid one if none is)."""
+        if block.heads is None:
+            return block
+        valid = self.valid_heads(self.stages[stage_index], width)
+        if block.heads in valid or not valid:
+            return block
+        below = [heads for heads in valid if heads <= block.heads]
+        return Block(block.type, block.expansion, max(below) if below else min(valid))
+
+    def slimming_distance(self) -> int:
+        """How many one-step reductions lead from the largest network to the smallest at most: per
+        stage, every slot to identity, every width step, every expansion step of every slot."""
+        return sum(
+            (stage.max_depth - stage.min_depth) + (len(stage.widths) - 1) + stage.max_depth * max(len(stage.expansions) - 1, 0)
+            for stage in self.stages
+        )
+
+    def sample_slimmed(
+        self, rng: np.random.Generator, resolution: int | None = None, num_classes: int | None = None
+    ) -> Architecture:
+        """A random network of the region slimming searches end in: the largest network after k
+        random one-step reductions (a block to identity, a stage's width or a block's expansion
+        down one step; k uniform in 0..`slimming_distance()`), each kept only if the space
+        contains the result. Uniform samples rarely look like that (deep stages, wide late
+        stages, the family's block layout), so a calibration fitted on them alone misprices it."""
+        arch = self.largest(resolution, num_classes)
+        for _ in range(int(rng.integers(0, self.slimming_distance() + 1))):
+            index = int(rng.integers(0, len(self.stages)))
+            stage, choices = arch.stages[index], self.stages[index]
+            blocks = list(stage.blocks)
+            filled = [slot for slot, block in enumerate(blocks) if not block.is_identity]
+            move = int(rng.integers(0, 3))
+            width = stage.width
+            if move == 0 and filled:
+                blocks[filled[int(rng.integers(0, len(filled)))]] = IDENTITY_BLOCK
+            elif move == 1 and choices.widths.index(width) > 0:
+                width = choices.widths[choices.widths.index(width) - 1]
+                blocks = [self.heads_for(index, width, block) for block in blocks]
+            elif move == 2 and filled:
+                slot = filled[int(rng.integers(0, len(filled)))]
+                block = blocks[slot]
+                if block.expansion in choices.expansions and choices.expansions.index(block.expansion) > 0:
+                    blocks[slot] = Block(block.type, choices.expansions[choices.expansions.index(block.expansion) - 1],
+                                         block.heads)
+            candidate = arch.replace_stage(index, Stage(width, tuple(blocks)))
+            if candidate != arch and self.contains(candidate):
+                arch = candidate
+        return arch
 
     def contains(self, arch: Architecture) -> bool:
         try:

@@ -30,6 +30,7 @@ from search_spaces.files import write_bytes_atomic
 from search_spaces.network import Network, NetworkStage, assemble
 from supernet.candidates import PlaceCandidates, place_candidates, twin
 from supernet.elastic import ELASTIC_OPS, ElasticOp, SwitchableBatchNorm2d, prefix_slice
+from supernet.importance import MetaPathImportance, slot_importance
 
 CHECKPOINT_FORMAT = "latnas/supernet@1"
 MODES = ("fixed", "gumbel", "gumbel_hard")
@@ -160,9 +161,9 @@ class MetaPath(LayerChoice):
         return F.softmax(self.alpha, dim=0)
 
     def importance(self) -> float:
-        """EfficientFormer V1 importance: Σ non-identity path weights / identity weight (α4D/αI, (α3D+α4D)/αI)."""
-        weights = self.path_weights().detach()
-        return float(weights[:-1].sum() / weights[-1])
+        """EfficientFormer V1 importance of this slot, normalised to 1 under uniform weights
+        (`supernet.importance.slot_importance`: mean non-identity weight / identity weight)."""
+        return slot_importance(self.path_weights().detach().tolist())
 
     def _run_path(self, index: int, x: torch.Tensor) -> torch.Tensor:
         path = self.paths[index]
@@ -322,11 +323,15 @@ class Supernet(Network):
         alphas = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in alphas]
 
-    def importance(self) -> dict[str, Any]:
-        """V1 importance per slot ("stage.slot") and per stage (sum over its slots)."""
-        slots = {f"{index}.{slot}": path.importance() for (index, slot), path in self.metapaths()}
-        stages = [sum(v for k, v in slots.items() if k.split(".")[0] == str(i)) for i in range(len(self.stages))]
-        return {"slots": slots, "stages": stages}
+    def importance(self) -> MetaPathImportance:
+        """V1 importance per slot and per stage from the α logits (`supernet.importance`);
+        `trained` says whether any α moved from its initial zero (a Gumbel-trained supernet)."""
+        weights = {key: path.path_weights().detach().tolist() for key, path in self.metapaths()}
+        return MetaPathImportance.from_path_weights(weights, trained=self.has_trained_alpha())
+
+    def has_trained_alpha(self) -> bool:
+        """Whether the MetaPath logits were trained (`--mode gumbel`); sandwich training never moves them."""
+        return any(bool(alpha.detach().ne(0).any()) for alpha in self.arch_parameters())
 
     # -- extracting ---------------------------------------------------------------------------
     def extract(self, arch: Architecture) -> Network:

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from search_spaces import Architecture
 from search_spaces.files import write_text_atomic
 from search_spaces.network import Network
+from supernet.elastic import SwitchableBatchNorm2d
 from supernet.supernet import CheckpointError, Supernet, read_checkpoint
 
 MODES = ("gumbel", "sandwich")
@@ -164,6 +165,34 @@ def recalibrate_bn(supernet: Supernet, arch: Architecture, loader: Iterable, bat
     for norm in norms:
         norm.momentum = 0.1
     return network.eval()
+
+
+def untrained_batch_norms(supernet: Supernet, arch: Architecture) -> list[str]:
+    """The BatchNorms (place and width) that sub-network `arch` runs but no training step ever
+    updated (`num_batches_tracked == 0`): evaluated as they are, they normalise with the initial
+    mean 0 and variance 1. A Gumbel-trained supernet trains only its largest widths, so every
+    width-cut candidate has some. Found with one batch-1 forward pass; activates `arch`.
+    """
+    supernet.set_arch(supernet.fit(arch))
+    found: list[str] = []
+    hooks = []
+    for name, module in supernet.named_modules():
+        if isinstance(module, SwitchableBatchNorm2d):
+            def check(norm, inputs, name=name):
+                width = inputs[0].shape[1]
+                if int(norm.norm_for(width).num_batches_tracked) == 0:
+                    found.append(f"{name}[{width}]")
+            hooks.append(module.register_forward_pre_hook(check))
+    was_training = supernet.training
+    supernet.eval()
+    try:
+        with torch.no_grad():
+            supernet(torch.zeros(1, 3, supernet.resolution, supernet.resolution))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        supernet.train(was_training)
+    return found
 
 
 @dataclass
@@ -421,7 +450,7 @@ class Trainer:
         return self.history
 
     def importance(self) -> dict[str, Any]:
-        return self.supernet.importance()
+        return self.supernet.importance().to_dict()
 
     # -- checkpoints --------------------------------------------------------------------------
     @property
@@ -447,7 +476,7 @@ class Trainer:
             }
         }
         if self.config.mode == "gumbel":
-            extra["importance"] = self.supernet.importance()
+            extra["importance"] = self.supernet.importance().to_dict()
         self.supernet.save(path, extra=extra)
 
     def load(self, path: Path) -> None:

@@ -57,9 +57,10 @@ from experiments.study import png_bytes  # noqa: E402
 from lut import get_device  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.evaluators import SupernetEvaluator  # noqa: E402
-from nas.greedy import SearchResult, Step, Unreachable, greedy_search  # noqa: E402
-from nas.objectives import MESObjective, get_objective  # noqa: E402
-from nas.strategies import random_search, regularized_evolution  # noqa: E402
+from nas.api import SearchRequest, pareto_points, run_search  # noqa: E402
+from nas.objectives import MobileEfficiencyScore, get_objective  # noqa: E402
+from nas.problem import SearchResult, Step  # noqa: E402
+from nas.strategies import RandomSearch, RegularizedEvolution  # noqa: E402
 from search_spaces import Architecture, count_params, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 from supernet.data import load_data  # noqa: E402
@@ -240,7 +241,19 @@ def evaluation_row(strategy: str, index: int, arch: Architecture, accuracy: floa
             "widths": "-".join(map(str, arch.widths)), "arch": arch_code(arch)}
 
 
-def run_greedy(name: str, space, table, shared: SupernetEvaluator, objective, target: float, mes_of) -> StrategyRun:
+def search(name: str, space, table, evaluator, objective: str, target: float, mes_of: MobileEfficiencyScore,
+           strategy="greedy", on_step=None) -> SearchResult:
+    """One search through `nas.api.run_search`; an unreachable target ends the study."""
+    request = SearchRequest(space.name, table, target, evaluator=evaluator, objective=objective, mes=mes_of,
+                            strategy=strategy)
+    outcome = run_search(request, on_step=on_step, progress=not isinstance(strategy, str))
+    if not outcome.reachable:
+        raise SystemExit(f"{name}: target {target:.4f} ms cannot be met (smallest {outcome.smallest_latency:.4f} ms)")
+    return outcome.result
+
+
+def run_greedy(name: str, space, table, shared: SupernetEvaluator, objective: str, target: float,
+               mes_of: MobileEfficiencyScore) -> StrategyRun:
     """Greedy slimming from the largest network; every candidate it scored becomes a row."""
     ledger = Ledger(shared, label=name)
 
@@ -251,9 +264,7 @@ def run_greedy(name: str, space, table, shared: SupernetEvaluator, objective, ta
 
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
-        result = greedy_search(space, table, ledger, objective, target, on_step=report)
-    except Unreachable as error:
-        raise SystemExit(f"{name}: {error}") from None
+        result = search(name, space, table, ledger, objective, target, mes_of, on_step=report)
     finally:
         ledger.close()
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -264,18 +275,17 @@ def run_greedy(name: str, space, table, shared: SupernetEvaluator, objective, ta
     path = [{**step.to_dict(), "mes": round(mes_of(step.params, step.latency), 4), "arch": arch_code(arch)}
             for step, arch in zip(result.steps, result.path)]
     return StrategyRun(name, result, rows, ledger.evaluations, ledger.computed, seconds, cpu_seconds,
-                       {"steps": len(result.steps) - 1, "path": path, "objective": objective.settings()})
+                       {"steps": len(result.steps) - 1, "path": path,
+                        "objective": get_objective(objective, mes_of).settings()})
 
 
 def run_sampler(name: str, strategy, settings: dict[str, Any], space, table, shared: SupernetEvaluator,
-                objective, target: float, budget: int, mes_of) -> StrategyRun:
-    """Random search or regularized evolution at `budget` evaluations; every evaluation becomes a row."""
+                objective: str, target: float, budget: int, mes_of: MobileEfficiencyScore) -> StrategyRun:
+    """Random search or regularized evolution (`strategy`: its class) at `budget` evaluations; every
+    evaluation becomes a row."""
     ledger = Ledger(shared)
     started, cpu_started = time.perf_counter(), time.process_time()
-    try:
-        result = strategy(space, table, ledger, objective, target, budget=budget, progress=True, **settings)
-    except Unreachable as error:
-        raise SystemExit(f"{name}: {error}") from None
+    result = search(name, space, table, ledger, objective, target, mes_of, strategy(budget=budget, **settings))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     rows = [evaluation_row(name, index, arch, step.score, table, mes_of, step.action, None)
             for index, (arch, step) in enumerate(zip(result.path, result.steps))]
@@ -296,13 +306,10 @@ def final_record(arch: Architecture, accuracy: float, table, mes_of) -> dict[str
 # -- 3. outputs ----------------------------------------------------------------------------------------
 def pareto_front(points: Iterable[tuple[float, float]], lower_is_better: bool) -> list[tuple[float, float]]:
     """Non-dominated (x, accuracy) points, sorted by x ascending; x is minimised when
-    `lower_is_better` (latency), maximised otherwise (MES); accuracy is always maximised."""
-    ordered = sorted(points, key=lambda p: (p[0] if lower_is_better else -p[0], -p[1]))
-    front: list[tuple[float, float]] = []
-    for x, accuracy in ordered:
-        if not front or accuracy > front[-1][1]:
-            front.append((x, accuracy))
-    return sorted(front)
+    `lower_is_better` (latency), maximised otherwise (MES); accuracy is always maximised
+    (`nas.api.pareto_points`, with MES negated so that lower is better)."""
+    sign = 1.0 if lower_is_better else -1.0
+    return sorted((x, accuracy) for _, _, (x, accuracy) in pareto_points([(sign * x, a, (x, a)) for x, a in points]))
 
 
 def plot(runs: dict[str, StrategyRun], finals: dict[str, dict[str, Any]], references: dict[str, dict[str, Any]],
@@ -421,9 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     largest_arch = space.largest()
     largest_ms = float(table.predict(largest_arch))
     target = search["target_fraction"] * largest_ms
-    mes_objective = MESObjective(**search["objectives"]["mes"])
-    mes_of = mes_objective.score
-    objectives = {"latency": get_objective("latency"), "mes": mes_objective}
+    mes_of = MobileEfficiencyScore(**search["objectives"]["mes"])
     settings = config["evaluator"]
     bundle = trainer.bundle
     calibration = DataLoader(bundle.train, batch_size=64, shuffle=False) if settings["recalibrate"] else None
@@ -436,13 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, StrategyRun] = {}
     for objective in ("latency", "mes"):
         name = f"greedy_{objective}"
-        runs[name] = run_greedy(name, space, table, shared, objectives[objective], target, mes_of)
+        runs[name] = run_greedy(name, space, table, shared, objective, target, mes_of)
         machine["loadavg"][f"after_{name}"] = loadavg()
     budget = runs["greedy_latency"].evaluations
-    samplers = {"random": (random_search, search["random"]), "evolution": (regularized_evolution, search["evolution"])}
+    samplers = {"random": (RandomSearch, search["random"]), "evolution": (RegularizedEvolution, search["evolution"])}
     for name, (strategy, strategy_settings) in samplers.items():
         log(f"{name}: budget {budget} evaluations (greedy(latency)'s)")
-        runs[name] = run_sampler(name, strategy, dict(strategy_settings), space, table, shared, objectives["latency"],
+        runs[name] = run_sampler(name, strategy, dict(strategy_settings), space, table, shared, "latency",
                                  target, budget, mes_of)
         machine["loadavg"][f"after_{name}"] = loadavg()
 
@@ -467,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
          "latency (ms, iPhone 12 predicted: analytic A14 model, Core ML, 224 px)", out / "latency_accuracy.png")
     plot(runs, finals, references, "mes", None,
          f"Search on digits: MES vs accuracy (target {target:.3f} ms; higher MES is better)",
-         f"MES = 100 (params / {mes_objective.u_size / 1e6:g} M)^-{mes_objective.alpha_size:g} "
-         f"(latency / {mes_objective.u_lat:g} ms)^-{mes_objective.alpha_lat:g} (log scale)", out / "mes_accuracy.png")
+         f"MES = 100 (params / {mes_of.u_size / 1e6:g} M)^-{mes_of.alpha_size:g} "
+         f"(latency / {mes_of.u_lat:g} ms)^-{mes_of.alpha_lat:g} (log scale)", out / "mes_accuracy.png")
     columns = ["index", "path_step", "action", "latency_ms", "params", "mes", "accuracy_percent", "depths", "widths"]
     report = {
         "study": "search_digits",

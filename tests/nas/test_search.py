@@ -10,10 +10,12 @@ from search_spaces import get_space
 from search_spaces.command_line import run_command
 
 from nas.actions import v1_actions, v2_actions
-from nas.greedy import Unreachable, greedy_search
+from supernet.importance import MetaPathImportance
+from nas.greedy import greedy_search
+from nas.problem import Unreachable
 from nas.objectives import LatencyObjective, MESObjective, mes
 from nas.search import main, parse_latency, parse_size
-from tests.nas.toys import ToyTable, toy_params
+from tests.nas.toys import ToyTable, toy_problem
 
 
 # -- objectives --------------------------------------------------------------------------------
@@ -45,10 +47,11 @@ def test_actions_stay_in_the_space(name):
 def test_v1_actions_use_importance_and_turn_meta3d_into_meta4d():
     space = get_space("efficientformer_v1")
     arch = space.largest()
-    names = [a.name for a in v1_actions(space, arch, importance={(2, 3): -1.0})]
-    assert names[0] == "metapath s2b3"
-    assert any(n.startswith("meta3d->4d s3b0") for n in names)
-    assert any(n.startswith("width") for n in names)
+    slots = {(s, slot): 1.0 for s, choices in enumerate(space.stages) for slot in range(choices.max_depth)}
+    importance = MetaPathImportance.from_path_weights({key: (0.5, 0.5) for key in slots})
+    importance = MetaPathImportance({**importance.slots, (2, 3): 0.1}, (1.0, 0.5, 2.0, 1.5))
+    names = [a.name for a in v1_actions(space, arch, importance)]
+    assert names == ["metapath s2b3", "meta3d->meta4d s3b0", "width s1"]
 
 
 # -- greedy on a toy with analytic latency, params and accuracy -----------------------------------
@@ -67,7 +70,7 @@ SPACE = get_space("efficientformer_v2")
 
 
 def test_latency_objective_cuts_only_widths_and_meets_the_target():
-    result = greedy_search(SPACE, ToyTable(), ToyEvaluator(), LatencyObjective(), 0.8, params_of=toy_params)
+    result = greedy_search(toy_problem(ToyEvaluator(), LatencyObjective(), 0.8))
     assert result.latency <= 0.8
     assert [s.action for s in result.steps[1:]] and all(s.action.startswith("width") for s in result.steps[1:])
     assert result.arch.depths == SPACE.largest().depths
@@ -78,7 +81,7 @@ def test_latency_objective_cuts_only_widths_and_meets_the_target():
 @pytest.mark.parametrize("objective", [LatencyObjective(), MESObjective()], ids=["latency", "mes"])
 def test_last_step_takes_the_most_accurate_candidate_that_meets_the_target(objective):
     table, evaluator, target = ToyTable(), ToyEvaluator(), 0.8
-    result = greedy_search(SPACE, table, evaluator, objective, target, params_of=toy_params)
+    result = greedy_search(toy_problem(evaluator, objective, target, table=table))
     before = result.path[-2]
     feasible = [a.apply(before) for a in v2_actions(SPACE, before) if table.predict(a.apply(before)) <= target]
     assert len(feasible) > 1  # a real choice at the finish
@@ -105,21 +108,20 @@ def test_last_step_does_not_overshoot_when_a_gentler_cut_meets_the_target():
     # target sits 4 µs below the point after three s3 cuts, where both cuts are feasible.
     start = StageTable().predict(SPACE.largest())
     target = start - 3 * 0.032 - 0.004
-    result = greedy_search(SPACE, StageTable(), StageEvaluator(), LatencyObjective(), target, params_of=toy_params)
+    result = greedy_search(toy_problem(StageEvaluator(), LatencyObjective(), target, table=StageTable()))
     assert [s.action for s in result.steps[1:]] == ["width s3"] * 3 + ["width s0"]
     assert result.latency == pytest.approx(target - 0.004)
 
 
 def test_mes_objective_takes_the_nearly_free_expansion_cut_first():
-    result = greedy_search(SPACE, ToyTable(), ToyEvaluator(), MESObjective(), 0.8, params_of=toy_params)
+    result = greedy_search(toy_problem(ToyEvaluator(), MESObjective(), 0.8))
     assert result.steps[1].action.startswith("expansion")
     assert result.latency <= 0.8
     assert all(s.delta_params <= 0 for s in result.steps[1:])
 
 
 def test_size_budget_and_determinism():
-    run = lambda: greedy_search(SPACE, ToyTable(), ToyEvaluator(), LatencyObjective(), 1.0,
-                                max_params=2_000_000, params_of=toy_params)
+    run = lambda: greedy_search(toy_problem(ToyEvaluator(), LatencyObjective(), 1.0, max_params=2_000_000))
     first, second = run(), run()
     assert first.params <= 2_000_000 and first.latency <= 1.0
     assert first.steps == second.steps and first.arch == second.arch
@@ -127,7 +129,7 @@ def test_size_budget_and_determinism():
 
 def test_unreachable_names_the_smallest_latency():
     with pytest.raises(Unreachable) as info:
-        greedy_search(SPACE, ToyTable(), ToyEvaluator(), LatencyObjective(), 0.1, params_of=toy_params)
+        greedy_search(toy_problem(ToyEvaluator(), LatencyObjective(), 0.1))
     assert info.value.smallest_latency == pytest.approx(ToyTable().predict(SPACE.smallest()))
 
 
@@ -339,7 +341,7 @@ def test_supernet_evaluator_search_end_to_end(tmp_path, capsys):
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "edgevit.pt"
-    Supernet.from_space("edgevit", num_classes=4, resolution=32).save(checkpoint)
+    Supernet.from_space("edgevit", num_classes=10, resolution=32).save(checkpoint)  # synthetic data has 10 classes
     space = get_space("edgevit")
     from lut import get_device
 
@@ -373,10 +375,11 @@ def test_stage_prefix_cache_gives_the_same_accuracies_as_full_forwards():
 
     torch.manual_seed(0)
     net = Supernet.from_space("edgevit", num_classes=4, resolution=32)
-    for module in net.modules():  # make the BN statistics matter
+    for module in net.modules():  # make the BN statistics matter (and count as trained)
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(1)
     data = load_data("synthetic:64", 32)
     plain = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), prefix_cache=0)
     cached = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), prefix_cache=8)

@@ -12,11 +12,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nas.greedy import SearchResult, Unreachable
+from nas.problem import SearchResult, Unreachable
 from nas.objectives import LatencyObjective, MESObjective
 from nas.strategies import (
     MUTATION_KINDS,
-    STATE_SCHEMA,
     STRATEGIES,
     StrategyResult,
     draw_mutation,
@@ -26,7 +25,8 @@ from nas.strategies import (
 )
 from search_spaces import get_space, list_spaces
 from search_spaces.architecture import IDENTITY_BLOCK
-from tests.nas.toys import ToyTable, toy_params
+from nas.state import STATE_SCHEMA
+from tests.nas.toys import ToyTable, toy_params, toy_problem
 
 SPACE = get_space("efficientformer_v2")
 
@@ -55,10 +55,12 @@ LARGEST_LATENCY = ToyTable().predict(SPACE.largest())  # 1.046 ms
 TARGET = 0.6  # between the two: a part of uniform samples meets it
 
 
-def run(strategy, evaluator=None, **kwargs):
-    settings = {"target_latency": TARGET, "budget": 40, "params_of": toy_params}
-    settings.update(kwargs)
-    return STRATEGIES[strategy](SPACE, ToyTable(), evaluator or ToyEvaluator(), LatencyObjective(), **settings)
+FUNCTIONS = {"random": random_search, "evolution": regularized_evolution}
+
+
+def run(strategy, evaluator=None, target_latency=TARGET, max_params=None, objective=None, **settings):
+    problem = toy_problem(evaluator or ToyEvaluator(), objective or LatencyObjective(), target_latency, max_params)
+    return FUNCTIONS[strategy](problem, **{"budget": 40, **settings})
 
 
 # -- mutate ------------------------------------------------------------------------------------------
@@ -215,9 +217,8 @@ def test_evolution_beats_random_search_on_a_smooth_landscape():
 
     target = ToyTable().predict(optimum) + 0.1
     for seed in range(3):
-        common = {"target_latency": target, "budget": 500, "seed": seed, "params_of": toy_params}
-        evolved = regularized_evolution(SPACE, ToyTable(), DistanceEvaluator(), LatencyObjective(), **common)
-        sampled = random_search(SPACE, ToyTable(), DistanceEvaluator(), LatencyObjective(), **common)
+        evolved = run("evolution", DistanceEvaluator(), target, budget=500, seed=seed)
+        sampled = run("random", DistanceEvaluator(), target, budget=500, seed=seed)
         assert evolved.score > sampled.score + 3, (seed, evolved.score, sampled.score)
 
 
@@ -336,7 +337,6 @@ def test_bad_settings_are_refused(strategy, settings, needle):
 
 
 def test_strategies_run_under_the_mes_objective_too():
-    result = regularized_evolution(SPACE, ToyTable(), ToyEvaluator(), MESObjective(), TARGET, budget=30,
-                                   params_of=toy_params, population_size=10)
+    result = run("evolution", objective=MESObjective(), budget=30, population_size=10)
     assert result.evaluations == 30 and result.latency <= TARGET
-    assert set(STRATEGIES) == {"random", "evolution"}
+    assert set(STRATEGIES) == {"greedy", "random", "evolution"}

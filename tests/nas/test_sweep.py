@@ -64,20 +64,20 @@ def finished_sweep(local_ray, tmp_path_factory) -> Path:
 
 
 # -- no Ray: names and the nas.search command line ------------------------------------------------
-def test_trial_names_are_filesystem_safe_and_search_options_depend_on_the_strategy(tmp_path):
+def test_trial_names_are_filesystem_safe_and_search_requests_depend_on_the_strategy(tmp_path):
     assert format_ms(1.0) == "1ms" and format_ms(1.5) == "1.5ms" and format_ms(0.01) == "0.01ms"
     greedy = Combination(SPACE, "ort-cpu", 1.5, "mes", "greedy")
     assert greedy.name == f"{SPACE}-ort-cpu-1.5ms-mes-greedy"
     assert Combination(SPACE, "a/b c", 1.5, "mes", "greedy").name == f"{SPACE}-a_b_c-1.5ms-mes-greedy"
-    config = SweepConfig(out=tmp_path, targets_ms=(1.5,), devices=("ort-cpu",), max_params=6_000_000, budget=40,
+    config = SweepConfig(out=tmp_path, targets_ms=(1.5,), devices=("iphone12",), max_params=6_000_000, budget=40,
                          seed=7, supernet="/ckpt.pt", data="digits")
-    argv = greedy.search_argv(config, tmp_path / "a.yaml", tmp_path / "a.jsonl")
-    assert "--strategy" not in argv and "--budget" not in argv
-    options = dict(zip(argv[::2], argv[1::2]))
-    assert options["--target-latency"] == "1.5ms" and options["--seed"] == "7"
-    assert options["--max-params"] == "6000000" and options["--supernet"] == "/ckpt.pt" and options["--data"] == "digits"
-    evolution = Combination(SPACE, "ort-cpu", 1.5, "latency", "evolution").search_argv(config, tmp_path / "a", tmp_path / "b")
-    assert evolution[-4:] == ["--strategy", "evolution", "--budget", "40"]
+    request = Combination(SPACE, "iphone12", 1.5, "mes", "greedy").request(config)
+    assert request.strategy == "greedy" and request.budget is None
+    assert request.target_latency == 1.5 and request.seed == 7 and request.max_params == 6_000_000
+    assert str(request.evaluator.checkpoint) == "/ckpt.pt" and request.evaluator.data == "digits"
+    assert request.predictor.metadata.device == "iphone12" and request.table_name.startswith("iphone12")
+    evolution = Combination(SPACE, "iphone12", 1.5, "latency", "evolution").request(config)
+    assert (evolution.strategy, evolution.budget, evolution.objective) == ("evolution", 40, "latency")
 
 
 # -- finished sweeps ------------------------------------------------------------------------------

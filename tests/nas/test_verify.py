@@ -44,8 +44,8 @@ def test_a_device_slower_than_the_table_gets_a_corrected_table_and_a_smaller_net
     def measure(arch):
         return 1.4 * table.predict(arch)
 
-    arch, final_table, record = verify_search(search, table, 20.0, measure, rounds=3)
-    assert len(record.rounds) == 2 and record.met
+    arch, final_table, record = verify_search(search, table, 20.0, measure, rounds=3, undershoot=0.5)
+    assert len(record.rounds) == 2 and record.met and record.in_window and record.chosen == 2
     assert record.rounds[1].table_factor == pytest.approx(1.4)
     assert final_table.predict(arch) == pytest.approx(1.4 * table.predict(arch))
     assert record.rounds[1].measured_ms <= 20.0 * (1 + record.tolerance)
@@ -53,10 +53,31 @@ def test_a_device_slower_than_the_table_gets_a_corrected_table_and_a_smaller_net
                                                                      1.4 * table.predict(SPACE.reference("s0"))])
 
 
-def test_rounds_are_bounded(table):
+def test_a_device_faster_than_the_table_gets_a_bigger_network_that_spends_the_budget(table):
+    """The device takes 0.8x what the table says: s1 lands far under the target (0.8 x), the table is
+    scaled down, and the second search picks s2, which lands in [0.95, 1.00] x target."""
+    candidates = [SPACE.reference(name) for name in ("l", "s2", "s1", "s0")]
+    target = 0.8 * table.predict(candidates[1]) / 0.97  # s2, measured, sits at 97% of the target
+
+    def search(current):
+        arch = next(a for a in candidates if current.predict(a) <= target)
+        return arch, current.predict(arch)
+
+    arch, _, record = verify_search(search, table, target, lambda a: 0.8 * table.predict(a), rounds=3)
+    assert record.rounds[0].measured_ms < 0.95 * target  # the uncorrected table wasted budget
+    assert arch == candidates[1] and record.in_window and record.chosen == len(record.rounds) == 2
+    assert record.rounds[1].table_factor == pytest.approx(0.8)
+
+
+def test_rounds_are_bounded_and_the_best_round_under_the_target_is_kept(table):
     arch = SPACE.reference("s0")
     _, _, record = verify_search(lambda t: (arch, t.predict(arch)), table, 1.0, lambda a: 50.0, rounds=2)
-    assert len(record.rounds) == 2 and not record.met
+    assert len(record.rounds) == 2 and not record.met and not record.in_window
+    measurements = iter([9.0, 11.0, 9.5])  # under, over, under: the slowest under the target is kept
+    picks = iter(SPACE.reference(name) for name in ("s0", "s1", "s2"))
+    chosen, _, record = verify_search(lambda t: (next(picks), 1.0), table, 10.0, lambda a: next(measurements),
+                                      rounds=3, undershoot=0.01)
+    assert record.chosen == 3 and chosen == SPACE.reference("s2") and record.met and not record.in_window
 
 
 def test_verify_refuses_a_modelled_device(capsys):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from supernet.importance import MetaPathImportance
 from supernet import ElasticLinear, MetaPath, Supernet, SwitchableBatchNorm2d, prefix_slice
 
 from .conftest import NUM_CLASSES, RESOLUTION
@@ -72,18 +73,29 @@ def test_gumbel_hard_runs_one_path_with_straight_through_weight():
     assert path.alpha.grad is not None
 
 
-def test_importance_follows_v1_formula():
+def test_importance_follows_v1_formula_normalised_by_its_uniform_value():
     path = MetaPath({}, ("meta4d", "meta3d"))
     with torch.no_grad():
         path.alpha.copy_(torch.log(torch.tensor([0.5, 0.3, 0.2])))
-    assert path.importance() == pytest.approx((0.5 + 0.3) / 0.2)
+    assert path.importance() == pytest.approx((0.5 + 0.3) / 0.2 / 2)  # (α3D + α4D) / αI over its uniform value 2
+    with torch.no_grad():
+        path.alpha.zero_()
+    assert path.importance() == pytest.approx(1.0)
+    two_paths = MetaPath({}, ("meta4d",))
+    assert two_paths.importance() == pytest.approx(1.0)  # path counts no longer decide
 
 
 def test_supernet_importance_per_slot_and_stage(small_supernet):
     report = small_supernet.importance()
-    assert len(report["stages"]) == 4
-    assert all(value == pytest.approx(1.0) for value in report["slots"].values())  # α = 0: one path vs identity
-    assert report["stages"][2] == pytest.approx(len(small_supernet.stages[2].blocks))
+    assert len(report.stages) == 4 and not report.trained
+    assert all(value == pytest.approx(1.0) for value in report.slots.values())  # α = 0: uniform
+    assert report.stages == pytest.approx((1.0,) * 4)  # a mean: the deepest stage is not favoured
+    with torch.no_grad():
+        dict(small_supernet.metapaths())[(2, 0)].alpha.copy_(torch.tensor([0.0, 2.0]))  # prefer identity
+    report = small_supernet.importance()
+    assert report.trained and report.slots[(2, 0)] < 1.0
+    assert report.least_important_stage(range(4)) == 2
+    assert MetaPathImportance.from_dict(report.to_dict()) == report
 
 
 def test_switchable_bn_keeps_statistics_per_width():

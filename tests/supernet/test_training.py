@@ -48,6 +48,7 @@ def test_a_few_steps_reduce_the_loss(tmp_path, space, mode):
     if mode == "gumbel":
         importance = trainer.importance()
         assert len(importance["stages"]) == 4 and all(v > 0 for v in importance["slots"].values())
+        assert importance["trained"]  # α moved from zero
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):

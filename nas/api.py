@@ -1,0 +1,369 @@
+"""The one search API under every caller: `SearchRequest` -> `run_search` -> `SearchOutcome`.
+
+`python -m nas.search`, `nas.sweep`, the benchmarks and the experiments all describe a search as a
+frozen `SearchRequest` and run it with `run_search`; nothing parses another command's output.
+
+A request names the space, gives the latency predictor (a `lut.LatencyTable`), how candidates are
+scored (an `EvaluatorSpec`: `ProxyEvaluation` or `SupernetEvaluation`, built by `run_search`, or an
+already built `Evaluator` to share between searches), the objective and the MES definition, the
+target and size budget, the strategy with its settings (budget, seed, state file), the greedy
+action set and start, and whether to verify the result on the device.
+
+`run_search` first validates the whole request (`validate_request`: every field, every
+combination, files that must exist) and raises `RequestError` naming the field before anything
+expensive happens: no checkpoint is loaded, no data read and no output touched for a request that
+is wrong. A target below the smallest network's latency is not an error but an outcome
+(`SearchOutcome.smallest_latency`, exit 3 on the command line). The outcome holds the strategy's
+result, the found architecture with its provenance `meta` (a pure function of the inputs: no
+date), the latency/score front and the verification rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+from search_spaces import Architecture, ArchitectureError, SearchSpace, count_macs, count_params, get_space, list_spaces
+
+import nas
+from nas.actions import ACTION_SET_NAMES, V1Actions, supports_v1_actions, v2_actions
+from nas.evaluators import EvaluatorSpec, ProxyEvaluation
+from nas.objectives import OBJECTIVES, MobileEfficiencyScore, get_objective
+from nas.problem import Evaluator, LatencyPredictor, SearchProblem, SearchResult, Step, Unreachable
+from nas.strategies import STRATEGIES, GreedySlimming, RandomSearch, RegularizedEvolution, Strategy
+from nas.verify import DEFAULT_ROUNDS, DEFAULT_UNDERSHOOT, Verification, measuring_device, verify_search
+
+DEFAULT_BUDGET = 200
+SAMPLING_STRATEGIES = ("random", "evolution")
+#: the largest evaluation budget a request may ask for (a supernet evaluation takes ~0.1-1 s)
+MAX_BUDGET = 1_000_000
+
+
+class RequestError(ValueError):
+    """A search request that cannot run: `field` names the request field, the message says why
+    and what is accepted (one line)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field = field_name
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Measure the found network on the table's device and re-search with a corrected table while
+    the measurement misses the target by more than the table's error, or lands below
+    `(1 - undershoot) × target` (budget left unused), for at most `rounds` searches."""
+
+    rounds: int = DEFAULT_ROUNDS
+    undershoot: float = DEFAULT_UNDERSHOOT
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything one search needs (see the module docstring). `table_name` is what provenance
+    calls the predictor (a file or table name); `start` and `actions` are greedy's; `budget` and
+    `seed` the sampling strategies' (the seed also seeds the proxy's random weights). `strategy`
+    is a name (`nas.strategies.STRATEGIES`) or a configured `Strategy` (e.g. an evolution with
+    its own population size), which then carries its own budget, seed, start and actions."""
+
+    @property
+    def strategy_name(self) -> str:
+        return self.strategy if isinstance(self.strategy, str) else getattr(self.strategy, "name", "")
+
+    space: str
+    predictor: LatencyPredictor
+    target_latency: float
+    evaluator: Union[EvaluatorSpec, Evaluator] = field(default_factory=ProxyEvaluation)
+    objective: str = "mes"
+    mes: MobileEfficiencyScore = field(default_factory=MobileEfficiencyScore)
+    max_params: int | None = None
+    strategy: Union[str, Strategy] = "greedy"
+    budget: int | None = None
+    seed: int = 0
+    state_path: Path | None = None
+    actions: str | None = None
+    start: Architecture | None = None
+    start_name: str | None = None
+    verify: VerifySettings | None = None
+    table_name: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a search gave: `result` and `arch` (the result's architecture with provenance `meta`),
+    or, when the target cannot be met, `smallest_latency` (the lowest latency the space reaches)
+    and no result. `front` is the latency/score front (greedy: its path; sampling strategies: the
+    evaluated architectures no other one beats on both), `verification` the measured rounds."""
+
+    request: SearchRequest
+    result: SearchResult | None
+    arch: Architecture | None
+    meta: Mapping[str, Any]
+    front: tuple[tuple[Step, Architecture], ...] = ()
+    smallest_latency: float | None = None
+    verification: Verification | None = None
+    evaluator_name: str = ""
+
+    @property
+    def reachable(self) -> bool:
+        return self.result is not None
+
+
+# -- validation ----------------------------------------------------------------------------------
+def _positive_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def space_named(name: str) -> SearchSpace:
+    """The registered space `name`; `RequestError` listing the spaces otherwise."""
+    if name not in list_spaces():
+        raise RequestError("space", f"unknown space {name!r}; choose from {', '.join(list_spaces())}")
+    return get_space(name)
+
+
+def validate_request(request: SearchRequest) -> SearchSpace:
+    """Check every field and combination of `request` cheaply; return its space.
+
+    Raises `RequestError(field, message)`; reads no checkpoint or data (only checks that named
+    files exist) and writes nothing.
+    """
+    space = space_named(request.space)
+    if not _positive_finite(request.target_latency):
+        raise RequestError("target_latency", f"{request.target_latency!r} is not a positive, finite latency in ms")
+    if request.objective not in OBJECTIVES:
+        raise RequestError("objective", f"unknown objective {request.objective!r}; choose from "
+                                        f"{', '.join(sorted(OBJECTIVES))}")
+    configured = not isinstance(request.strategy, str)
+    if request.strategy_name not in STRATEGIES or (configured and not callable(getattr(request.strategy, "search", None))):
+        raise RequestError("strategy", f"unknown strategy {request.strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if configured and (request.budget is not None or request.start is not None or request.actions is not None):
+        raise RequestError("strategy", "a configured strategy carries its own budget, start and actions; leave "
+                                       "those fields of the request empty")
+    if not callable(getattr(request.predictor, "predict", None)):
+        raise RequestError("predictor", "is not a latency predictor (a table with predict(arch))")
+    table_space = getattr(getattr(request.predictor, "metadata", None), "space", space.name)
+    if table_space != space.name:
+        raise RequestError("predictor", f"table {request.table_name or ''} is for space {table_space!r}, not "
+                                        f"{space.name!r}".replace("table  is", "the table is"))
+    if request.max_params is not None:
+        smallest = count_params(space.smallest())
+        if not isinstance(request.max_params, int) or request.max_params < smallest:
+            raise RequestError("max_params", f"{request.max_params} is below the smallest network of {space.name} "
+                                             f"({smallest} params)")
+    sampling = request.strategy_name in SAMPLING_STRATEGIES
+    if request.budget is not None:
+        if not sampling:
+            raise RequestError("budget", f"applies to strategies {'|'.join(SAMPLING_STRATEGIES)} (greedy stops when "
+                                         "the target is met)")
+        if not isinstance(request.budget, int) or not 1 <= request.budget <= MAX_BUDGET:
+            raise RequestError("budget", f"{request.budget!r} is not an integer from 1 to {MAX_BUDGET}")
+    if not isinstance(request.seed, int) or not 0 <= request.seed < 2**63:
+        raise RequestError("seed", f"{request.seed!r} is not an integer from 0 to 2^63 - 1")
+    if request.start is not None:
+        if request.strategy_name != "greedy":
+            raise RequestError("start", "applies to --strategy greedy only")
+        if request.start.space != space.name:
+            raise RequestError("start", f"{request.start_name or 'the start'} is an architecture of "
+                                        f"{request.start.space!r}, not {space.name!r}")
+        try:
+            space.validate(request.start)
+        except ArchitectureError as error:
+            raise RequestError("start", f"{request.start_name or 'the start'}: {_first_line(error)}") from None
+    if request.actions is not None:
+        if request.strategy_name != "greedy":
+            raise RequestError("actions", "applies to --strategy greedy only")
+        if request.actions not in ACTION_SET_NAMES:
+            raise RequestError("actions", f"unknown action set {request.actions!r}; choose from "
+                                          f"{', '.join(ACTION_SET_NAMES)}")
+        if request.actions == "v1":
+            _check_v1_possible(space, request.evaluator)
+    if request.state_path is not None and Path(request.state_path).is_dir():
+        raise RequestError("state_path", f"{request.state_path} is a directory; give a state file path")
+    if isinstance(request.evaluator, EvaluatorSpec):
+        try:
+            request.evaluator.validate(space)
+        except ValueError as error:
+            raise RequestError(getattr(error, "field", "evaluator"), _first_line(error)) from None
+    elif not callable(getattr(request.evaluator, "score", None)):
+        raise RequestError("evaluator", "is neither an evaluator spec nor an evaluator with score(arch)")
+    if request.verify is not None:
+        if not (isinstance(request.verify.rounds, int) and 1 <= request.verify.rounds <= 20):
+            raise RequestError("verify", f"rounds {request.verify.rounds!r} is not an integer from 1 to 20")
+        if not (isinstance(request.verify.undershoot, float) and 0 < request.verify.undershoot < 1):
+            raise RequestError("verify", f"undershoot tolerance {request.verify.undershoot!r} is not between 0 and 1")
+        try:
+            measuring_device(request.predictor)
+        except ValueError as error:
+            raise RequestError("verify", _first_line(error)) from None
+    return space
+
+
+def _check_v1_possible(space: SearchSpace, evaluator: Any) -> None:
+    if not supports_v1_actions(space):
+        raise RequestError("actions", f"v1 needs MetaPaths of several block types; every stage of {space.name} "
+                                      "has one block type (use v2)")
+    if isinstance(evaluator, ProxyEvaluation) and evaluator.checkpoint is None:
+        raise RequestError("actions", "v1 ranks MetaPaths by the importance a Gumbel-trained supernet learned; "
+                                      "give --supernet (trained with --mode gumbel)")
+
+
+# -- running -------------------------------------------------------------------------------------
+def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = None,
+               progress: bool = False) -> SearchOutcome:
+    """Validate `request`, build its evaluator, run its strategy (with the verify loop if asked)
+    and return the outcome. Raises `RequestError` for a bad request (before any expensive work);
+    `on_step` sees every step as it is taken; `progress` shows bars on stderr."""
+    space = validate_request(request)
+    predictor = request.predictor
+    smallest = float(predictor.predict(space.smallest()))
+    if request.target_latency < smallest:
+        return _unreachable(request, smallest)
+    device = measuring_device(predictor) if request.verify is not None else None
+    evaluator, supernet = _build_evaluator(request, space)
+    actions_name, actions = _actions(request, space, supernet)
+    strategy = _strategy(request, actions_name, actions)
+    objective = get_objective(request.objective, request.mes)
+
+    def problem_for(table: LatencyPredictor) -> SearchProblem:
+        return SearchProblem(space, table, evaluator, objective, request.target_latency, request.max_params,
+                             request.mes)
+
+    state_path = request.state_path
+    try:
+        if device is None:
+            result, verification = _search(strategy, problem_for(predictor), on_step, state_path, progress), None
+        else:
+            results: list[SearchResult] = []
+
+            def search(current_table) -> tuple[Architecture, float]:
+                # a re-search with a corrected table is another search: it keeps no state file
+                path = state_path if not results else None
+                results.append(_search(strategy, problem_for(current_table), on_step, path, progress))
+                return results[-1].arch, results[-1].latency
+
+            def measure(found: Architecture) -> float:
+                return device.profile_network(found).p50_ms
+
+            _, _, verification = verify_search(search, predictor, request.target_latency, measure,
+                                                   request.verify.rounds, request.verify.undershoot)
+            result = results[verification.kept.round - 1]
+    except Unreachable as error:
+        return _unreachable(request, error.smallest_latency)
+    meta = _provenance(request, strategy, evaluator, objective, actions_name)
+    counts = ({"steps": len(result.steps) - 1} if strategy.name == "greedy"
+              else {"budget": strategy.budget, "stats": result.stats.to_dict()})
+    arch = result.arch.with_meta(
+        predicted_latency_ms=round(result.latency, 6),
+        params=result.params,
+        macs=count_macs(result.arch),
+        mes=round(result.mes, 4),
+        score=round(result.score, 6),
+        evaluations=result.evaluations,
+        **counts,
+        **meta,
+        **({"start": request.start_name or "given"} if request.start is not None else {}),
+        **({"verify": verification.to_meta()} if verification is not None else {}),
+    )
+    return SearchOutcome(request, result, arch, meta, tuple(pareto_front(result, strategy.name)),
+                         verification=verification, evaluator_name=evaluator.name)
+
+
+def _search(strategy: Strategy, problem: SearchProblem, on_step, state_path, progress: bool) -> SearchResult:
+    try:
+        return strategy.search(problem, on_step=on_step, state_path=state_path, progress=progress)
+    except ValueError as error:  # a state file of another search, a corrupt one
+        raise RequestError("state_path", _first_line(error)) from None
+
+
+def _unreachable(request: SearchRequest, smallest: float) -> SearchOutcome:
+    return SearchOutcome(request, None, None, {}, smallest_latency=smallest)
+
+
+def _build_evaluator(request: SearchRequest, space: SearchSpace) -> tuple[Evaluator, Any]:
+    """The evaluator and the supernet behind it (None for a proxy on random weights)."""
+    if not isinstance(request.evaluator, EvaluatorSpec):
+        return request.evaluator, getattr(request.evaluator, "net", None)
+    try:
+        return request.evaluator.build(space, request.seed)
+    except ValueError as error:
+        raise RequestError(getattr(error, "field", "evaluator"), _first_line(error)) from None
+
+
+def _actions(request: SearchRequest, space: SearchSpace, supernet) -> tuple[str, Any]:
+    """The action set's name and the set: v1 with the checkpoint's importance, else v2.
+
+    Default: v1 when the supernet's MetaPath logits were trained (`--mode gumbel`), else v2.
+    """
+    if request.strategy != "greedy":  # a sampling strategy, or a configured one with its own
+        return getattr(request.strategy, "actions_name", ""), None
+    trained = supernet is not None and supernet.has_trained_alpha()
+    name = request.actions or ("v1" if trained and supports_v1_actions(space) else "v2")
+    if name == "v2":
+        return name, v2_actions
+    if supernet is None:
+        raise RequestError("actions", "v1 needs a Gumbel-trained supernet (--supernet)")
+    if not trained:
+        raise RequestError("actions", "v1 needs trained MetaPath logits, and this checkpoint's are untrained (train "
+                                      "it with --mode gumbel)")
+    return name, V1Actions(supernet.importance())
+
+
+def _strategy(request: SearchRequest, actions_name: str, actions) -> Strategy:
+    if not isinstance(request.strategy, str):
+        return request.strategy
+    if request.strategy == "greedy":
+        return GreedySlimming(actions, request.start, actions_name)
+    budget = request.budget or DEFAULT_BUDGET
+    if request.strategy == "random":
+        return RandomSearch(budget, request.seed)
+    return RegularizedEvolution(budget, request.seed)
+
+
+def _provenance(request: SearchRequest, strategy: Strategy, evaluator: Evaluator, objective, actions_name: str) -> dict:
+    metadata = getattr(request.predictor, "metadata", None)
+    provenance = {
+        "device": getattr(metadata, "device", None),
+        "table": {"name": request.table_name, "sha256": getattr(request.predictor, "sha256", None)},
+        "objective": objective.settings(),
+        "mes_definition": request.mes.settings(),
+        "target_latency_ms": request.target_latency,
+        "max_params": request.max_params,
+        "evaluator": evaluator.name,
+        "evaluator_settings": evaluator.settings(),
+        "strategy": strategy.name,
+        "seed": getattr(strategy, "seed", request.seed),
+        "version": nas.__version__,
+    }
+    if strategy.name == "greedy":
+        provenance["actions"] = actions_name
+    return provenance
+
+
+# -- fronts --------------------------------------------------------------------------------------
+def pareto_points(points: Sequence[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """The (latency, score, payload) points no other point beats on both (lower latency, higher
+    score), fastest first; among equal latencies the higher score."""
+    ordered = sorted(points, key=lambda point: (point[0], -point[1]))
+    front, best = [], -math.inf
+    for point in ordered:
+        if point[1] > best:
+            front.append(point)
+            best = point[1]
+    return front
+
+
+def pareto_front(result: SearchResult, strategy: str) -> list[tuple[Step, Architecture]]:
+    """The points of a result worth keeping: the greedy path as it is (each step is cheaper than
+    the last); for sampling strategies, the evaluated architectures on the latency/score front."""
+    points = list(zip(result.steps, result.path, strict=True))
+    if strategy == "greedy":
+        return points
+    return [payload for _, _, payload in pareto_points([(step.latency, step.score, (step, arch)) for step, arch in points])]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
