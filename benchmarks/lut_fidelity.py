@@ -4,9 +4,11 @@
                                       [--threads 1] [--out FILE.json] [--plot FILE.png]
 
 Builds (or reuses) the `ort-cpu` table of `efficientformer_v2` at 224 px, measures
-`--calibration-samples` sampled networks (seed 1000) to fit the table's calibration and
-`--samples` other sampled networks (seed 0, none used for the fit) to check it. Both sets are
-measured interleaved (one of each in turn) so a load change on the machine hits both alike.
+`--calibration-samples` networks (seed 1000; half uniform samples, half slimmed networks of the
+region searches end in: `lut.validate.calibration_architectures`) to fit the table's
+calibration, and to check it `--samples` other uniform samples (seed 0) and `--slimmed-samples`
+other slimmed networks (seed 2000), none used for the fit. All sets are measured interleaved
+(one of each in turn) so a load change on the machine hits them alike.
 Reports, for the naive sum, a global `a·Σ + b` fit and the final per-kind calibration side by side:
 share within ±5% / ±10%, MAPE, max error, Spearman; plus the table's build time and the machine
 load. Target: >= 95% within ±10% and MAPE <= 5%. The calibrated table is saved back to `--table`.
@@ -22,9 +24,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lut.build import build_table
-from lut.devices import get_device, host_cpu, loadavg
+from lut.devices import host_cpu, loadavg
+from lut.registry import get_device
 from lut.table import load_table
-from lut.validate import fidelity_metrics, measure_calibration_split, plot_fidelity, sample_architectures
+from lut.validate import (
+    calibration_architectures,
+    fidelity_metrics,
+    measure_calibration_split,
+    plot_fidelity,
+    sample_architectures,
+    slimmed_architectures,
+)
 from search_spaces import get_space
 from search_spaces.files import write_text_atomic
 
@@ -33,6 +43,7 @@ SPACE = "efficientformer_v2"
 RESOLUTION = 224
 CALIBRATION_SEED = 1000  # far from the validation seed: the two samples share no stream
 VALIDATION_SEED = 0
+SLIMMED_VALIDATION_SEED = 2000
 
 
 def main() -> int:
@@ -40,6 +51,7 @@ def main() -> int:
     parser.add_argument("--table", type=Path, default=RESULTS / f"lut_table_ort-cpu_{SPACE}_r{RESOLUTION}_t1.json")
     parser.add_argument("--calibration-samples", type=int, default=40)
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--slimmed-samples", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "lut_fidelity.json")
     parser.add_argument("--plot", type=Path, default=RESULTS / "lut_fidelity.png")
@@ -63,14 +75,27 @@ def main() -> int:
             table = build_table(device, space, RESOLUTION, args.table, progress=progress)
     build = dict(table.metadata.build)
 
-    calibration_archs = sample_architectures(space, args.calibration_samples, CALIBRATION_SEED, RESOLUTION, 1000)
-    validation_archs = sample_architectures(space, args.samples, VALIDATION_SEED, RESOLUTION, 1000)
+    calibration_archs = calibration_architectures(space, args.calibration_samples, CALIBRATION_SEED, RESOLUTION, 1000)
+    uniform_archs = sample_architectures(space, args.samples, VALIDATION_SEED, RESOLUTION, 1000)
+    slimmed_archs = slimmed_architectures(space, args.slimmed_samples, SLIMMED_VALIDATION_SEED, RESOLUTION, 1000)
+    every = max(1, len(uniform_archs) // max(len(slimmed_archs), 1))  # spread the slimmed ones through time
+    validation_archs, slimmed_set = [], set()
+    for index, arch in enumerate(uniform_archs):
+        validation_archs.append(arch)
+        if index % every == every - 1 and len(slimmed_set) < len(slimmed_archs):
+            slimmed_set.add(len(validation_archs))
+            validation_archs.append(slimmed_archs[len(slimmed_set) - 1])
+    for arch in slimmed_archs[len(slimmed_set):]:
+        slimmed_set.add(len(validation_archs))
+        validation_archs.append(arch)
     start_load, started = loadavg(), time.perf_counter()
     with tqdm(total=len(calibration_archs) + len(validation_archs), desc="measuring networks", unit="net",
               file=sys.stderr) as bar:
         split = measure_calibration_split(device, table, calibration_archs, validation_archs, bar.update)
     measure_seconds = time.perf_counter() - started
-    fit_rows, eval_rows = split.calibration_rows, split.validation_rows
+    fit_rows = split.calibration_rows
+    eval_rows = [row for index, row in enumerate(split.validation_rows) if index not in slimmed_set]
+    slimmed_rows = [row for index, row in enumerate(split.validation_rows) if index in slimmed_set]
     # final: per-kind scales; global_fit: the DESIGN's simplest calibration, measured ≈ a·Σ + b
     final, global_fit = split.calibration, split.global_fit
     measured = [r.measured_ms for r in eval_rows]
@@ -78,6 +103,12 @@ def main() -> int:
         "naive_sum": [r.naive_ms for r in eval_rows],
         "global_fit": [global_fit.apply({"all": r.naive_ms}) for r in eval_rows],
         "final_per_kind_calibration": [final.apply(r.sums_by_kind) for r in eval_rows],
+    }
+    slimmed_measured = [r.measured_ms for r in slimmed_rows]
+    slimmed_predictors = {
+        "naive_sum": [r.naive_ms for r in slimmed_rows],
+        "global_fit": [global_fit.apply({"all": r.naive_ms}) for r in slimmed_rows],
+        "final_per_kind_calibration": [final.apply(r.sums_by_kind) for r in slimmed_rows],
     }
     table = table.with_calibration(final)
     table.save(args.table)
@@ -96,9 +127,13 @@ def main() -> int:
         "measure_seconds": round(measure_seconds, 1),
         "calibration": {"networks": len(fit_rows), "seed": CALIBRATION_SEED, **final.to_dict()},
         "global_fit": global_fit.to_dict(),
-        "validation": {"networks": len(eval_rows), "seed": VALIDATION_SEED},
+        "validation": {"networks": len(eval_rows), "seed": VALIDATION_SEED,
+                       "slimmed_networks": len(slimmed_rows), "slimmed_seed": SLIMMED_VALIDATION_SEED},
         "target": {"within_10_percent": 95.0, "mape_percent": 5.0},
         "results": {name: fidelity_metrics(values, measured).to_dict() for name, values in predictors.items()},
+        "results_slimmed": ({name: fidelity_metrics(values, slimmed_measured).to_dict()
+                             for name, values in slimmed_predictors.items()} if len(slimmed_rows) > 1 else None),
+        "slimmed_networks": [r.to_dict(p) for r, p in zip(slimmed_rows, slimmed_predictors["final_per_kind_calibration"])],
         "networks": [r.to_dict(p) for r, p in zip(eval_rows, predictors["final_per_kind_calibration"])],
         "calibration_networks": [r.to_dict(final.apply(r.sums_by_kind)) for r in fit_rows],
     }

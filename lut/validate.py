@@ -7,8 +7,9 @@ Samples `--samples` architectures (seeded), prices each with the table (naive su
 prediction) and measures its whole network on the device with the table's own settings. Reports
 the share within ±5% and ±10%, the mean absolute percentage error and the Spearman rank
 correlation, for the naive sum and the calibrated predictor side by side. With `--refit` the
-calibration is fitted on the first half of the samples, the error is reported on the other half,
-and the new calibration is written into the table file (atomically).
+calibration is fitted on `--samples / 2` networks, half uniform samples and half slimmed ones
+(`calibration_architectures`: the region searches end in), the error is reported on as many
+other uniform samples, and the new calibration is written into the table file (atomically).
 
     python -m lut.validate --device iphone12 --space efficientformer_v2 --measurements published.csv [--refit]
 
@@ -35,7 +36,7 @@ from search_spaces import Architecture, SearchSpace
 from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, run_command
 from search_spaces.files import write_text_atomic
 
-from lut.build import add_device_arguments, device_from_args, space_from_args
+from lut.command_line import add_device_arguments, device_from_args, space_from_args
 from search_spaces.command_line import positive_int
 from lut.calibration import fit_calibration
 from lut.devices import Device, loadavg
@@ -104,9 +105,36 @@ class NetworkMeasurement:
         return row
 
 
+#: calibration networks are drawn from `seed + CALIBRATION_SEED_OFFSET`, so they share no stream with
+#: the evaluated networks of `seed`
+CALIBRATION_SEED_OFFSET = 1000
+
+
 def sample_architectures(space: SearchSpace, count: int, seed: int, resolution: int, num_classes: int) -> list[Architecture]:
+    """`count` uniform samples of the space (`SearchSpace.sample`), seeded."""
     rng = np.random.default_rng(seed)
     return [space.sample(rng, resolution=resolution, num_classes=num_classes) for _ in range(count)]
+
+
+def slimmed_architectures(space: SearchSpace, count: int, seed: int, resolution: int, num_classes: int) -> list[Architecture]:
+    """`count` networks of the region slimming searches end in (`SearchSpace.sample_slimmed`), seeded."""
+    rng = np.random.default_rng(seed)
+    return [space.sample_slimmed(rng, resolution=resolution, num_classes=num_classes) for _ in range(count)]
+
+
+def calibration_architectures(space: SearchSpace, count: int, seed: int, resolution: int,
+                              num_classes: int) -> list[Architecture]:
+    """What a calibration is fitted on: uniform samples and slimmed networks, alternately (half each).
+
+    A calibration fitted on uniform samples alone over-predicted the networks greedy searches
+    end in by ~5.5% (`benchmarks/results/end_to_end_latency.json`, issue 15): those are deep,
+    wide-late, family-shaped networks that uniform sampling rarely draws. Mixing in slimmed
+    networks (`SearchSpace.sample_slimmed`) makes the fit cover where searches land.
+    """
+    uniform = sample_architectures(space, count - count // 2, seed, resolution, num_classes)
+    slimmed = slimmed_architectures(space, count // 2, seed + 1, resolution, num_classes)
+    mixed = [arch for pair in zip(uniform, slimmed) for arch in pair]
+    return mixed + uniform[len(slimmed):]
 
 
 def measure_networks(
@@ -218,11 +246,15 @@ def validate(
 ) -> tuple[dict[str, Any], LatencyTable, list[tuple[str, list[float]]], list[float]]:
     """Measure, optionally refit; returns (report, table to keep, plotted series, measured of the evaluated half)."""
     meta = table.metadata
-    archs = sample_architectures(space, samples, seed, meta.resolution, meta.num_classes)
+    if refit:  # fitted on uniform + slimmed networks (`calibration_architectures`), checked on uniform others
+        archs = (calibration_architectures(space, samples // 2, seed + CALIBRATION_SEED_OFFSET, meta.resolution, meta.num_classes)
+                 + sample_architectures(space, samples - samples // 2, seed, meta.resolution, meta.num_classes))
+    else:
+        archs = sample_architectures(space, samples, seed, meta.resolution, meta.num_classes)
     start_load = loadavg()
     rows = measure_networks(device, table, archs, progress)
     if refit:
-        half = len(rows) // 2
+        half = samples // 2
         fit_rows, eval_rows = rows[:half], rows[half:]
         calibration = fit_calibration([r.sums_by_kind for r in fit_rows], [r.measured_ms for r in fit_rows])
         table = table.with_calibration(calibration)

@@ -61,6 +61,35 @@ def test_extremes_and_samples_are_valid_and_seeded(space_name):
     assert count_params(space.smallest()) < min(count_params(a) for a in first) <= count_params(space.largest())
 
 
+@pytest.mark.parametrize("space_name", list_spaces())
+def test_slimmed_samples_are_valid_seeded_and_spread_between_the_extremes(space_name):
+    space = get_space(space_name)
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        return [space.sample_slimmed(rng) for _ in range(20)]
+
+    slimmed = draw(0)
+    assert slimmed == draw(0) and slimmed != draw(1)
+    for arch in slimmed:
+        space.validate(arch)
+    sizes = [count_params(arch) for arch in slimmed]
+    assert count_params(space.smallest()) <= min(sizes) < max(sizes) <= count_params(space.largest())
+    largest_depths = space.largest().depths
+    assert max(sum(arch.depths) for arch in slimmed) > 0.7 * sum(largest_depths)  # some stay deep, as searches do
+    for arch in slimmed:  # the family's block layout survives: only slots emptied, never a type changed
+        for stage, big in zip(arch.stages, space.largest().stages):
+            assert all(block.is_identity or block.type == other.type for block, other in zip(stage.blocks, big.blocks))
+
+
+def test_a_width_change_keeps_head_counts_valid():
+    space = get_space("edgenext")
+    stage = next(index for index, choices in enumerate(space.stages) if choices.heads)
+    largest = space.largest()
+    block = next(b for b in largest.stages[stage].blocks if b.heads is not None)
+    for width in space.stages[stage].widths:
+        assert space.heads_for(stage, width, block).heads in space.valid_heads(space.stages[stage], width)
+
+
 @pytest.mark.parametrize("space_name", SPACES)
 def test_forward_of_extremes_and_references(space_name):
     space = get_space(space_name)
