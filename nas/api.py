@@ -252,6 +252,8 @@ def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = 
     except Unreachable as error:
         return _unreachable(request, error.smallest_latency)
     meta = _provenance(request, strategy, evaluator, objective, actions_name)
+    test_accuracy = getattr(evaluator, "test_accuracy", None)
+    held_out = test_accuracy(result.arch) if callable(test_accuracy) else None  # once, after every decision
     counts = ({"steps": len(result.steps) - 1} if strategy.name == "greedy"
               else {"budget": strategy.budget, "stats": result.stats.to_dict()})
     arch = result.arch.with_meta(
@@ -263,6 +265,8 @@ def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = 
         evaluations=result.evaluations,
         **counts,
         **meta,
+        **({"accuracy_percent": {"val": round(result.score, 4), "test": round(held_out, 4)}}
+           if held_out is not None else {}),
         **({"start": request.start_name or "given"} if request.start is not None else {}),
         **({"verify": verification.to_meta()} if verification is not None else {}),
     )

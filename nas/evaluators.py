@@ -140,7 +140,9 @@ class SupernetEvaluation(EvaluatorSpec):
                                          f"{Path(self.checkpoint).name} {net.num_classes}")
         loader = DataLoader(bundle.split(self.split), batch_size=self.batch_size, shuffle=False)
         calibration = DataLoader(bundle.train, batch_size=64, shuffle=False)
-        evaluator = SupernetEvaluator(net, loader, self.eval_batches, self.recalibrate, calibration, split=self.split)
+        test = DataLoader(bundle.test, batch_size=self.batch_size, shuffle=False) if bundle.test is not None else None
+        evaluator = SupernetEvaluator(net, loader, self.eval_batches, self.recalibrate, calibration, split=self.split,
+                                      test_loader=test)
         return evaluator, net
 
 
@@ -165,9 +167,10 @@ class SupernetEvaluator:
     name = "supernet"
 
     def __init__(self, net, loader, max_batches: int | None = None, recalibrate: int = 0,
-                 calibration_loader=None, prefix_cache: int = 256, split: str = "val") -> None:
+                 calibration_loader=None, prefix_cache: int = 256, split: str = "val", test_loader=None) -> None:
         self.net = net
         self.split = split
+        self.test_loader = test_loader
         self._prefixes: collections.OrderedDict[tuple, list[torch.Tensor]] = collections.OrderedDict()
         self.prefix_cache = prefix_cache
         self.batches = list(itertools.islice(loader, max_batches))
@@ -236,6 +239,16 @@ class SupernetEvaluator:
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "recalibrate_batches": self.recalibrate,
                 "images": sum(len(y) for _, y in self.batches)}
+
+    def test_accuracy(self, arch: Architecture) -> float | None:
+        """`arch`'s accuracy (%) on the whole test split (None without one), with the same BN
+        handling as `score`. For the report made once a search is over: nothing a search decides
+        may read it, and `score` never does."""
+        if self.test_loader is None:
+            return None
+        held_out = SupernetEvaluator(self.net, self.test_loader, None, self.recalibrate, self.calibration_loader,
+                                     prefix_cache=0, split="test")
+        return held_out.score(arch)
 
     def report(self) -> dict[str, Any]:
         """What happened during the search (not a setting): candidates recalibrated because they

@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 DATA_SPECS_HELP = ("digits | synthetic[:N] (N train images, default 512) | imagefolder:PATH | cifar10:PATH | "
                    "fashion-mnist[:PATH]")
@@ -278,6 +278,24 @@ def stratified_split(labels: np.ndarray, val_count: Callable[[int], int], seed: 
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def stratified_subset(dataset, size: int, seed: int = 0) -> Subset:
+    """A fixed subset of `size` items of a labelled dataset (its `.labels`), equally many of each
+    class (as far as they go), drawn with `seed`; the whole dataset when `size` is 0 or too large."""
+    if not size or size >= len(dataset):
+        return Subset(dataset, list(range(len(dataset))))
+    labels = np.asarray(dataset.labels)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = size // len(classes)
+    chosen = []
+    for label in classes:
+        members = rng.permutation(np.flatnonzero(labels == label))
+        chosen.extend(members[:per_class].tolist())
+    rest = np.setdiff1d(np.arange(len(labels)), chosen)
+    chosen.extend(rng.permutation(rest)[: size - len(chosen)].tolist())
+    return Subset(dataset, sorted(chosen))
+
+
 def digits_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/val indices: per class, a constant-seeded shuffle, round(20%) to val; sorted."""
     return stratified_split(labels, lambda size: int(round(size * DIGITS_VAL_FRACTION)), DIGITS_SPLIT_SEED)
@@ -485,6 +503,10 @@ class ImageFolderDataset(Dataset):
         self.samples = samples
         self.resolution = resolution
         self.train = train
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -66,6 +66,10 @@ def build_parser() -> ArgumentParser:
         help="sandwich members that update BN running statistics: all (default; random sub-networks evaluate "
         "without recalibration) or ends (largest and smallest only; others need recalibrate_bn)",
     )
+    parser.add_argument("--train-images", type=non_negative_int, default=0,
+                        help="train on a fixed stratified subset of N training images (default 0: all)")
+    parser.add_argument("--val-images", type=non_negative_int, default=0,
+                        help="validate each epoch on a fixed stratified subset of N val images (default 0: all)")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--resume", help="continue from this checkpoint (usually the same as --out)")
     parser.add_argument("--ray-workers", type=positive_int, help="data-parallel training on N Ray Train workers")
@@ -98,6 +102,8 @@ def config_from_args(args) -> "TrainConfig":
             tau_end=args.tau_end,
             bn_statistics=args.bn_statistics,
             seed=args.seed,
+            train_images=args.train_images,
+            val_images=args.val_images,
         )
     except ValueError as error:
         raise UsageError(f"--{str(error).replace('_', '-')}") from None

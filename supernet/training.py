@@ -35,6 +35,7 @@ from tqdm import tqdm
 from search_spaces import Architecture
 from search_spaces.files import write_text_atomic
 from search_spaces.network import Network
+from supernet.data import stratified_subset
 from supernet.elastic import SwitchableBatchNorm2d
 from supernet.supernet import CheckpointError, Supernet, read_checkpoint
 
@@ -67,6 +68,10 @@ class TrainConfig:
     bn_statistics: str = "all"
     recalibration_batches: int = 10  # with "ends": BN recalibration of each random sub-network before validation
     seed: int = 0
+    # a fixed stratified subset of the train split (0: all of it), and of val for the per-epoch
+    # validation (0: all); studies on 2 CPU cores cannot afford 50000 images at 64 px per epoch
+    train_images: int = 0
+    val_images: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -81,6 +86,8 @@ class TrainConfig:
             "tau_start": self.tau_start > 0,
             "tau_end": 0 < self.tau_end <= self.tau_start,
             "bn_statistics": self.bn_statistics in ("all", "ends"),
+            "train_images": isinstance(self.train_images, int) and 0 <= self.train_images <= 10**8,
+            "val_images": isinstance(self.val_images, int) and 0 <= self.val_images <= 10**8,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -284,6 +291,8 @@ class Trainer:
         checkpoint_hook: Callable[[Path | None, int], None] | None = None,
     ) -> None:
         self.config, self.bundle, self.out = config, bundle, Path(out)
+        self.train_set = stratified_subset(bundle.train, config.train_images, seed=config.seed)
+        self.val_set = stratified_subset(bundle.val, config.val_images, seed=config.seed)
         self.distributed = distributed or Distributed()
         self.progress = progress and self.distributed.rank == 0
         self.checkpoint_hook = checkpoint_hook
@@ -310,16 +319,16 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------
     def _shard_indices(self, epoch: int) -> list[int]:
-        order = torch.randperm(len(self.bundle.train), generator=torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch, 0)))
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch, 0)))
         return self.distributed.shard(order.tolist())
 
     def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = self._shard_indices(epoch)
-        dataset = torch.utils.data.Subset(self.bundle.train, indices)
+        dataset = torch.utils.data.Subset(self.train_set, indices)
         return iter(DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False))
 
     def val_loader(self) -> DataLoader:
-        return DataLoader(self.bundle.val, batch_size=max(self.config.batch_size, 128), shuffle=False)
+        return DataLoader(self.val_set, batch_size=max(self.config.batch_size, 128), shuffle=False)
 
     # -- one step -----------------------------------------------------------------------------
     def tau(self) -> float:
@@ -380,7 +389,7 @@ class Trainer:
         largest = evaluate(net, self.largest, loader)
         smallest = evaluate(net, self.smallest, loader)
         rng = np.random.default_rng(epoch_seed(self.config.seed, epoch, 3))
-        calibration = DataLoader(self.bundle.train, batch_size=self.config.batch_size, shuffle=False)
+        calibration = DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=False)
         randoms = []
         for _ in range(self.config.val_random):
             arch = net.fit(self.space.sample(rng))

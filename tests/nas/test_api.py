@@ -390,3 +390,55 @@ def test_alpha_learns_which_path_is_better():
     weights = path.path_weights().detach()
     assert int(weights.argmax()) == 0 and weights[0] > 0.5 > weights[2]
     assert weights[1] < 1 / 3 < weights[0]
+
+
+# -- the test split is read once, after the search --------------------------------------------
+@pytest.mark.slow
+def test_a_search_never_reads_the_test_split_and_reports_it_once(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from torch.utils.data import Dataset
+
+    import supernet.data as data
+    from supernet import Supernet
+    from tests.supernet.test_data import make_fashion_mnist
+
+    folder = make_fashion_mnist(tmp_path / "fm")
+    checkpoint = tmp_path / "edgevit.pt"
+    torch.manual_seed(0)
+    Supernet.from_space("edgevit", num_classes=10, resolution=32).save(checkpoint)
+    steps_taken: list = []
+    reads: list[int] = []  # how many search steps had been taken at each read of a test image
+
+    class Recording(Dataset):
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def __getitem__(self, index):
+            reads.append(len(steps_taken))
+            return self.inner[index]
+
+    load = data.load_data
+
+    def recording_load(*args, **kwargs):
+        bundle = load(*args, **kwargs)
+        return dataclasses.replace(bundle, test=Recording(bundle.test))
+
+    monkeypatch.setattr(data, "load_data", recording_load)
+    from lut import get_device
+
+    table = get_device("iphone12").default_table("edgevit")
+    target = 0.9 * table.predict(get_space("edgevit").largest())
+    from nas.evaluators import SupernetEvaluation
+
+    outcome = run_search(SearchRequest("edgevit", table, target, evaluator=SupernetEvaluation(checkpoint, f"fashion-mnist:{folder}")),
+                         on_step=steps_taken.append)
+    assert outcome.reachable and len(steps_taken) > 1
+    assert reads and set(reads) == {len(steps_taken)}  # every test image read after the last step...
+    assert len(reads) == 30  # ...and each exactly once (the 30 t10k images)
+    accuracy = outcome.arch.meta["accuracy_percent"]
+    assert accuracy["val"] == pytest.approx(outcome.result.score, abs=1e-4) and 0 <= accuracy["test"] <= 100
+    assert outcome.arch.meta["evaluator_settings"]["split"] == "val"

@@ -1,0 +1,370 @@
+"""Study `supernet_ranking`: the Fashion-MNIST supernet's ranking of sub-networks against standalone training.
+
+    python experiments/supernet_ranking/run.py --phase select          # which networks (seconds)
+    python experiments/supernet_ranking/run.py --phase supernet        # train the V2 supernet (resumable)
+    python experiments/supernet_ranking/run.py --phase standalone [--shard 1/2]   # train each network alone
+    python experiments/supernet_ranking/run.py --phase budget          # a few networks at twice the epochs
+    python experiments/supernet_ranking/run.py --phase evaluate        # score, correlate, plot
+    python experiments/supernet_ranking/run.py --phase all             # everything, in that order
+
+1. select: networks spread over the `iphone12` latency range of the V2 space: `strata` equal-width
+   bins between the smallest and the largest network's predicted latency, each filled by the first
+   candidate falling in it (candidates: uniform samples and slimmed networks, alternately, seeded),
+   plus the largest, the smallest and EfficientFormerV2 S0/S1/S2.
+2. supernet: the V2 supernet trained on Fashion-MNIST with the sandwich rule (`supernet.training`).
+3. standalone: every selected network trained from scratch with one recipe
+   (`supernet.standalone`); each is a checkpoint and a result file, so a killed run resumes.
+   `--shard i/n` trains every n-th network, so two processes share two cores.
+4. budget: the same recipe at twice the epochs for a few networks spread over the range, to show
+   whether the ranking at the chosen budget holds with more training.
+5. evaluate: each network's accuracy inside the supernet on a fixed part of val (with the
+   supernet's shared BN statistics and after recalibrating BN on 2 and 10 training batches), the
+   SynFlow proxy, params, MACs and predicted latency, against the standalone test accuracy:
+   Kendall τ and Spearman ρ with bootstrap 95% intervals, one scatter plot per predictor.
+
+Outputs (this folder): networks.json, supernet_training.json, standalone/<id>.json,
+budget/<id>.json, results.json, ranking.csv, ranking.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from search_spaces import Architecture, count_macs, count_params, get_space  # noqa: E402
+from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
+
+from experiments.study import log, png_bytes, require_keys, versions  # noqa: E402
+from lut import get_device  # noqa: E402
+from lut.devices import host_cpu, loadavg  # noqa: E402
+from supernet.data import load_data, stratified_subset  # noqa: E402
+from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
+from supernet.training import TrainConfig, Trainer  # noqa: E402
+
+PHASES = ("select", "supernet", "standalone", "budget", "evaluate")
+KEYS = ("space", "data", "resolution", "num_classes", "device", "threads", "checkpoints", "selection", "supernet",
+        "standalone", "evaluation")
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    require_keys(config, KEYS, path)
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        raise KeyError(f"{path}: unknown key(s) {unknown}")
+    return config
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- 1. selection --------------------------------------------------------------------------------
+def select(config: dict[str, Any]) -> list[dict[str, Any]]:
+    space = get_space(config["space"])
+    table = get_device(config["device"]).default_table(space)
+    settings = config["selection"]
+    rng = np.random.default_rng(settings["seed"])
+    named = {"largest": space.largest(), "smallest": space.smallest(),
+             **{name: space.reference(name) for name in space.references()}}
+    chosen = [(name, named[name]) for name in settings["always"]]
+    low, high = table.predict(space.smallest()), table.predict(space.largest())
+    edges = np.linspace(low, high, settings["strata"] + 1)
+    filled: dict[int, Architecture] = {}
+    seen = {arch for _, arch in chosen}
+    for _ in range(settings["pool"]):
+        for arch in (space.sample(rng), space.sample_slimmed(rng)):
+            stratum = min(int(np.searchsorted(edges, table.predict(arch), side="right")) - 1, settings["strata"] - 1)
+            if 0 <= stratum and stratum not in filled and arch not in seen:
+                filled[stratum] = arch
+                seen.add(arch)
+        if len(filled) == settings["strata"]:
+            break
+    chosen += [(f"stratum{index:02d}", filled[index]) for index in sorted(filled)]
+    networks = []
+    for index, (name, arch) in enumerate(chosen):
+        networks.append({"id": f"n{index:02d}", "name": name, "latency_ms": round(table.predict(arch), 5),
+                         "params": count_params(arch), "macs": count_macs(arch), "arch": arch.to_dict()})
+    missing = [index for index in range(settings["strata"]) if index not in filled]
+    write_json(HERE / "networks.json", {"table": {"device": config["device"], "sha256": table.sha256},
+                                        "latency_range_ms": [round(low, 5), round(high, 5)],
+                                        "empty_strata": missing, "networks": networks})
+    log(f"selected {len(networks)} networks ({len(filled)} of {settings['strata']} strata filled) over "
+        f"{low:.3f}-{high:.3f} ms")
+    return networks
+
+
+def networks_of() -> list[dict[str, Any]]:
+    path = HERE / "networks.json"
+    if not path.is_file():
+        raise SystemExit(f"{path.relative_to(ROOT)} is missing: run --phase select first")
+    return read_json(path)["networks"]
+
+
+# -- 2. supernet ---------------------------------------------------------------------------------
+def supernet_path(config: dict[str, Any]) -> Path:
+    return ROOT / config["checkpoints"] / "supernet.pt"
+
+
+def train_supernet(config: dict[str, Any]) -> None:
+    settings = dict(config["supernet"])
+    train_config = TrainConfig(space=config["space"], data=config["data"], resolution=config["resolution"], **settings)
+    bundle = load_data(config["data"], config["resolution"], train_config.seed)
+    path = supernet_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(train_config, bundle, path, progress=True)
+    if path.is_file():
+        trainer.load(path)
+    resumed, started, load = trainer.epoch, time.perf_counter(), loadavg()
+    log(f"supernet: epochs {resumed + 1}..{train_config.epochs} of {train_config.epochs} (load {load})")
+    trainer.run()
+    write_json(HERE / "supernet_training.json", {
+        "config": dataclasses.asdict(train_config), "data": bundle.describe(), "checkpoint": str(path.relative_to(ROOT)),
+        "resumed_from_epoch": resumed, "seconds_this_run": round(time.perf_counter() - started, 1),
+        "epoch_seconds_sum": round(sum(epoch["seconds"] for epoch in trainer.history), 1),
+        "load": {"start": load, "end": loadavg()}, "epochs": trainer.history})
+
+
+# -- 3./4. standalone ----------------------------------------------------------------------------
+def recipe_of(config: dict[str, Any], epochs: int | None = None) -> StandaloneRecipe:
+    settings = {key: value for key, value in config["standalone"].items() if key != "budget_check"}
+    if epochs is not None:
+        settings["epochs"] = epochs
+    return StandaloneRecipe(**settings)
+
+
+def train_networks(config: dict[str, Any], networks: list[dict[str, Any]], recipe: StandaloneRecipe,
+                   folder: str) -> None:
+    bundle = load_data(config["data"], config["resolution"], recipe.seed)
+    for network in networks:
+        out = HERE / folder / f"{network['id']}.json"
+        if out.is_file() and read_json(out)["recipe"] == dataclasses.asdict(recipe):
+            continue
+        checkpoint = ROOT / config["checkpoints"] / folder / f"{network['id']}.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        log(f"{folder} {network['id']} ({network['name']}, {network['latency_ms']:.3f} ms, "
+            f"{network['params'] / 1e6:.2f} M): training (load {loadavg()})")
+        result = train_standalone(Architecture.from_dict(network["arch"]), bundle, recipe, checkpoint,
+                                  label=network["id"])
+        write_json(out, {"id": network["id"], "name": network["name"], "recipe": dataclasses.asdict(recipe),
+                         "checkpoint": str(checkpoint.relative_to(ROOT)), **result.to_dict()})
+        log(f"{folder} {network['id']}: test {100 * result.accuracy['test']:.2f}%, val "
+            f"{100 * result.accuracy['val']:.2f}% in {result.seconds:.0f} s")
+
+
+def shard(items: list, text: str | None) -> list:
+    if not text:
+        return items
+    index, count = (int(part) for part in text.split("/"))
+    if not 1 <= index <= count:
+        raise SystemExit(f"--shard {text}: give i/n with 1 <= i <= n")
+    return items[index - 1::count]
+
+
+def budget_networks(config: dict[str, Any], networks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`budget_check.networks` networks evenly spread over the latency order."""
+    ordered = sorted(networks, key=lambda network: network["latency_ms"])
+    count = config["standalone"]["budget_check"]["networks"]
+    picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
+    return [ordered[index] for index in sorted(set(picks.tolist()))]
+
+
+# -- 5. evaluation -------------------------------------------------------------------------------
+def rank_correlations(truth: list[float], predictor: list[float], resamples: int, seed: int) -> dict[str, Any]:
+    """Kendall τ and Spearman ρ of `predictor` against `truth`, with bootstrap 95% intervals."""
+    from scipy.stats import kendalltau, spearmanr
+
+    truth_array, predicted = np.asarray(truth, dtype=float), np.asarray(predictor, dtype=float)
+    rng = np.random.default_rng(seed)
+    taus, rhos = [], []
+    for _ in range(resamples):
+        index = rng.integers(0, len(truth_array), len(truth_array))
+        if len(set(index.tolist())) < 3:
+            continue
+        taus.append(kendalltau(truth_array[index], predicted[index]).statistic)
+        rhos.append(spearmanr(truth_array[index], predicted[index]).statistic)
+    taus, rhos = np.asarray(taus, dtype=float), np.asarray(rhos, dtype=float)
+    interval = lambda values: [round(float(np.nanpercentile(values, 2.5)), 4),  # noqa: E731
+                               round(float(np.nanpercentile(values, 97.5)), 4)]
+    return {"kendall_tau": round(float(kendalltau(truth_array, predicted).statistic), 4),
+            "kendall_tau_95": interval(taus),
+            "spearman_rho": round(float(spearmanr(truth_array, predicted).statistic), 4),
+            "spearman_rho_95": interval(rhos), "networks": len(truth_array)}
+
+
+def supernet_scores(config: dict[str, Any], networks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each network's accuracy (%) inside the supernet on the evaluation part of val, per BN handling,
+    with the seconds each evaluation took."""
+    from torch.utils.data import DataLoader
+
+    from nas.evaluators import SupernetEvaluator
+    from supernet import Supernet
+
+    settings = config["evaluation"]
+    net = Supernet.load(supernet_path(config), space=config["space"])
+    bundle = load_data(config["data"], config["resolution"], config["supernet"]["seed"])
+    val = DataLoader(stratified_subset(bundle.val, settings["val_images"]), batch_size=250)
+    train = DataLoader(stratified_subset(bundle.train, config["supernet"]["train_images"]),
+                       batch_size=settings["recalibration_batch_size"], shuffle=False)
+    scores: dict[str, dict[str, float]] = {}
+    for batches in settings["recalibration_batches"]:
+        name = f"supernet_bn{batches}" if batches else "supernet_shared_bn"
+        evaluator = SupernetEvaluator(net, val, recalibrate=batches, calibration_loader=train)
+        started = time.perf_counter()
+        scores[name] = {network["id"]: evaluator.score(Architecture.from_dict(network["arch"])) for network in networks}
+        scores[name]["_seconds_per_evaluation"] = (time.perf_counter() - started) / len(networks)
+        log(f"{name}: {scores[name]['_seconds_per_evaluation']:.2f} s per network")
+    return scores
+
+
+def evaluate(config: dict[str, Any]) -> dict[str, Any]:
+    from nas.synflow import SynFlowEvaluator
+
+    networks = networks_of()
+    standalone = {}
+    for network in networks:
+        path = HERE / "standalone" / f"{network['id']}.json"
+        if not path.is_file():
+            raise SystemExit(f"{path.relative_to(ROOT)} is missing: run --phase standalone first")
+        standalone[network["id"]] = read_json(path)
+    space = get_space(config["space"])
+    proxy = SynFlowEvaluator.from_space(space, seed=config["evaluation"]["proxy_seed"])
+    predictors: dict[str, dict[str, float]] = supernet_scores(config, networks)
+    seconds = {name: values.pop("_seconds_per_evaluation") for name, values in predictors.items()}
+    predictors["synflow"] = {n["id"]: proxy.score(Architecture.from_dict(n["arch"])) for n in networks}
+    predictors["params"] = {n["id"]: n["params"] for n in networks}
+    predictors["macs"] = {n["id"]: n["macs"] for n in networks}
+    predictors["latency"] = {n["id"]: n["latency_ms"] for n in networks}
+    ids = [network["id"] for network in networks]
+    test = [standalone[i]["accuracy"]["test"] for i in ids]
+    settings = config["evaluation"]
+    correlations = {name: rank_correlations(test, [values[i] for i in ids], settings["bootstrap"],
+                                            settings["bootstrap_seed"]) for name, values in predictors.items()}
+    budget = {}
+    for network in budget_networks(config, networks):
+        path = HERE / "budget" / f"{network['id']}.json"
+        if path.is_file():
+            budget[network["id"]] = read_json(path)["accuracy"]["test"]
+    budget_check = None
+    if len(budget) >= 3:
+        budget_ids = sorted(budget)
+        budget_check = {"networks": budget_ids,
+                        "test_at_budget": [standalone[i]["accuracy"]["test"] for i in budget_ids],
+                        "test_at_twice_the_epochs": [budget[i] for i in budget_ids],
+                        **rank_correlations([budget[i] for i in budget_ids],
+                                            [standalone[i]["accuracy"]["test"] for i in budget_ids], 0, 0)}
+    rows = [{"id": n["id"], "name": n["name"], "latency_ms": n["latency_ms"], "params": n["params"], "macs": n["macs"],
+             "standalone_test": standalone[n["id"]]["accuracy"]["test"], "standalone_val": standalone[n["id"]]["accuracy"]["val"],
+             **{name: round(values[n["id"]], 6) for name, values in predictors.items() if name not in ("params", "macs", "latency")}}
+            for n in networks]
+    baselines = ("synflow", "params", "macs", "latency")
+    best_supernet = max((name for name in predictors if name.startswith("supernet")),
+                        key=lambda name: correlations[name]["kendall_tau"])
+    result = {
+        "study": "supernet_ranking",
+        "config": config,
+        "machine": {"cpu": host_cpu(), "platform": platform.platform(), "load_at_evaluation": loadavg()},
+        "versions": versions("torch", "numpy"),
+        "networks": len(networks),
+        "correlations_with_standalone_test_accuracy": correlations,
+        "seconds_per_supernet_evaluation": {name: round(value, 3) for name, value in seconds.items()},
+        "best_supernet_bn_handling": best_supernet,
+        "goal": {"supernet_kendall_tau_at_least": 0.6,
+                 "met": correlations[best_supernet]["kendall_tau"] >= 0.6 and all(
+                     correlations[best_supernet]["kendall_tau"] > correlations[name]["kendall_tau"] for name in baselines)},
+        "best_baseline": max(baselines, key=lambda name: correlations[name]["kendall_tau"]),
+        "budget_check": budget_check,
+        "standalone_seconds_total": round(sum(s["seconds"] for s in standalone.values()), 1),
+        "rows": rows,
+    }
+    write_json(HERE / "results.json", result)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(HERE / "ranking.csv", buffer.getvalue())
+    plot(rows, predictors, correlations, ids, HERE / "ranking.png")
+    for name, values in correlations.items():
+        log(f"{name:<22} τ {values['kendall_tau']:+.3f} {values['kendall_tau_95']}  ρ {values['spearman_rho']:+.3f}")
+    return result
+
+
+def plot(rows, predictors, correlations, ids, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    names = list(predictors)
+    columns = 4
+    figure, axes = plt.subplots((len(names) + columns - 1) // columns, columns, figsize=(4.2 * columns, 3.6 * ((len(names) + columns - 1) // columns)), dpi=100)
+    test = [100 * row["standalone_test"] for row in rows]
+    for axis, name in zip(axes.flat, names):
+        values = [predictors[name][i] for i in ids]
+        axis.scatter(values, test, s=18)
+        for value, accuracy, row in zip(values, test, rows):
+            if not row["name"].startswith("stratum"):
+                axis.annotate(row["name"], (value, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        stats = correlations[name]
+        axis.set_title(f"{name}: τ {stats['kendall_tau']:+.2f} [{stats['kendall_tau_95'][0]:+.2f}, "
+                       f"{stats['kendall_tau_95'][1]:+.2f}]", fontsize=9)
+        axis.set_xlabel(name, fontsize=8)
+        axis.set_ylabel("standalone test accuracy (%)", fontsize=8)
+        if name in ("params", "macs"):
+            axis.set_xscale("log")
+        axis.grid(True, linewidth=0.3)
+    for axis in list(axes.flat)[len(names):]:
+        axis.axis("off")
+    figure.suptitle("Fashion-MNIST, EfficientFormerV2 space at 64 px: each predictor against standalone training",
+                    fontsize=10)
+    figure.tight_layout()
+    write_bytes_atomic(path, png_bytes(figure, colours=256))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
+    parser.add_argument("--phase", choices=(*PHASES, "all"), required=True)
+    parser.add_argument("--shard", help="standalone/budget: train every n-th network (i/n), for parallel processes")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    config = load_config(args.config)
+    torch.set_num_threads(int(config["threads"]))
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    for phase in phases:
+        if phase == "select":
+            select(config)
+        elif phase == "supernet":
+            train_supernet(config)
+        elif phase == "standalone":
+            train_networks(config, shard(networks_of(), args.shard), recipe_of(config), "standalone")
+        elif phase == "budget":
+            chosen = shard(budget_networks(config, networks_of()), args.shard)
+            train_networks(config, chosen, recipe_of(config, config["standalone"]["budget_check"]["epochs"]), "budget")
+        else:
+            evaluate(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Standalone training of one architecture: the recipe, resuming, refusing another run's checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from search_spaces import get_space
+from supernet.data import load_data, stratified_subset
+from supernet.standalone import StandaloneRecipe, train_standalone
+
+RECIPE = StandaloneRecipe(epochs=2, batch_size=16, train_images=40, val_images=10, warmup_epochs=0.5)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_data("synthetic:60", 32)
+
+
+def test_training_learns_and_reports_every_held_out_split(bundle, tmp_path):
+    arch = get_space("edgevit").smallest()
+    result = train_standalone(arch, bundle, RECIPE, tmp_path / "n.pt", progress=False)
+    assert set(result.accuracy) == {"val"} and 0 <= result.accuracy["val"] <= 1
+    assert result.epochs == 2 and result.train_images == 40 and len(result.history) == 2
+    assert result.arch.resolution == 32 and result.arch.num_classes == bundle.num_classes
+    again = train_standalone(arch, bundle, RECIPE, tmp_path / "n.pt", progress=False)  # finished: reused
+    assert again.accuracy == result.accuracy and again.history == result.history
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(bundle, tmp_path, monkeypatch):
+    import supernet.standalone as standalone
+
+    arch = get_space("edgevit").smallest()
+    straight = train_standalone(arch, bundle, RECIPE, tmp_path / "straight.pt", progress=False)
+    measure, calls = standalone.accuracy, []
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2 trained, not yet saved: the kill loses it
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(standalone, "accuracy", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_standalone(arch, bundle, RECIPE, tmp_path / "killed.pt", progress=False)
+    assert torch.load(tmp_path / "killed.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(standalone, "accuracy", measure)
+    resumed = train_standalone(arch, bundle, RECIPE, tmp_path / "killed.pt", progress=False)
+    assert resumed.history == straight.history and resumed.accuracy == straight.accuracy
+
+
+def test_a_checkpoint_of_another_architecture_or_recipe_is_refused(bundle, tmp_path):
+    space = get_space("edgevit")
+    train_standalone(space.smallest(), bundle, RECIPE, tmp_path / "n.pt", progress=False)
+    with pytest.raises(ValueError, match="another architecture, recipe or data"):
+        train_standalone(space.reference("xxs"), bundle, RECIPE, tmp_path / "n.pt", progress=False)
+    with pytest.raises(ValueError, match="another architecture, recipe or data"):
+        train_standalone(space.smallest(), bundle, dataclasses.replace(RECIPE, lr=1e-3), tmp_path / "n.pt", progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable standalone checkpoint"):
+        train_standalone(space.smallest(), bundle, RECIPE, tmp_path / "junk.pt", progress=False)
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", float("nan")), ("train_images", -1), ("seed", -1)])
+def test_bad_recipes_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        StandaloneRecipe(**{field: value})
+
+
+def test_stratified_subsets_are_fixed_and_balanced(bundle):
+    subset = stratified_subset(bundle.train, 30, seed=0)
+    assert len(subset) == 30 and subset.indices == stratified_subset(bundle.train, 30, seed=0).indices
+    labels = [int(bundle.train.labels[i]) for i in subset.indices]
+    assert max(labels.count(c) for c in set(labels)) - min(labels.count(c) for c in set(labels)) <= 1
+    assert len(stratified_subset(bundle.train, 0)) == len(bundle.train)
