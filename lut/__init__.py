@@ -1,13 +1,14 @@
 """lut: latency tables — layer specs profiled on devices, stored, summed and checked.
 
-`get_device(name)` gives a registered device (`ort-cpu`, `torch-cpu`, `torch-cuda`; issue 6 adds
-`iphone12` and `coreml`); `python -m lut.build` profiles every layer spec of a space into a
+`get_device(name)` gives a registered device (`ort-cpu`, `torch-cpu`, `torch-cuda`, `iphone12`,
+`coreml`; all registered in `lut.registry`); `python -m lut.build` profiles every layer spec of a space into a
 `LatencyTable` (JSON `latnas/lut@1`); `load_table(path).predict(arch)` is an architecture's
 latency in milliseconds; `python -m lut.validate` measures sampled networks end to end and
 reports how far the table is from them. `lut` imports `search_spaces` only.
 
 Names are imported on first use (PEP 562), so `python -m lut.devices` runs its module once,
-not a second copy of an already imported one.
+not a second copy of an already imported one. Import order: `table`, `profiler` <- `devices`,
+`coreml` <- `registry` <- `command_line` <- the commands (`build`, `predict`, `validate`, `import`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ _EXPORTS = {
     "load_table": "lut.table",
     "Device": "lut.devices",
     "DeviceError": "lut.devices",
-    "get_device": "lut.devices",
-    "list_devices": "lut.devices",
-    "register_device": "lut.devices",
+    "get_device": "lut.registry",
+    "list_devices": "lut.registry",
+    "register_device": "lut.registry",
     "Profiler": "lut.profiler",
     "TimingSettings": "lut.profiler",
     "fit_calibration": "lut.calibration",

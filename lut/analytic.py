@@ -1,31 +1,41 @@
-"""Analytic device models: a layer's latency from its shapes, with the device's parameters as data.
+"""Analytic device models: a layer's (or any network's) latency from its op counts, with the device's
+parameters as data.
 
 A device model (`lut/device_models/<device>.yaml`, schema `latnas/device-model@1`) prices the op
-breakdown that every layer kind already gives (`layer_cost(spec).ops`, see
-`search_spaces.layers.OP_CLASSES`):
+classes a trace of the module gives (`search_spaces.tracing.OP_CLASSES`: `layer_cost(spec)` for a
+layer of a space, `trace_costs(module, shape)` for any torch module, `lut.onnx_costs` for an ONNX
+file), one rate per class:
 
-    layer_ms = Σ_class [calls_class · call_weight_class · call_overhead + work_class / rate_class]
-               + layer_fixed
-    network_ms = Σ layer_ms + network_fixed
+    ms = Σ_class [calls_class · call_weight_class · call_overhead + work_class / rate_class]  (+ network_fixed)
 
-work is MACs for the compute classes (conv, dwconv, linear, matmul) and elements for the memory
-classes. The rates are tied, so that a handful of parameters describe eight classes:
+work is MACs for the compute classes (conv, dwconv, linear, matmul) and elements for the others.
+The rates are tied, so that a handful of parameters describe nine classes:
 
-- conv and linear run at `mac_rate`; dwconv and matmul at `mac_rate` times a fixed efficiency;
-- the layout class `reshape` at its own `reshape_rate` (published: 4D <-> token changes are
-  expensive on the phone);
-- normalisation is split in two: BatchNorm is folded into the neighbouring convolution by Core ML
-  (free), LayerNorm (and the L2 normalisation of XCA) is a separate reduction priced at
-  `layernorm_rate` (published: LayerNorm is 10–20% of a ViT's latency). `LayerCost` records both
-  as "norm", so which norms are BatchNorms is derived from the layer kind (`batchnorm_elements`);
+- conv and linear run at `mac_rate`; dwconv at `mac_rate × dwconv_efficiency` and matmul at
+  `mac_rate × matmul_efficiency` (depthwise kernels reuse nothing across channels, attention has
+  no stationary weights);
+- `layout` (permutes, transposes, concatenations, upsampling copies) at its own `layout_rate`
+  (published: 4D <-> token changes are expensive on the phone);
+- `batchnorm` is folded into the neighbouring convolution by Core ML (free, no call);
+  `layernorm` (and LayerNorm-like reductions) at `layernorm_rate`, a few element-wise passes;
+- channels-last work (`LayerCost.token_elements`: every LayerNorm, and every element-wise,
+  activation or layout op on a token sequence) pays `token_rate` on top: the Neural Engine
+  computes in a channels-first 4D layout, and work along the last axis of a (B, N, C) tensor runs
+  outside it (Apple's guidance for transformers on the ANE; EfficientFormer V1 §3: LN-Linear and
+  3D layouts are slow on the phone, CONV-BN is not). Without this term a fit can only explain the
+  token models' latency by LayerNorm alone, which then takes 60% of EdgeViT's time; with it,
+  LayerNorm's share is its part of the channels-last work (published: LayerNorm is 10–20% of a
+  ViT's latency);
 - element-wise ops at `elementwise_rate`, activations at `activation_rate` with call weight 0
-  (GELU is fused into the producing convolution on the Neural Engine: cheap);
+  (GELU is fused into the producing op on the Neural Engine: cheap);
 - attention cost follows the token count N through the op counts themselves: the score matmuls
   and the softmax grow with N², so strided attention (fewer tokens) is cheaper.
 
 Parameters marked `fitted: true` are fitted by `fit_parameters` (scipy least squares on the log
-of predicted/published, coefficients non-negative) to the published whole-network latencies listed
-in the model's `calibration_data`; the others are fixed priors. Everything here is deterministic.
+of predicted/published, coefficients non-negative) to published whole-network latencies
+(`calibration_data`): reference architectures of our spaces, and networks outside them whose op
+counts the caller traces (MobileNetV2, ResNet50: `experiments/iphone12_model/networks.py`).
+Everything here is deterministic.
 """
 
 from __future__ import annotations
@@ -39,7 +49,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from search_spaces.layers import LayerSpec, layer_cost
+from search_spaces.layers import LayerSpec, layer_cost, total_cost
+from search_spaces.tracing import COMPUTE_CLASSES, OP_CLASSES, LayerCost
 
 if TYPE_CHECKING:
     from search_spaces import Architecture, SearchSpace
@@ -47,63 +58,12 @@ if TYPE_CHECKING:
     from lut.table import LatencyTable
 
 MODEL_SCHEMA = "latnas/device-model@1"
-
-# Priced classes: the op classes of `OP_CLASSES`, with "norm" split into its two kinds.
-PRICED_CLASSES = ("conv", "dwconv", "linear", "matmul", "batchnorm", "layernorm", "activation", "elementwise", "reshape")
-COMPUTE_CLASSES = ("conv", "dwconv", "linear", "matmul")
-
-# Layer kinds all of whose norms are BatchNorms (folded into a convolution by Core ML).
-_ALL_BATCHNORM_KINDS = frozenset(
-    {
-        "ffn",
-        "attn_ffn",
-        "efficientformer_v2.stem",
-        "efficientformer_v2.downsample",
-        "efficientformer_v2.head",
-        "meta4d",
-        "efficientformer_v1.stem",
-        "efficientformer_v1.downsample",
-        "edgevit.head",
-    }
-)
+PRICED_CLASSES = OP_CLASSES
 
 
-def batchnorm_elements(spec: LayerSpec, norm_elements: int) -> int:
-    """How many of a layer's normalised elements are BatchNorm (the rest are LayerNorm-like).
-
-    Derived from the layer kind, because `LayerCost` records both norms as "norm":
-    EfficientFormer V2 uses BatchNorm everywhere; V1 in its 4D part (stem, downsamples, meta4d),
-    LayerNorm in meta3d and the head; EdgeViT's local aggregation (sample ratio > 1) has two
-    BatchNorms over the whole map and its head one, everything else is LayerNorm; EdgeNeXt uses
-    LayerNorm (and XCA's L2 normalisation) only. A kind not listed here is priced as LayerNorm,
-    the conservative (slower) choice. Splitting the "norm" op class in `layers.py` would remove
-    this table.
-    """
-    if spec.kind in _ALL_BATCHNORM_KINDS:
-        return norm_elements
-    if spec.kind == "lgl":
-        ratio = spec.option("sr", 1)
-        height, width = spec.input_size
-        return min(norm_elements, 2 * spec.in_channels * height * width) if isinstance(ratio, int) and ratio > 1 else 0
-    return 0
-
-
-def priced_work(spec: LayerSpec) -> dict[str, tuple[int, int]]:
-    """(calls, work) per priced class of one layer: MACs for compute classes, elements otherwise."""
-    work: dict[str, tuple[int, int]] = {}
-    for count in layer_cost(spec).ops:
-        if count.op == "norm":
-            folded = batchnorm_elements(spec, count.elements)
-            # calls are split in proportion to elements (all norms of a layer have equal size or
-            # are all of one kind in every family)
-            folded_calls = round(count.calls * folded / count.elements) if count.elements else 0
-            work["batchnorm"] = (folded_calls, folded)
-            work["layernorm"] = (count.calls - folded_calls, count.elements - folded)
-        elif count.op in COMPUTE_CLASSES:
-            work[count.op] = (count.calls, count.macs)
-        else:
-            work[count.op] = (count.calls, count.elements)
-    return work
+def priced_work(cost: LayerCost) -> dict[str, tuple[int, int]]:
+    """(calls, work) per op class of a cost: MACs for compute classes, elements otherwise."""
+    return {count.op: (count.calls, count.macs if count.op in COMPUTE_CLASSES else count.elements) for count in cost.ops}
 
 
 @dataclass(frozen=True)
@@ -121,17 +81,41 @@ class Parameter:
 
 @dataclass(frozen=True)
 class CalibrationPoint:
-    """A published whole-network latency of a reference architecture of one of our spaces."""
+    """A published whole-network latency: of a reference architecture of one of our spaces
+    (`space`, `reference`), or of a network outside them (`network`, whose op counts the fitting
+    code traces; `source` says where it is written)."""
 
-    space: str
-    reference: str
     published_ms: float
     name: str
+    space: str | None = None
+    reference: str | None = None
+    network: str | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.space is None or self.reference is None) == (self.network is None):
+            raise ModelError(f"calibration point {self.name!r}: give space and reference, or network")
 
     def architecture(self) -> "Architecture":
         from search_spaces import get_space
 
         return get_space(self.space).reference(self.reference)
+
+    def cost(self, networks: Mapping[str, LayerCost] | None = None) -> LayerCost:
+        """The op counts of the network: traced from the space's layers, or given in `networks`."""
+        if self.network is None:
+            from search_spaces import get_space
+
+            arch = self.architecture()
+            return total_cost(get_space(arch.space).layer_specs(arch))
+        if networks is None or self.network not in networks:
+            raise ModelError(f"calibration point {self.name!r} needs the op counts of network {self.network!r} "
+                             f"({self.source or 'written outside the spaces'})")
+        return networks[self.network]
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("name", "space", "reference", "network", "source", "published_ms")
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 
 # The parameters every model file must define, with the unit they must be given in.
@@ -139,35 +123,23 @@ PARAMETER_UNITS = {
     "mac_rate": "TMAC/s",
     "dwconv_efficiency": "fraction of mac_rate",
     "matmul_efficiency": "fraction of mac_rate",
+    "linear_efficiency": "fraction of mac_rate",
     "layernorm_rate": "Gelement/s",
-    "reshape_rate": "Gelement/s",
+    "token_rate": "Gelement/s",
+    "layout_rate": "Gelement/s",
     "elementwise_rate": "Gelement/s",
     "activation_rate": "Gelement/s",
     "call_overhead": "us/call",
-    "layer_fixed": "us/layer",
     "network_fixed": "ms/network",
 }
 # Call weight of each priced class (multiplies call_overhead): folded BatchNorms and fused
 # activations cost no separate operation.
 CALL_WEIGHTS = {"batchnorm": 0.0, "activation": 0.0}
-
-# The linear coefficient each fitted parameter becomes (ms per unit of its feature) and back.
-_COEFFICIENT = {
-    "mac_rate": lambda rate: 1.0 / (rate * 1e9),
-    "layernorm_rate": lambda rate: 1.0 / (rate * 1e6),
-    "reshape_rate": lambda rate: 1.0 / (rate * 1e6),
-    "call_overhead": lambda us: us * 1e-3,
-    "layer_fixed": lambda us: us * 1e-3,
-    "network_fixed": lambda ms: ms,
-}
-_FROM_COEFFICIENT = {
-    "mac_rate": lambda c: 1.0 / (c * 1e9),
-    "layernorm_rate": lambda c: 1.0 / (c * 1e6),
-    "reshape_rate": lambda c: 1.0 / (c * 1e6),
-    "call_overhead": lambda c: c * 1e3,
-    "layer_fixed": lambda c: c * 1e3,
-    "network_fixed": lambda c: c,
-}
+#: the parameters a fit can free: each is (the reciprocal of) one linear coefficient of the latency
+FITTABLE = ("mac_rate", "dwconv_efficiency", "matmul_efficiency", "linear_efficiency", "layernorm_rate", "token_rate",
+            "layout_rate", "call_overhead", "network_fixed")
+#: the compute classes priced at a fraction of `mac_rate`, and that fraction's parameter
+EFFICIENCIES = {"dwconv": "dwconv_efficiency", "matmul": "matmul_efficiency", "linear": "linear_efficiency"}
 
 
 class ModelError(ValueError):
@@ -176,9 +148,10 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True)
 class DeviceModel:
-    """An analytic device model. Contract: `layer_ms(spec)` ≥ 0 and deterministic;
-    `network_ms(arch)` = Σ `layer_ms` over `layer_specs(arch)` + `network_fixed`; `with_values`
-    returns a new model; `to_dict`/`from_dict` round-trip the YAML document."""
+    """An analytic device model. Contract: `cost_ms(cost)` ≥ 0 and deterministic, linear in the
+    op counts (so a network's price is the sum of its layers' plus `network_fixed`);
+    `network_ms(arch)` prices an architecture of a space, `module_ms(cost)` any network from its op
+    counts; `with_values` returns a new model; `to_dict`/`from_dict` round-trip the YAML."""
 
     device: str
     summary: str
@@ -196,18 +169,21 @@ class DeviceModel:
                 raise ModelError(f"{self.device}: {name} must be in {PARAMETER_UNITS[name]}, got {parameter.unit!r}")
             if not np.isfinite(parameter.value) or parameter.value < 0:
                 raise ModelError(f"{self.device}: {name} must be a finite non-negative number, got {parameter.value}")
-            if parameter.fitted and name not in _COEFFICIENT:
-                raise ModelError(f"{self.device}: {name} cannot be fitted (not linear in the latency)")
-        for name in (n for n, unit in PARAMETER_UNITS.items() if "rate" in n or "efficiency" in n):
+            if parameter.fitted and name not in FITTABLE:
+                raise ModelError(f"{self.device}: {name} cannot be fitted (not one linear coefficient of the latency)")
+        for name in (n for n in PARAMETER_UNITS if "rate" in n or "efficiency" in n):
             if self.parameters[name].value <= 0:
                 raise ModelError(f"{self.device}: {name} must be positive")
+        for name in EFFICIENCIES.values():
+            if self.parameters[name].fitted and not self.parameters["mac_rate"].fitted:
+                raise ModelError(f"{self.device}: {name} is fitted relative to mac_rate; fit both")
 
     def value(self, name: str) -> float:
         return self.parameters[name].value
 
     @property
     def fitted_names(self) -> tuple[str, ...]:
-        return tuple(name for name in PARAMETER_UNITS if self.parameters[name].fitted)
+        return tuple(name for name in FITTABLE if self.parameters[name].fitted)
 
     # -- pricing -------------------------------------------------------------------------------
     def class_ms_per_unit(self) -> dict[str, float]:
@@ -219,29 +195,38 @@ class DeviceModel:
 
         return {
             "conv": mac_ms,
-            "linear": mac_ms,
+            "linear": mac_ms / self.value("linear_efficiency"),
             "dwconv": mac_ms / self.value("dwconv_efficiency"),
             "matmul": mac_ms / self.value("matmul_efficiency"),
             "batchnorm": 0.0,
             "layernorm": per_element("layernorm_rate"),
-            "reshape": per_element("reshape_rate"),
+            "layout": per_element("layout_rate"),
             "elementwise": per_element("elementwise_rate"),
             "activation": per_element("activation_rate"),
         }
 
-    def layer_breakdown(self, spec: LayerSpec) -> dict[str, float]:
-        """Milliseconds of one layer per priced class, plus "calls" and "layer_fixed"."""
+    def breakdown(self, cost: LayerCost) -> dict[str, float]:
+        """Milliseconds of a layer or network (no network fixed cost) per op class, plus "calls"."""
         per_unit = self.class_ms_per_unit()
         call_ms = self.value("call_overhead") * 1e-3
-        parts = {"calls": 0.0, "layer_fixed": self.value("layer_fixed") * 1e-3}
-        for name, (calls, work) in priced_work(spec).items():
-            parts[name] = parts.get(name, 0.0) + (work * per_unit[name] if work else 0.0)
+        parts = {"calls": 0.0, "channels_last": cost.token_elements / (self.value("token_rate") * 1e6)}
+        for name, (calls, work) in priced_work(cost).items():
+            parts[name] = parts.get(name, 0.0) + work * per_unit[name]
             parts["calls"] += calls * CALL_WEIGHTS.get(name, 1.0) * call_ms
         return parts
 
+    def cost_ms(self, cost: LayerCost) -> float:
+        """Modelled milliseconds of a layer's or a network's op counts, without the network fixed cost."""
+        return float(sum(self.breakdown(cost).values()))
+
     def layer_ms(self, spec: LayerSpec) -> float:
         """Modelled latency of one layer in milliseconds (network fixed cost not included)."""
-        return float(sum(self.layer_breakdown(spec).values()))
+        return self.cost_ms(layer_cost(spec))
+
+    def module_ms(self, cost: LayerCost) -> float:
+        """Modelled end-to-end latency of a whole network given its op counts (from a trace of the
+        module or from its ONNX graph)."""
+        return self.cost_ms(cost) + self.value("network_fixed")
 
     def network_ms(self, arch: "Architecture") -> float:
         """Modelled end-to-end latency of `arch` in milliseconds."""
@@ -251,34 +236,51 @@ class DeviceModel:
         return float(sum(self.layer_ms(spec) for spec in specs) + self.value("network_fixed"))
 
     # -- fitting -------------------------------------------------------------------------------
-    def features(self, arch: "Architecture") -> tuple[np.ndarray, float]:
-        """(feature per fitted parameter, fixed part in ms) of a network: network_ms is
-        features · coefficients + fixed, where coefficient = `_COEFFICIENT[name](value)`."""
-        from search_spaces import get_space
-
+    def features(self, cost: LayerCost) -> tuple[np.ndarray, float]:
+        """(feature per fitted parameter, fixed part in ms) of a network's op counts: the latency
+        is features · coefficients + fixed, where each fitted parameter is one coefficient (a
+        fitted efficiency is the coefficient of its class's MACs, `mac_rate`'s over it)."""
+        work = priced_work(cost)
         fitted = self.fitted_names
-        totals = dict.fromkeys(fitted, 0.0)
-        fixed = 0.0
-        for spec in get_space(arch.space).layer_specs(arch):
-            work = priced_work(spec)
-            amounts = {
-                "mac_rate": sum(w for name, (_, w) in work.items() if name in ("conv", "linear"))
-                + work.get("dwconv", (0, 0))[1] / self.value("dwconv_efficiency")
-                + work.get("matmul", (0, 0))[1] / self.value("matmul_efficiency"),
-                "layernorm_rate": work.get("layernorm", (0, 0))[1],
-                "reshape_rate": work.get("reshape", (0, 0))[1],
-                "call_overhead": sum(c * CALL_WEIGHTS.get(name, 1.0) for name, (c, _) in work.items()),
-                "layer_fixed": 1.0,
-            }
-            for name in fitted:
-                if name != "network_fixed":
-                    totals[name] += amounts[name]
-            fixed += sum(value for part, value in self.layer_breakdown(spec).items() if _owner(part) not in fitted)
-        if "network_fixed" in fitted:
-            totals["network_fixed"] = 1.0
-        else:
+        amounts = {
+            "mac_rate": work.get("conv", (0, 0))[1] + sum(
+                work.get(op, (0, 0))[1] / self.value(name) for op, name in EFFICIENCIES.items() if name not in fitted),
+            **{name: work.get(op, (0, 0))[1] for op, name in EFFICIENCIES.items()},
+            "layernorm_rate": work.get("layernorm", (0, 0))[1],
+            "token_rate": cost.token_elements,
+            "layout_rate": work.get("layout", (0, 0))[1],
+            "call_overhead": sum(c * CALL_WEIGHTS.get(name, 1.0) for name, (c, _) in work.items()),
+            "network_fixed": 1.0,
+        }
+        owners = {"conv": "mac_rate", "layernorm": "layernorm_rate", "layout": "layout_rate", "calls": "call_overhead",
+                  "channels_last": "token_rate",
+                  **{op: name if name in fitted else "mac_rate" for op, name in EFFICIENCIES.items()}}
+        fixed = sum(ms for part, ms in self.breakdown(cost).items() if owners.get(part) not in fitted)
+        if "network_fixed" not in fitted:
             fixed += self.value("network_fixed")
-        return np.array([totals[name] for name in fitted]), fixed
+        return np.array([amounts[name] for name in fitted]), fixed
+
+    def with_coefficients(self, coefficients: Mapping[str, float]) -> "DeviceModel":
+        """The model whose fitted parameters are the given linear coefficients (ms per MAC for
+        `mac_rate` and each fitted efficiency's class, ms per element for the rates, ms per call,
+        ms per network)."""
+        values: dict[str, float] = {}
+        for name, coefficient in coefficients.items():
+            if coefficient <= 0:
+                raise ModelError(f"the fit drove {name} to its bound (term unused); fix it as a prior instead")
+            if name == "mac_rate":
+                values[name] = 1.0 / (coefficient * 1e9)
+            elif name in ("layernorm_rate", "token_rate", "layout_rate"):
+                values[name] = 1.0 / (coefficient * 1e6)
+            elif name == "call_overhead":
+                values[name] = coefficient * 1e3
+            elif name == "network_fixed":
+                values[name] = coefficient
+        mac_coefficient = coefficients.get("mac_rate", 1.0 / (self.value("mac_rate") * 1e9))
+        for name in EFFICIENCIES.values():
+            if name in coefficients:
+                values[name] = mac_coefficient / coefficients[name]
+        return self.with_values(values)
 
     def with_values(self, values: Mapping[str, float]) -> "DeviceModel":
         parameters = dict(self.parameters)
@@ -293,10 +295,7 @@ class DeviceModel:
             "device": self.device,
             "summary": self.summary,
             "parameters": {name: self.parameters[name].to_dict() for name in PARAMETER_UNITS},
-            "calibration_data": [
-                {"name": p.name, "space": p.space, "reference": p.reference, "published_ms": p.published_ms}
-                for p in self.calibration_data
-            ],
+            "calibration_data": [point.to_dict() for point in self.calibration_data],
             "fit": dict(self.fit),
         }
 
@@ -315,28 +314,15 @@ class DeviceModel:
                 for name, entry in data["parameters"].items()
             }
             points = tuple(
-                CalibrationPoint(str(p["space"]), str(p["reference"]), float(p["published_ms"]), str(p["name"]))
+                CalibrationPoint(float(p["published_ms"]), str(p["name"]), p.get("space"), p.get("reference"),
+                                 p.get("network"), p.get("source"))
                 for p in data.get("calibration_data", ())
             )
             return cls(str(data["device"]), str(data.get("summary", "")), parameters, points, dict(data.get("fit") or {}))
-        except (KeyError, TypeError, AttributeError) as error:
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise ModelError(f"{source}: malformed ({error.__class__.__name__}: {error})") from None
         except ModelError as error:
             raise ModelError(f"{source}: {error}") from None
-
-
-def _owner(part: str) -> str | None:
-    """The fittable parameter that a part of `layer_breakdown` is proportional to, if any."""
-    return {
-        "conv": "mac_rate",
-        "linear": "mac_rate",
-        "dwconv": "mac_rate",
-        "matmul": "mac_rate",
-        "layernorm": "layernorm_rate",
-        "reshape": "reshape_rate",
-        "calls": "call_overhead",
-        "layer_fixed": "layer_fixed",
-    }.get(part)
 
 
 def model_path(device: str) -> Path:
@@ -380,15 +366,18 @@ class FitResult:
         return float(np.mean(np.abs(predicted - published) / published) * 100)
 
 
-def network_features(model: DeviceModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features rows, fixed parts, published) of the model's calibration networks."""
-    rows, fixed, published = [], [], []
-    for point in model.calibration_data:
-        features, constant = model.features(point.architecture())
-        rows.append(features)
-        fixed.append(constant)
-        published.append(point.published_ms)
-    return np.array(rows), np.array(fixed), np.array(published)
+def network_features(model: DeviceModel, costs: Sequence[LayerCost]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(feature rows, fixed parts, published) of the model's calibration networks, whose op
+    counts `costs` gives in `calibration_data` order."""
+    if len(costs) != len(model.calibration_data):
+        raise ModelError(f"{len(costs)} costs for {len(model.calibration_data)} calibration networks")
+    rows, fixed = zip(*(model.features(cost) for cost in costs))
+    return np.array(rows), np.array(fixed), np.array([p.published_ms for p in model.calibration_data])
+
+
+def calibration_costs(model: DeviceModel, networks: Mapping[str, LayerCost] | None = None) -> list[LayerCost]:
+    """The op counts of every calibration network (`CalibrationPoint.cost`)."""
+    return [point.cost(networks) for point in model.calibration_data]
 
 
 def _solve(features: np.ndarray, fixed: np.ndarray, published: np.ndarray) -> np.ndarray:
@@ -409,18 +398,10 @@ def _solve(features: np.ndarray, fixed: np.ndarray, published: np.ndarray) -> np
     return theta / scale
 
 
-def _model_from_coefficients(model: DeviceModel, coefficients: np.ndarray) -> DeviceModel:
-    values = {}
-    for name, coefficient in zip(model.fitted_names, coefficients):
-        if coefficient <= 0:
-            raise ModelError(f"the fit drove {name} to its bound (term unused); fix it as a prior instead")
-        values[name] = _FROM_COEFFICIENT[name](float(coefficient))
-    return model.with_values(values)
-
-
-def fit_parameters(model: DeviceModel, exclude: Sequence[int] = ()) -> FitResult:
-    """Fit the model's `fitted` parameters to its calibration data (rows in `exclude` left out)."""
-    features, fixed, published = network_features(model)
+def fit_parameters(model: DeviceModel, costs: Sequence[LayerCost], exclude: Sequence[int] = ()) -> FitResult:
+    """Fit the model's `fitted` parameters to its calibration data (`costs`: each network's op
+    counts, in order; rows in `exclude` left out)."""
+    features, fixed, published = network_features(model, costs)
     return _fit_from_features(model, features, fixed, published, exclude)
 
 
@@ -431,7 +412,7 @@ def _fit_from_features(
     if keep.sum() < len(model.fitted_names):
         raise ModelError(f"{keep.sum()} networks cannot identify {len(model.fitted_names)} parameters")
     coefficients = _solve(features[keep], fixed[keep], published[keep])
-    fitted = _model_from_coefficients(model, coefficients)
+    fitted = model.with_coefficients(dict(zip(model.fitted_names, (float(c) for c in coefficients))))
     predicted = features @ coefficients + fixed
     return FitResult(
         fitted, tuple(float(p) for p in predicted), tuple(float(p) for p in published), tuple(p.name for p in model.calibration_data)
@@ -455,15 +436,19 @@ class LeaveOneOut:
         return float(np.mean(np.abs(self.errors_percent)))
 
     @property
+    def max_error_percent(self) -> float:
+        return float(np.max(np.abs(self.errors_percent)))
+
+    @property
     def spearman(self) -> float:
         from scipy.stats import spearmanr
 
         return float(spearmanr(self.predicted_ms, self.published_ms).statistic)
 
 
-def leave_one_out(model: DeviceModel) -> LeaveOneOut:
+def leave_one_out(model: DeviceModel, costs: Sequence[LayerCost]) -> LeaveOneOut:
     """Refit without each calibration network in turn and predict it."""
-    features, fixed, published = network_features(model)
+    features, fixed, published = network_features(model, costs)
     predicted = []
     for index in range(len(published)):
         result = _fit_from_features(model, features, fixed, published, exclude=(index,))
@@ -519,10 +504,7 @@ def model_table(
             "model": f"lut/device_models/{model.device}.yaml",
             "model_sha256": model.sha256,
             "parameters": {name: {"value": p.value, "unit": p.unit, "fitted": p.fitted} for name, p in model.parameters.items()},
-            "fit_data": [
-                {"name": p.name, "space": p.space, "reference": p.reference, "published_ms": p.published_ms}
-                for p in model.calibration_data
-            ],
+            "fit_data": [point.to_dict() for point in model.calibration_data],
             "fit": fit,
             "specs": len(specs),
             "widths_subset": [list(w) for w in widths] if widths else None,

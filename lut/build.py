@@ -23,36 +23,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from search_spaces import LayerSpec, SearchSpace, get_space, list_spaces
+from search_spaces import LayerSpec, SearchSpace
 from search_spaces.enumeration import enumerate_specs
-from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, positive_float, positive_int, run_command
+from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, positive_int, run_command
 
-from lut.devices import Device, DeviceError, get_device, list_devices, loadavg
-from lut.profiler import TimingSettings
+from lut.devices import Device, DeviceError, loadavg
+from lut.command_line import add_device_arguments, device_from_args, parse_widths_subset, space_from_args
+from lut.registry import device_class, get_device
 from lut.table import LatencyRecord, LatencyTable, TableMetadata
 
 PROG = "python -m lut.build"
 JOURNAL_SCHEMA = "latnas/lut-journal@1"
-
-
-def parse_widths_subset(space: SearchSpace, values: Sequence[str]) -> list[tuple[int, ...]]:
-    """One comma-separated width list per stage, each width a choice of that stage."""
-    if len(values) != len(space.stages):
-        raise UsageError(f"--widths-subset: {space.name} has {len(space.stages)} stages, got {len(values)} width list(s)")
-    subset = []
-    for index, (text, choices) in enumerate(zip(values, space.stages)):
-        try:
-            widths = sorted({int(part) for part in text.split(",") if part.strip()})
-        except ValueError:
-            raise UsageError(f"--widths-subset: stage {index + 1}: expected comma-separated integers, got {text!r}") from None
-        wrong = [w for w in widths if w not in choices.widths]
-        if not widths or wrong:
-            raise UsageError(
-                f"--widths-subset: stage {index + 1}: {wrong or text!r} not among the stage's widths "
-                f"{choices.widths[0]}..{choices.widths[-1]}"
-            )
-        subset.append(tuple(widths))
-    return subset
 
 
 # -- journal -----------------------------------------------------------------------------------
@@ -227,40 +208,6 @@ def build_table(
 
 
 
-def add_device_arguments(parser: ArgumentParser) -> None:
-    """--device, --threads and the timing options, shared by build and validate."""
-    parser.add_argument("--device", required=True, help=f"one of: {', '.join(list_devices())}")
-    parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1, recorded)")
-    parser.add_argument("--warmup", type=positive_int, default=TimingSettings.warmup, help="untimed calls per subject")
-    parser.add_argument("--runs", type=positive_int, default=TimingSettings.min_runs, help="minimum timed calls per subject")
-    parser.add_argument(
-        "--budget", type=positive_float, default=TimingSettings.budget_s, help="seconds of timed calls per subject (default 0.25)"
-    )
-
-
-def device_from_args(args, measuring: bool = True) -> Device:
-    """The device the arguments name; `measuring` also requires that it can measure on this host."""
-    timing = TimingSettings(args.warmup, args.runs, max(args.runs, TimingSettings.max_runs), args.budget)
-    try:
-        device = get_device(args.device, threads=args.threads, timing=timing)
-        if measuring:
-            device.require_available()
-    except DeviceError as error:
-        raise UsageError(f"--device: {error}") from None
-    return device
-
-
-def space_from_args(name: str, resolution: int | None) -> tuple[SearchSpace, int]:
-    try:
-        space = get_space(name)
-    except KeyError:
-        raise UsageError(f"--space: unknown space {name!r}; known spaces: {', '.join(list_spaces())}") from None
-    resolution = resolution or space.default_resolution
-    if resolution % space.resolution_multiple:
-        raise UsageError(f"--resolution: must be a positive multiple of {space.resolution_multiple}, got {resolution}")
-    return space, resolution
-
-
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="Profile every layer spec of a search space and write a latency table.")
     add_device_arguments(parser)
@@ -287,10 +234,12 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.device == "coreml":  # converts to a bundle anywhere, measures only on macOS (lut/coreml.py)
-        from lut.coreml import build_command
-
-        return build_command(args)
+    try:
+        own_build = getattr(device_class(args.device), "build_command", None)
+    except DeviceError as error:
+        raise UsageError(f"--device: {error}") from None
+    if own_build is not None:  # a device that builds its own way (coreml: a bundle of ML programs)
+        return own_build(args)
     if args.compute_units:
         raise UsageError("--compute-units: only for --device coreml")
     space, resolution = space_from_args(args.space, args.resolution)

@@ -42,11 +42,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from search_spaces.command_line import EXIT_OK, UsageError
+from search_spaces.command_line import EXIT_OK, UsageError, parse_widths_subset, space_from_args
 from search_spaces.files import write_text_atomic
 
-from lut.devices import Device, DeviceError, register_device, tables_folder
-from lut.profiler import Runnable, TimingSettings, net_record, spec_input_shape, time_interleaved
+from lut.devices import Device, DeviceError, tables_folder
+from lut.profiler import Runnable, TimingSettings, net_record, time_interleaved
 from lut.table import LatencyRecord, LatencyTable, TableMetadata
 
 if TYPE_CHECKING:
@@ -179,6 +179,11 @@ class CoreMLDevice(Device):
     measures = IS_MACOS
     precision = "fp16"
 
+    @staticmethod
+    def build_command(args) -> int:
+        """`lut.build --device coreml`: the device owns its build (`build_bundle_command`)."""
+        return build_bundle_command(args)
+
     def __init__(
         self, threads: int = 1, batch: int = 1, timing: TimingSettings | None = None, compute_units: str = DEFAULT_COMPUTE_UNITS
     ) -> None:
@@ -225,7 +230,6 @@ class CoreMLDevice(Device):
         return predict_runnable(identity_program(input_shape, self.compute_units, load=True), input_shape)
 
 
-register_device(CoreMLDevice)
 
 
 # -- the bundle ----------------------------------------------------------------------------------
@@ -329,7 +333,7 @@ def build_bundle(
     for key, spec in specs.items():
         if key in done:
             continue
-        shape = spec_input_shape(spec, 1)
+        shape = spec.input_shape(1)
         torch.manual_seed(0)
         mlmodel = convert_module(build_layer(spec), shape, compute_units, load=False)
         file = package_name(key)
@@ -395,9 +399,8 @@ def phone_instructions(directory: Path) -> str:
     )
 
 
-def build_command(args) -> int:
+def build_bundle_command(args) -> int:
     """`lut.build --device coreml`: the bundle, then (macOS) the measured table or (elsewhere) how to measure."""
-    from lut.build import parse_widths_subset, space_from_args
 
     if args.ray is not None:
         raise UsageError("--ray: not available for --device coreml (conversions run here, measuring needs the Mac or phone)")

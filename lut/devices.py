@@ -363,69 +363,9 @@ class IPhone12Device(Device):
         return model_table(self.model(), space, resolution, self.metadata_fields(), num_classes, widths)
 
 
-# -- registry ------------------------------------------------------------------------------------
-_DEVICES: dict[str, type[Device]] = {}
-
-
-def register_device(device_class: type[Device]) -> type[Device]:
-    """Register a device class under its `name` (later issues add `iphone12`, `coreml`)."""
-    if device_class.name in _DEVICES and _DEVICES[device_class.name] is not device_class:
-        raise ValueError(f"device {device_class.name!r} is registered twice")
-    _DEVICES[device_class.name] = device_class
-    return device_class
-
-
-for _device_class in (OrtCpuDevice, TorchCpuDevice, TorchCudaDevice, IPhone12Device):
-    register_device(_device_class)
-
-# `coreml` lives in lut/coreml.py and registers itself there (after the devices above); a plain
-# `import` also works when lut.coreml is the module being imported first
-import lut.coreml  # noqa: E402
-
-if __name__ == "__main__":  # `python -m lut.devices` runs this file as a second copy, with its own registry
-    register_device(lut.coreml.CoreMLDevice)
-
-
-def list_devices() -> list[str]:
-    """Names of the registered devices."""
-    return list(_DEVICES)
-
-
-def get_device(name: str, **settings: Any) -> Device:
-    """The device `name` with its settings (threads, batch, timing); `DeviceError` if unknown."""
-    if name not in _DEVICES:
-        raise DeviceError(f"unknown device {name!r}; devices: {', '.join(list_devices())}")
-    timing = settings.pop("timing", None)
-    if isinstance(timing, dict):
-        timing = TimingSettings(**timing)
-    return _DEVICES[name](timing=timing, **settings)
-
-
-def describe_devices() -> list[DeviceInfo]:
-    infos = []
-    for name, device_class in _DEVICES.items():
-        usable, reason = device_class().availability()
-        infos.append(DeviceInfo(name, device_class.summary, device_class.needs, device_class.measures, usable, reason))
-    return infos
-
-
-PROG = "python -m lut.devices"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from search_spaces.command_line import ArgumentParser
-
-    parser = ArgumentParser(prog=PROG, description="List the latency devices, what each needs and whether it works here.")
-    parser.parse_args(argv)
-    for info in describe_devices():
-        state = "available" if info.available else "not available"
-        kind = "measures on this host" if info.measures else "model / export"
-        print(f"{info.name:<11} {state:<14} {info.summary}")
-        print(f"{'':<11} needs: {info.needs}; {kind}; here: {info.reason}")
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m lut.devices`: the device list (lut.registry registers them all)
     from search_spaces.command_line import run_command
+
+    from lut.registry import PROG, main
 
     sys.exit(run_command(main, prog=PROG))

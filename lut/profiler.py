@@ -162,19 +162,6 @@ def empty_onnx(input_shape: tuple[int, ...]) -> bytes:
     return model.SerializeToString()
 
 
-def spec_input_shape(spec: "LayerSpec", batch: int) -> tuple[int, ...]:
-    """The input tensor shape of a spec's module: an NCHW map, or (B, N, C) tokens.
-
-    `LayerSpec` does not state its input layout; the families that switch to tokens say it in
-    options (EfficientFormer V1: `from_tokens` on the downsample and head, `to_tokens=0` on a
-    `meta3d` block that continues a token sequence), so those options decide here.
-    """
-    height, width = spec.input_size
-    if spec.option("from_tokens", False) or spec.option("to_tokens") is False:
-        return (batch, height * width, spec.in_channels)
-    return (batch, spec.in_channels, height, width)
-
-
 class Profiler:
     """Measures specs and whole networks on one backend with one set of timing settings.
 
@@ -212,7 +199,7 @@ class Profiler:
         from search_spaces import build_layer
 
         torch.manual_seed(0)
-        return self.profile_module(build_layer(spec), spec_input_shape(spec, self.batch))
+        return self.profile_module(build_layer(spec), spec.input_shape(self.batch))
 
     def profile_network(self, arch: "Architecture") -> LatencyRecord:
         import torch

@@ -7,7 +7,8 @@ latency tables are keyed by, and the static model builders the supernet extracts
 
 from search_spaces.architecture import SCHEMA, Architecture, ArchitectureError, Block, Stage
 from search_spaces.counting import cost, count_macs, count_params
-from search_spaces.layers import LayerCost, LayerKind, LayerSpec, OpCount, build_layer, layer_cost
+from search_spaces.layers import LayerKind, LayerSpec, build_layer, layer_cost
+from search_spaces.tracing import LayerCost, OpCount, trace_costs
 from search_spaces.network import Network, NetworkStage, build_model
 from search_spaces.ops import STATIC_OPS, Ops
 from search_spaces.registry import block_types, get_space, list_spaces
@@ -41,4 +42,5 @@ __all__ = [
     "get_space",
     "layer_cost",
     "list_spaces",
+    "trace_costs",
 ]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 from search_spaces.architecture import ArchitectureError
+
+if TYPE_CHECKING:
+    from search_spaces.space import SearchSpace
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -68,3 +71,37 @@ def positive_float(text: str) -> float:
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
 positive_float.__name__ = "positive number"
+
+
+def parse_widths_subset(space: "SearchSpace", values: Sequence[str]) -> list[tuple[int, ...]]:
+    """One comma-separated width list per stage, each width a choice of that stage."""
+    if len(values) != len(space.stages):
+        raise UsageError(f"--widths-subset: {space.name} has {len(space.stages)} stages, got {len(values)} width list(s)")
+    subset = []
+    for index, (text, choices) in enumerate(zip(values, space.stages)):
+        try:
+            widths = sorted({int(part) for part in text.split(",") if part.strip()})
+        except ValueError:
+            raise UsageError(f"--widths-subset: stage {index + 1}: expected comma-separated integers, got {text!r}") from None
+        wrong = [w for w in widths if w not in choices.widths]
+        if not widths or wrong:
+            raise UsageError(
+                f"--widths-subset: stage {index + 1}: {wrong or text!r} not among the stage's widths "
+                f"{choices.widths[0]}..{choices.widths[-1]}"
+            )
+        subset.append(tuple(widths))
+    return subset
+
+
+def space_from_args(name: str, resolution: int | None) -> "tuple[SearchSpace, int]":
+    """The space `name` and the resolution (the space's default when None); UsageError otherwise."""
+    from search_spaces.registry import get_space, list_spaces
+
+    try:
+        space = get_space(name)
+    except KeyError:
+        raise UsageError(f"--space: unknown space {name!r}; known spaces: {', '.join(list_spaces())}") from None
+    resolution = resolution or space.default_resolution
+    if resolution % space.resolution_multiple:
+        raise UsageError(f"--resolution: must be a positive multiple of {space.resolution_multiple}, got {resolution}")
+    return space, resolution

@@ -3,39 +3,30 @@
 A network is the ordered list of its `LayerSpec`s (stem, each downsample, each non-identity block,
 head). A spec holds every shape parameter that changes the layer's latency and nothing else, so
 `spec.key()` is the one string under which a latency table stores the layer; the same spec builds
-the module (`build_layer`) and prices it analytically (`layer_cost`), so the profiler, the
-predictor, the parameter count and the model can never disagree about what a layer is.
+the module (`build_layer`) that is profiled and, traced on meta tensors, counted (`layer_cost`:
+params, MACs and per-class op counts, `search_spaces.tracing`), so the profiler, the predictor,
+the parameter count and the device model can never disagree about what a layer is. Nothing about a
+block is written twice: its module is the only description of it.
 
 Layer kinds are registered by the block families (`register_layer_kind`): a builder that turns a
-spec and an `Ops` factory into a module, and a cost function that counts parameters, MACs and
-operations from the spec's shapes alone.
+spec and an `Ops` factory into a module.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Union
 
-if TYPE_CHECKING:  # torch is only needed to build modules, not to describe or price them
+from search_spaces.tracing import LayerCost, OpCount, combine
+
+if TYPE_CHECKING:  # torch is only needed to build modules and trace them, not to describe them
     from torch import nn
 
     from search_spaces.ops import Ops
 
 OptionValue = Union[int, float, str, bool]
-
-# Operation classes an analytic device model prices separately (see `OpCount`).
-OP_CLASSES = (
-    "conv",  # dense convolution (incl. 1x1), MACs
-    "dwconv",  # depthwise convolution / depthwise transposed convolution, MACs
-    "linear",  # fully connected layer on tokens, MACs
-    "matmul",  # activation x activation products (attention scores and weighted sums), MACs
-    "norm",  # BatchNorm / LayerNorm applications, elements
-    "activation",  # GELU / ReLU / softmax, elements
-    "elementwise",  # additions, multiplications (residuals, layer scale), pooling, elements
-    "reshape",  # layout changes between 4D and token layouts, permutes, upsampling copies, elements
-)
-
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -65,6 +56,16 @@ class LayerSpec:
     def option(self, name: str, default: OptionValue | None = None) -> OptionValue | None:
         return dict(self.options).get(name, default)
 
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The input tensor shape of the spec's module: an NCHW map, or (B, N, C) tokens. A spec
+        does not state its input layout in general; the families whose layers take tokens say so
+        in options (EfficientFormer V1: `from_tokens` on the downsample and head, `to_tokens=0` on
+        a `meta3d` block that continues a token sequence)."""
+        height, width = self.input_size
+        if self.option("from_tokens", False) or self.option("to_tokens") is False:
+            return (batch, height * width, self.in_channels)
+        return (batch, self.in_channels, height, width)
+
     @property
     def output_size(self) -> tuple[int, int]:
         height, width = self.input_size
@@ -89,75 +90,11 @@ def _format_option(value: OptionValue) -> str:
 
 
 @dataclass(frozen=True)
-class OpCount:
-    """How much work of one operation class a layer does.
-
-    `calls` is the number of separate operations (kernel launches) of that class, `macs` the
-    multiply-accumulates (compute classes), `elements` the elements written (memory-bound classes).
-    """
-
-    op: str
-    calls: int = 0
-    macs: int = 0
-    elements: int = 0
-
-    def __post_init__(self) -> None:
-        if self.op not in OP_CLASSES:
-            raise ValueError(f"op class {self.op!r} is not one of {', '.join(OP_CLASSES)}")
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """Analytic cost of one layer, computed from its spec's shapes without building it.
-
-    `params` equals the parameter count of the module `build_layer` makes; `macs` follows the
-    EfficientFormer toolbox convention (conv + linear + attention matmuls, BN folded, norms and
-    activations not counted); `ops` breaks the work down by operation class, one entry per class.
-    """
-
-    params: int
-    macs: int
-    ops: tuple[OpCount, ...] = ()
-
-    def op(self, name: str) -> OpCount:
-        for count in self.ops:
-            if count.op == name:
-                return count
-        return OpCount(name)
-
-
-class OpTally:
-    """Accumulates `OpCount`s while a cost function walks a layer's operations."""
-
-    def __init__(self) -> None:
-        self._calls: dict[str, int] = {}
-        self._macs: dict[str, int] = {}
-        self._elements: dict[str, int] = {}
-        self.params = 0
-
-    def add(self, op: str, *, macs: int = 0, elements: int = 0, calls: int = 1, params: int = 0) -> None:
-        if op not in OP_CLASSES:
-            raise ValueError(f"op class {op!r} is not one of {', '.join(OP_CLASSES)}")
-        self._calls[op] = self._calls.get(op, 0) + calls
-        self._macs[op] = self._macs.get(op, 0) + macs
-        self._elements[op] = self._elements.get(op, 0) + elements
-        self.params += params
-
-    def cost(self) -> LayerCost:
-        ops = tuple(
-            OpCount(op, self._calls[op], self._macs[op], self._elements[op]) for op in OP_CLASSES if op in self._calls
-        )
-        macs = sum(count.macs for count in ops if count.op in ("conv", "dwconv", "linear", "matmul"))
-        return LayerCost(self.params, macs, ops)
-
-
-@dataclass(frozen=True)
 class LayerKind:
-    """A registered layer kind: how to build a spec of it and how to price it from shapes."""
+    """A registered layer kind: how to build the module of a spec of it."""
 
     name: str
     build: "Callable[[LayerSpec, Ops], nn.Module]"
-    cost: Callable[[LayerSpec], LayerCost]
 
 
 _LAYER_KINDS: dict[str, LayerKind] = {}
@@ -190,28 +127,110 @@ def build_layer(spec: LayerSpec, ops: "Ops | None" = None) -> "nn.Module":
     return get_layer_kind(spec.kind).build(spec, ops)
 
 
+class _CostStore:
+    """Traced layer costs kept between processes, so a fresh search does not trace again.
+
+    Tracing a layer takes ~15 ms, and the first trace of a process ~2 s (torch loads its meta
+    kernels), while a search prices hundreds of layers: the costs are stored by spec key in
+    `$LATNAS_CACHE/layer-costs-<fingerprint>.json` (default `~/.cache/latnas`), read once per
+    process and merged back, atomically, when the process ends. The fingerprint hashes the source
+    of `search_spaces` (every block), the latnas and torch versions: a change to any block makes a
+    new file, never a stale cost. Set `LATNAS_CACHE=off` to keep nothing on disk.
+    """
+
+    def __init__(self) -> None:
+        self.costs: dict[str, LayerCost] | None = None
+        self.added: dict[str, LayerCost] = {}
+
+    @staticmethod
+    def path() -> Path | None:
+        import hashlib
+        import os
+
+        import torch
+
+        import search_spaces
+
+        folder = os.environ.get("LATNAS_CACHE", "")
+        if folder.lower() == "off":
+            return None
+        digest = hashlib.sha256(f"{search_spaces.__version__}|{torch.__version__}".encode())
+        package = Path(search_spaces.__file__).parent
+        for source in sorted(package.rglob("*.py")):
+            digest.update(source.relative_to(package).as_posix().encode() + source.read_bytes())
+        base = Path(folder) if folder else Path.home() / ".cache" / "latnas"
+        return base / f"layer-costs-{digest.hexdigest()[:16]}.json"
+
+    def _read(self, path) -> dict[str, LayerCost]:
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {key: LayerCost(int(params), int(macs), tuple(OpCount(*count) for count in ops), (), int(tokens))
+                    for key, (params, macs, ops, tokens) in data.items()}
+        except (OSError, ValueError, TypeError):  # missing, half-written by a crash, foreign: trace again
+            return {}
+
+    def get(self, key: str) -> LayerCost | None:
+        if self.costs is None:
+            path = self.path()
+            self.costs = self._read(path) if path is not None and path.is_file() else {}
+            if path is not None:
+                import atexit
+
+                atexit.register(self.save)
+        return self.costs.get(key)
+
+    def put(self, key: str, cost: LayerCost) -> None:
+        if self.costs is not None:
+            self.costs[key] = cost
+        self.added[key] = cost
+
+    def save(self) -> None:
+        import json
+
+        from search_spaces.files import write_text_atomic
+
+        path = self.path()
+        if not self.added or path is None:
+            return
+        merged = {**(self._read(path) if path.is_file() else {}), **self.added}
+        data = {key: [cost.params, cost.macs, [[c.op, c.calls, c.macs, c.elements] for c in cost.ops], cost.token_elements]
+                for key, cost in merged.items() if not cost.unclassified}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(data, separators=(",", ":")))
+        except OSError:
+            pass  # a read-only home: the costs are traced again next time, nothing else is lost
+        self.added = {}
+
+
+_STORE = _CostStore()
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def layer_cost(spec: LayerSpec) -> LayerCost:
-    """Params, MACs and op counts of one spec (a pure function of its shapes, so it is memoised:
-    a search prices the same few thousand specs over and over)."""
-    return get_layer_kind(spec.kind).cost(spec)
+    """Params, MACs and op counts of one spec, from a trace of `build_layer(spec)` on meta tensors
+    (`search_spaces.tracing`). A pure function of the spec, so it is memoised, in the process and
+    on disk (`_CostStore`): a search prices the same few thousand specs over and over."""
+    key = spec.key()
+    stored = _STORE.get(key)
+    if stored is not None:
+        return stored
+    import torch
+
+    from search_spaces.tracing import trace_costs
+
+    with torch.device("meta"):
+        module = build_layer(spec)
+    cost = trace_costs(module, spec.input_shape())
+    _STORE.put(key, cost)
+    return cost
 
 
 def total_cost(specs: Iterable[LayerSpec]) -> LayerCost:
     """Sum of the costs of several layers, ops merged per class."""
-    params = 0
-    totals: dict[str, list[int]] = {}
-    for spec in specs:
-        cost = layer_cost(spec)
-        params += cost.params
-        for count in cost.ops:
-            entry = totals.setdefault(count.op, [0, 0, 0])
-            entry[0] += count.calls
-            entry[1] += count.macs
-            entry[2] += count.elements
-    ops = tuple(OpCount(op, *totals[op]) for op in OP_CLASSES if op in totals)
-    macs = sum(count.macs for count in ops if count.op in ("conv", "dwconv", "linear", "matmul"))
-    return LayerCost(params, macs, ops)
+    return combine(layer_cost(spec) for spec in specs)
 
 
 def specs_by_key(specs: Iterable[LayerSpec]) -> Mapping[str, LayerSpec]:

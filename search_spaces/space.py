@@ -12,11 +12,18 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from search_spaces.architecture import IDENTITY, IDENTITY_BLOCK, Architecture, ArchitectureError, Block, Stage
+from search_spaces.architecture import (
+    IDENTITY,
+    IDENTITY_BLOCK,
+    Architecture,
+    ArchitectureError,
+    Block,
+    Stage,
+)
 from search_spaces.layers import LayerSpec
 
 
@@ -64,14 +71,26 @@ def width_range(start: int, stop: int, step: int) -> tuple[int, ...]:
     return tuple(range(start, stop + 1, step))
 
 
+@dataclass
+class LayerWalk:
+    """Where the layer walk is in a network: the (height, width) and channels flowing into the next
+    layer, and whether that tensor is a token sequence (EfficientFormer V1 after a `meta3d`)."""
+
+    size: tuple[int, int]
+    channels: int
+    tokens: bool = False
+
+
 class SearchSpace(abc.ABC):
-    """A search space: stages of `StageChoices`, references, and the family's layer walk.
+    """A search space: stages of `StageChoices`, references, and the layer walk of its networks.
 
     Contract: `largest()`, `smallest()` and `sample(rng)` return architectures that `validate`
     accepts; `validate` raises `ArchitectureError` naming the offending field; `layer_specs(arch)`
     lists the layers the network runs in execution order (stem, per stage its downsample and its
     non-identity blocks, head), each with `where` set to its place in `build_model`'s module tree.
-    Nothing here mutates state: a space is immutable once registered.
+    The walk is the same for every space; a family only says what options its layers take
+    (`downsample_options`, `block_options`, `head_options`). Nothing here mutates state: a space
+    is immutable once registered.
     """
 
     #: registered name (`efficientformer_v2`)
@@ -88,12 +107,49 @@ class SearchSpace(abc.ABC):
     resolution_multiple: int = 32
     #: paper / code this space follows, for `list`
     summary: str = ""
+    #: total stride of the stem and of each downsample (layer kinds `<name>.stem` / `.downsample` / `.head`)
+    stem_stride: int = 4
+    downsample_stride: int = 2
+
+    # -- the layer walk ----------------------------------------------------------------------
+    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
+        """The layers `arch` runs, in order; `arch` must be valid. Sizes divide exactly: the
+        resolution is a multiple of the network's total stride."""
+        size = (arch.resolution, arch.resolution)
+        specs = [LayerSpec(f"{self.name}.stem", 3, arch.stages[0].width, size, stride=self.stem_stride, where="stem")]
+        walk = LayerWalk((size[0] // self.stem_stride, size[1] // self.stem_stride), arch.stages[0].width)
+        for index, stage in enumerate(arch.stages):
+            if index > 0:
+                specs.append(LayerSpec(f"{self.name}.downsample", walk.channels, stage.width, walk.size,
+                                       stride=self.downsample_stride, options=self.downsample_options(index, walk),
+                                       where=f"stages.{index}.downsample"))
+                walk = LayerWalk((walk.size[0] // self.downsample_stride, walk.size[1] // self.downsample_stride),
+                                 stage.width)  # a downsample always returns a map
+            walk.channels = stage.width
+            for slot, block in enumerate(stage.blocks):
+                if block.is_identity:
+                    continue
+                specs.append(LayerSpec(block.type, stage.width, stage.width, walk.size, expansion=block.expansion,
+                                       heads=block.heads, options=self.block_options(index, block, walk),
+                                       where=f"stages.{index}.blocks.{slot}"))
+        specs.append(LayerSpec(f"{self.name}.head", walk.channels, arch.num_classes, walk.size,
+                               options=self.head_options(walk), where="head"))
+        return specs
+
+    def downsample_options(self, stage_index: int, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        """Shape options of stage `stage_index`'s downsample, seeing the tensor that flows into it."""
+        return ()
+
+    def block_options(self, stage_index: int, block: Block, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        """Shape options of a block of stage `stage_index`; may update `walk` (a block that turns
+        the map into tokens sets `walk.tokens`)."""
+        return ()
+
+    def head_options(self, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        """Shape options of the head, seeing the tensor that flows into it."""
+        return ()
 
     # -- family hooks ------------------------------------------------------------------------
-    @abc.abstractmethod
-    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
-        """The layers `arch` runs, in order; `arch` must be valid."""
-
     def check_rules(self, arch: Architecture) -> None:
         """Family rules beyond the per-stage choices; raise `ArchitectureError` with the path."""
 

@@ -2,11 +2,14 @@
 
 One intra-op thread per test process: `make test` runs two pytest workers on two cores, and
 OpenMP threads that outnumber free cores spin at barriers (a backward pass then takes minutes).
+Traced layer costs are stored in a folder of the test run's own, not in the user's cache.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("LATNAS_CACHE", tempfile.mkdtemp(prefix="latnas-test-cache-"))
 
 import torch  # noqa: E402  (after the environment is set)
 

@@ -3,11 +3,13 @@
     python experiments/iphone12_model/run.py [--config experiments/iphone12_model/config.yaml]
 
 Reads the shipped model (`lut/device_models/iphone12.yaml`: priors, which parameters are free, the
-ten published latencies it is calibrated on) and, in memory only, refits its free parameters
-(`lut.analytic.fit_parameters`), predicts each published network from a fit without it
-(`lut.analytic.leave_one_out`) and refits with each fixed prior scaled (sensitivity). It prices
-every reference variant of every space with the refitted model and with the shipped table
-(`get_device("iphone12").default_table(space)`), with the modelled share of each op class.
+thirteen published latencies it is calibrated on: ten reference networks of our spaces and
+MobileNetV2 ×1.0/×1.4 and ResNet50, written in `networks.py` here) and, in memory only, refits its
+free parameters on every network's traced op counts (`lut.analytic.fit_parameters`), predicts
+each published network from a fit without it (`lut.analytic.leave_one_out`) and refits with each
+fixed prior scaled (sensitivity). It prices every reference variant of every space and the three
+outside networks with the refitted model (and the variants with the shipped table,
+`get_device("iphone12").default_table(space)`), with the modelled share of each op class.
 
 Writes into this folder (atomically): `results.json` (config, machine, versions, wall time, every
 number), `predictions.csv` (one row per reference variant), and three plots: published vs fitted
@@ -43,17 +45,22 @@ from experiments.study import (  # noqa: E402
     variants_of,
     versions,
 )
+from experiments.iphone12_model.networks import NETWORKS  # noqa: E402
 from lut.analytic import (  # noqa: E402
     DeviceModel,
     ModelError,
+    calibration_costs,
     fit_parameters,
     leave_one_out,
     load_model,
     model_path,
 )
-from lut.devices import get_device, loadavg  # noqa: E402
+from lut.devices import loadavg  # noqa: E402
+from lut.registry import get_device  # noqa: E402
 from lut.validate import fidelity_metrics  # noqa: E402
-from search_spaces import Architecture, count_macs, count_params, get_space  # noqa: E402
+from search_spaces import count_macs, count_params, trace_costs  # noqa: E402
+from search_spaces.counting import cost as network_cost  # noqa: E402
+from search_spaces.tracing import LayerCost  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
 # How the priced classes of `DeviceModel.layer_breakdown` are grouped in the breakdown, in stack order.
@@ -62,11 +69,28 @@ BREAKDOWN_GROUPS: dict[str, tuple[str, ...]] = {
     "depthwise conv": ("dwconv",),
     "attention matmul": ("matmul",),
     "LayerNorm": ("layernorm",),
-    "reshape / layout": ("reshape",),
+    "channels-last work (token layout)": ("channels_last",),
+    "layout changes": ("layout",),
     "element-wise + activation": ("elementwise", "activation", "batchnorm"),
     "op calls": ("calls",),
-    "fixed (layer + network)": ("layer_fixed", "network_fixed"),
+    "network fixed": ("network_fixed",),
 }
+
+
+def outside_costs() -> dict[str, LayerCost]:
+    """The traced op counts of the networks outside the spaces (`networks.py`, 224 px, batch 1)."""
+    import torch
+
+    with torch.device("meta"):
+        modules = {name: build() for name, (build, *_rest) in NETWORKS.items()}
+    return {name: trace_costs(module, (1, 3, 224, 224)) for name, module in modules.items()}
+
+
+def layernorm_share(model: DeviceModel, cost: LayerCost) -> float:
+    """LayerNorm's part of a network's modelled latency: its class, plus its part of the channels-last work."""
+    parts = model.breakdown(cost)
+    channels_last = parts["channels_last"] * cost.op("layernorm").elements / cost.token_elements if cost.token_elements else 0.0
+    return (parts.get("layernorm", 0.0) + channels_last) / model.module_ms(cost)
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -80,12 +104,9 @@ def machine_state() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
-def breakdown_ms(model: DeviceModel, arch: Architecture) -> dict[str, float]:
-    """Modelled milliseconds of `arch` per breakdown group (they sum to `model.network_ms(arch)`)."""
-    parts: dict[str, float] = {"network_fixed": model.value("network_fixed")}
-    for spec in get_space(arch.space).layer_specs(arch):
-        for part, ms in model.layer_breakdown(spec).items():
-            parts[part] = parts.get(part, 0.0) + ms
+def breakdown_ms(model: DeviceModel, cost: LayerCost) -> dict[str, float]:
+    """Modelled milliseconds of a network per breakdown group (they sum to `model.module_ms(cost)`)."""
+    parts = {**model.breakdown(cost), "network_fixed": model.value("network_fixed")}
     grouped = {group: sum(parts.get(part, 0.0) for part in members) for group, members in BREAKDOWN_GROUPS.items()}
     unknown = set(parts) - {part for members in BREAKDOWN_GROUPS.values() for part in members}
     if unknown:
@@ -111,7 +132,8 @@ def metrics_dict(predicted: Sequence[float], published: Sequence[float], band_pe
     }
 
 
-def prior_sensitivity(model: DeviceModel, parameters: Sequence[str], factors: Sequence[float], band: float) -> list[dict[str, Any]]:
+def prior_sensitivity(model: DeviceModel, costs: Sequence[LayerCost], parameters: Sequence[str], factors: Sequence[float],
+                      band: float) -> list[dict[str, Any]]:
     """Refit and leave-one-out with one fixed prior scaled at a time."""
     rows = []
     for name in parameters:
@@ -122,8 +144,8 @@ def prior_sensitivity(model: DeviceModel, parameters: Sequence[str], factors: Se
             row: dict[str, Any] = {"parameter": name, "factor": factor, "value": value, "unit": model.parameters[name].unit}
             scaled = model.with_values({name: value})
             try:
-                fit = fit_parameters(scaled)
-                loo = leave_one_out(scaled)
+                fit = fit_parameters(scaled, costs)
+                loo = leave_one_out(scaled, costs)
             except ModelError as error:  # a free term driven to its bound: the scaled prior leaves it unused
                 row["error"] = str(error)
             else:
@@ -143,7 +165,7 @@ def plot_bars(names: Sequence[str], published: Sequence[float], fitted: Sequence
     figure, axes = plt.subplots(figsize=(10.0, 4.8), dpi=110)
     series = (
         ("published (iPhone 12, Core ML, iOS 16)", published, "0.35"),
-        ("model fitted on all 10", fitted, "tab:blue"),
+        (f"model fitted on all {len(names)}", fitted, "tab:blue"),
         ("leave-one-out prediction", loo, "tab:orange"),
     )
     for offset, (label, values, colour) in zip((-width, 0.0, width), series):
@@ -175,7 +197,7 @@ def plot_scatter(
     fit_metrics = metrics_dict(fitted, published, band)
     loo_metrics = metrics_dict(loo, published, band)
     axes.scatter(published, fitted, marker="o", s=30, color="tab:blue",
-                 label=f"fitted on all 10: MAPE {fit_metrics['mape_percent']:.1f}%")
+                 label=f"fitted on all {len(names)}: MAPE {fit_metrics['mape_percent']:.1f}%")
     axes.scatter(published, loo, marker="^", s=36, color="tab:orange",
                  label=f"leave-one-out: MAPE {loo_metrics['mape_percent']:.1f}%, Spearman {loo_metrics['spearman']:.3f}")
     for name, x_value, y_value in zip(names, published, loo):
@@ -235,8 +257,10 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
     variants = variants_of(config["families"])
     log(f"model {shipped_path.relative_to(ROOT)}: free {list(model.fitted_names)}, {len(model.calibration_data)} published networks")
 
-    fit = fit_parameters(model)
-    loo = leave_one_out(model)
+    outside = outside_costs()
+    costs = calibration_costs(model, outside)
+    fit = fit_parameters(model, costs)
+    loo = leave_one_out(model, costs)
     refit = fit.model
     drift = {
         name: abs(refit.value(name) - model.value(name)) / model.value(name) if model.value(name) else abs(refit.value(name))
@@ -245,12 +269,14 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
     log(f"refit: fit MAPE {fit.mape_percent:.2f}%  LOO MAPE {loo.mape_percent:.2f}%  LOO Spearman {loo.spearman:.3f}")
     log(f"refit vs shipped parameters: max relative difference {max(drift.values()):.2e}")
 
-    calibration = {(p.space, p.reference): (index, p) for index, p in enumerate(model.calibration_data)}
+    calibration = {(p.space, p.reference) if p.network is None else p.network: (index, p)
+                   for index, p in enumerate(model.calibration_data)}
     networks = [
         {
             "name": point.name,
             "space": point.space,
             "reference": point.reference,
+            "network": point.network,
             "published_ms": point.published_ms,
             "fitted_ms": round(fit.predicted_ms[index], 4),
             "fit_error_percent": round((fit.predicted_ms[index] - point.published_ms) / point.published_ms * 100, 2),
@@ -262,7 +288,7 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
 
     settings = config["prior_sensitivity"]
     log(f"prior sensitivity: {len(settings['parameters'])} priors x {len(settings['factors'])} factors")
-    sensitivity = prior_sensitivity(model, settings["parameters"], settings["factors"], band)
+    sensitivity = prior_sensitivity(model, costs, settings["parameters"], settings["factors"], band)
 
     references = []
     tables = {}
@@ -272,7 +298,7 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
             tables[variant.space] = device.default_table(variant.space)
         table = tables[variant.space]
         model_ms = refit.network_ms(arch)
-        groups = breakdown_ms(refit, arch)
+        groups = breakdown_ms(refit, network_cost(arch))
         known = calibration.get((variant.space, variant.reference))
         published = known[1].published_ms if known else None
         loo_ms = loo.predicted_ms[known[0]] if known else None
@@ -293,9 +319,26 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
                 "loo_error_percent": round((loo_ms - published) / published * 100, 2) if published else None,
                 "breakdown_ms": {group: round(ms, 4) for group, ms in groups.items()},
                 "breakdown_percent": {group: round(ms / model_ms * 100, 1) for group, ms in groups.items()},
+                "layernorm_share_percent": round(100 * layernorm_share(refit, network_cost(arch)), 1),
             }
         )
-    table_gap = max(abs(row["model_ms"] - row["shipped_table_ms"]) for row in references)
+    for name, (_, published_ms, params_m, gmacs) in NETWORKS.items():  # the outside networks, for the breakdown
+        traced = outside[name]
+        model_ms = refit.module_ms(traced)
+        groups = breakdown_ms(refit, traced)
+        index = calibration[name][0]
+        references.append({
+            "name": name, "family": "outside the spaces", "space": None, "reference": None, "resolution": 224,
+            "params_m": round(traced.params / 1e6, 3), "gmacs": round(traced.macs / 1e9, 3),
+            "reference_params_m": params_m, "reference_gmacs": gmacs, "model_ms": round(model_ms, 4),
+            "shipped_table_ms": None, "published_ms": published_ms,
+            "model_error_percent": round((model_ms - published_ms) / published_ms * 100, 2),
+            "loo_ms": round(loo.predicted_ms[index], 4), "loo_error_percent": round(loo.errors_percent[index], 2),
+            "breakdown_ms": {group: round(ms, 4) for group, ms in groups.items()},
+            "breakdown_percent": {group: round(ms / model_ms * 100, 1) for group, ms in groups.items()},
+            "layernorm_share_percent": round(100 * layernorm_share(refit, traced), 1),
+        })
+    table_gap = max(abs(row["model_ms"] - row["shipped_table_ms"]) for row in references if row["shipped_table_ms"] is not None)
     log(f"refitted model vs shipped tables: max |difference| {table_gap:.4f} ms over {len(references)} variants")
 
     names = [row["name"] for row in networks]
@@ -304,7 +347,7 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
     write_bytes_atomic(
         outputs["bars_png"],
         plot_bars(names, published, list(fit.predicted_ms), list(loo.predicted_ms),
-                  "iPhone 12 analytic model vs the 10 published latencies (Core ML, iOS 16)"),
+                  f"iPhone 12 analytic model vs the {len(names)} published latencies (Core ML, iOS 16)"),
     )
     write_bytes_atomic(
         outputs["scatter_png"],
@@ -313,7 +356,7 @@ def run(config: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
     )
     write_bytes_atomic(
         outputs["breakdown_png"],
-        plot_breakdown(references, "Where the model puts the time: every reference variant, modelled iPhone 12 latency"),
+        plot_breakdown(references, "Where the model puts the time: every reference variant and the outside networks"),
     )
 
     columns = ["name", "space", "reference", "resolution", "params_m", "gmacs", "model_ms", "shipped_table_ms",

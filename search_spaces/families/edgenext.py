@@ -16,16 +16,27 @@ head: global average pool -> LayerNorm -> linear. Default input 256x256, as the 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.architecture import Architecture
-from search_spaces.layers import LayerCost, LayerKind, LayerSpec, OpTally, register_layer_kind
+from search_spaces.architecture import Block
+from search_spaces.layers import (
+    LayerKind,
+    LayerSpec,
+    register_layer_kind,
+)
 from search_spaces.ops import Ops
 from search_spaces.registry import register_block_type, register_space
-from search_spaces.space import BlockType, SearchSpace, StageChoices, width_range
+from search_spaces.space import (
+    BlockType,
+    LayerWalk,
+    SearchSpace,
+    StageChoices,
+    width_range,
+)
 
 SPACE_NAME = "edgenext"
 CONV_ENCODER = "conv_encoder"
@@ -248,45 +259,9 @@ class ClassifierHead(nn.Module):
         return self.classifier(self.norm(x.mean((-2, -1))))
 
 
-# -- layer kinds: builders and analytic costs ---------------------------------------------------
-def _tally_channels_last_mlp(tally: OpTally, channels: int, tokens: int, expansion: int) -> None:
-    """LN -> linear -> GELU -> linear -> layer scale, on `tokens` channels-last positions."""
-    hidden = expansion * channels
-    tally.add("norm", elements=channels * tokens, params=2 * channels)
-    tally.add("linear", macs=tokens * channels * hidden, elements=tokens * hidden, params=channels * hidden + hidden)
-    tally.add("activation", elements=tokens * hidden)
-    tally.add(
-        "linear", macs=tokens * hidden * channels, elements=tokens * channels, params=hidden * channels + channels
-    )
-    tally.add("elementwise", elements=tokens * channels, params=channels)
-
-
-def _tally_channel_layer_norm(tally: OpTally, channels: int, positions: int) -> None:
-    """`ChannelLayerNorm`: permute to channels-last, LayerNorm, permute back."""
-    tally.add("reshape", elements=2 * channels * positions, calls=2)
-    tally.add("norm", elements=channels * positions, params=2 * channels)
-
-
+# -- layer kinds: builders (costs come from a trace of the module, search_spaces.tracing) ---------------------------------------------------
 def _build_conv_encoder(spec: LayerSpec, ops: Ops) -> nn.Module:
     return ConvEncoder(ops, spec.in_channels, spec.expansion, int(spec.option("kernel")))
-
-
-def _conv_encoder_cost(spec: LayerSpec) -> LayerCost:
-    channels, kernel = spec.in_channels, int(spec.option("kernel"))
-    tokens = spec.input_size[0] * spec.input_size[1]
-    elements = channels * tokens
-    tally = OpTally()
-    tally.add(
-        "dwconv", macs=elements * kernel * kernel, elements=elements, params=channels * kernel * kernel + channels
-    )
-    _tally_channel_layer_norm(tally, channels, tokens)
-    hidden = spec.expansion * channels
-    tally.add("conv", macs=tokens * channels * hidden, elements=tokens * hidden, params=channels * hidden + hidden)
-    tally.add("activation", elements=tokens * hidden)
-    tally.add("conv", macs=tokens * hidden * channels, elements=elements, params=hidden * channels + channels)
-    tally.add("elementwise", elements=elements, params=channels)  # layer scale
-    tally.add("elementwise", elements=elements)  # residual
-    return tally.cost()
 
 
 def _build_sdta(spec: LayerSpec, ops: Ops) -> nn.Module:
@@ -300,101 +275,16 @@ def _build_sdta(spec: LayerSpec, ops: Ops) -> nn.Module:
     )
 
 
-def _sdta_cost(spec: LayerSpec) -> LayerCost:
-    channels, heads = spec.in_channels, spec.heads
-    scales = int(spec.option("scales"))
-    height, width = spec.input_size
-    tokens = height * width
-    elements = channels * tokens
-    tally = OpTally()
-    # 1. hierarchical split: depthwise 3x3 per group but the last, an add per carried group, one concat
-    group = split_width(channels, scales)
-    convs = split_conv_count(scales)
-    kernel_area = SPLIT_KERNEL_SIZE * SPLIT_KERNEL_SIZE
-    tally.add(
-        "dwconv",
-        macs=convs * group * tokens * kernel_area,
-        elements=convs * group * tokens,
-        calls=convs,
-        params=convs * (group * kernel_area + group),
-    )
-    if convs > 1:
-        tally.add("elementwise", elements=(convs - 1) * group * tokens, calls=convs - 1)
-    tally.add("reshape", elements=elements)  # concat of the groups
-    # 2. positional encoding: sin/cos features, 1x1 projection, add
-    if spec.option("pos_encoding"):
-        features = 2 * FOURIER_FEATURES_PER_AXIS
-        tally.add("elementwise", elements=features * tokens)
-        tally.add("conv", macs=features * elements, elements=elements, params=features * channels + channels)
-        tally.add("elementwise", elements=elements)
-    tally.add("reshape", elements=elements)  # NCHW -> tokens
-    # XCA: LN, qkv, head split, L2 norms of q and k, two (C/h)^2 x N products, softmax, proj
-    head_dim = channels // heads
-    attention_elements = heads * head_dim * head_dim
-    tally.add("norm", elements=elements, params=2 * channels)
-    tally.add(
-        "linear",
-        macs=tokens * channels * 3 * channels,
-        elements=3 * elements,
-        params=3 * channels * channels + 3 * channels,
-    )
-    tally.add("reshape", elements=3 * elements)  # (B, N, 3, h, d) -> (3, B, h, d, N)
-    tally.add("norm", elements=2 * elements, calls=2)  # L2-normalised queries and keys
-    tally.add("matmul", macs=attention_elements * tokens, elements=attention_elements)  # q k^T
-    tally.add("elementwise", elements=attention_elements, params=heads)  # temperature
-    tally.add("activation", elements=attention_elements)  # softmax
-    tally.add("matmul", macs=attention_elements * tokens, elements=elements)  # attn v
-    tally.add("reshape", elements=elements)  # heads back to tokens
-    tally.add("linear", macs=tokens * channels * channels, elements=elements, params=channels * channels + channels)
-    tally.add("elementwise", elements=2 * elements, calls=2, params=channels)  # layer scale, residual
-    # 3. channels-last MLP (the token tensor is already channels-last: a free view), residual to the input
-    _tally_channels_last_mlp(tally, channels, tokens, spec.expansion)
-    tally.add("reshape", elements=elements)  # NHWC -> NCHW
-    tally.add("elementwise", elements=elements)  # residual
-    return tally.cost()
-
-
 def _build_stem(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Stem(ops, spec.in_channels, spec.out_channels)
-
-
-def _stem_cost(spec: LayerSpec) -> LayerCost:
-    height, width = spec.output_size
-    outputs = spec.out_channels * height * width
-    patch = spec.in_channels * STEM_STRIDE * STEM_STRIDE
-    tally = OpTally()
-    tally.add("conv", macs=outputs * patch, elements=outputs, params=patch * spec.out_channels + spec.out_channels)
-    _tally_channel_layer_norm(tally, spec.out_channels, height * width)
-    return tally.cost()
 
 
 def _build_downsample(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Downsample(ops, spec.in_channels, spec.out_channels)
 
 
-def _downsample_cost(spec: LayerSpec) -> LayerCost:
-    height, width = spec.input_size
-    out_height, out_width = spec.output_size
-    outputs = spec.out_channels * out_height * out_width
-    patch = spec.in_channels * DOWNSAMPLE_STRIDE * DOWNSAMPLE_STRIDE
-    tally = OpTally()
-    _tally_channel_layer_norm(tally, spec.in_channels, height * width)
-    tally.add("conv", macs=outputs * patch, elements=outputs, params=patch * spec.out_channels + spec.out_channels)
-    return tally.cost()
-
-
 def _build_head(spec: LayerSpec, ops: Ops) -> nn.Module:
     return ClassifierHead(ops, spec.in_channels, spec.out_channels)
-
-
-def _head_cost(spec: LayerSpec) -> LayerCost:
-    channels, classes = spec.in_channels, spec.out_channels
-    height, width = spec.input_size
-    tally = OpTally()
-    tally.add("elementwise", elements=channels * height * width)  # global average pool (elements read)
-    tally.add("norm", elements=channels, params=2 * channels)
-    tally.add("linear", macs=channels * classes, elements=classes, params=channels * classes + classes)
-    return tally.cost()
 
 
 # -- the space -----------------------------------------------------------------------------------
@@ -440,62 +330,18 @@ class EdgeNeXtSpace(SearchSpace):
             return (CONV_ENCODER,) * stage.max_depth
         return (CONV_ENCODER,) * (stage.max_depth - 1) + (SDTA,)
 
-    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
-        height = width = arch.resolution // STEM_STRIDE
-        specs = [
-            LayerSpec(
-                f"{SPACE_NAME}.stem",
-                3,
-                arch.stages[0].width,
-                (arch.resolution, arch.resolution),
-                stride=STEM_STRIDE,
-                where="stem",
-            )
-        ]
-        previous_width = arch.stages[0].width
-        for index, stage in enumerate(arch.stages):
-            if index > 0:
-                specs.append(
-                    LayerSpec(
-                        f"{SPACE_NAME}.downsample",
-                        previous_width,
-                        stage.width,
-                        (height, width),
-                        stride=DOWNSAMPLE_STRIDE,
-                        where=f"stages.{index}.downsample",
-                    )
-                )
-                height, width = height // DOWNSAMPLE_STRIDE, width // DOWNSAMPLE_STRIDE
-            for slot, block in enumerate(stage.blocks):
-                if block.is_identity:
-                    continue
-                if block.type == CONV_ENCODER:
-                    options = (("kernel", CONV_KERNEL_SIZES[index]),)
-                else:
-                    options = (("scales", SDTA_SCALES[index]), ("pos_encoding", index == POSITIONAL_ENCODING_STAGE))
-                specs.append(
-                    LayerSpec(
-                        block.type,
-                        stage.width,
-                        stage.width,
-                        (height, width),
-                        expansion=block.expansion,
-                        heads=block.heads,
-                        options=options,
-                        where=f"stages.{index}.blocks.{slot}",
-                    )
-                )
-            previous_width = stage.width
-        specs.append(LayerSpec(f"{SPACE_NAME}.head", previous_width, arch.num_classes, (height, width), where="head"))
-        return specs
+    def block_options(self, stage_index: int, block: Block, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        if block.type == CONV_ENCODER:
+            return (("kernel", CONV_KERNEL_SIZES[stage_index]),)
+        return (("scales", SDTA_SCALES[stage_index]), ("pos_encoding", stage_index == POSITIONAL_ENCODING_STAGE))
 
 
 # -- registration ----------------------------------------------------------------------------------
 for _block_type in EdgeNeXtSpace.block_types.values():
     register_block_type(_block_type)
-register_layer_kind(LayerKind(CONV_ENCODER, _build_conv_encoder, _conv_encoder_cost))
-register_layer_kind(LayerKind(SDTA, _build_sdta, _sdta_cost))
-register_layer_kind(LayerKind(f"{SPACE_NAME}.stem", _build_stem, _stem_cost))
-register_layer_kind(LayerKind(f"{SPACE_NAME}.downsample", _build_downsample, _downsample_cost))
-register_layer_kind(LayerKind(f"{SPACE_NAME}.head", _build_head, _head_cost))
+register_layer_kind(LayerKind(CONV_ENCODER, _build_conv_encoder))
+register_layer_kind(LayerKind(SDTA, _build_sdta))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.stem", _build_stem))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.downsample", _build_downsample))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.head", _build_head))
 register_space(EdgeNeXtSpace())

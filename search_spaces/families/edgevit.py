@@ -16,14 +16,26 @@ conv 2x2 s2 + LN (the official PatchEmbed); head: BN -> global mean -> linear.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from search_spaces.architecture import Architecture
-from search_spaces.layers import LayerCost, LayerKind, LayerSpec, OpTally, register_layer_kind
+from search_spaces.architecture import Block
+from search_spaces.layers import (
+    LayerKind,
+    LayerSpec,
+    register_layer_kind,
+)
 from search_spaces.ops import Ops
 from search_spaces.registry import register_block_type, register_space
-from search_spaces.space import BlockType, SearchSpace, StageChoices, width_range
+from search_spaces.space import (
+    BlockType,
+    LayerWalk,
+    SearchSpace,
+    StageChoices,
+    width_range,
+)
 
 SPACE_NAME = "edgevit"
 LGL = "lgl"
@@ -205,7 +217,7 @@ class ClassifierHead(nn.Module):
         return self.fc(self.norm(x).flatten(2).mean(-1))
 
 
-# -- layer kinds: builders and analytic costs -----------------------------------------------------
+# -- layer kinds: builders (costs come from a trace of the module, search_spaces.tracing) -----------------------------------------------------
 def _sample_ratio(spec: LayerSpec) -> int:
     ratio = spec.option("sr")
     if not isinstance(ratio, int) or ratio < 1:
@@ -217,134 +229,12 @@ def build_lgl(spec: LayerSpec, ops: Ops) -> nn.Module:
     return LGLBlock(ops, spec.in_channels, spec.heads, spec.expansion, _sample_ratio(spec))
 
 
-def _add_projection(tally: OpTally, op: str, in_channels: int, out_channels: int, positions: int) -> None:
-    """A 1x1 conv ("conv") or a token linear ("linear") with bias, applied at `positions` places."""
-    tally.add(
-        op,
-        macs=in_channels * out_channels * positions,
-        elements=out_channels * positions,
-        params=in_channels * out_channels + out_channels,
-    )
-
-
-def _add_depthwise(tally: OpTally, kernel: int, channels: int, positions: int) -> None:
-    """A depthwise kernel x kernel conv with bias, stride 1, over `positions` output places."""
-    tally.add(
-        "dwconv",
-        macs=kernel * kernel * channels * positions,
-        elements=channels * positions,
-        params=(kernel * kernel + 1) * channels,
-    )
-
-
-def _local_aggregation_cost(tally: OpTally, channels: int, positions: int, hidden: int) -> None:
-    """LocalAggregation on a (channels, positions) map; MLP hidden width `hidden`."""
-    elements = channels * positions
-    _add_depthwise(tally, POSITION_KERNEL, channels, positions)
-    tally.add("elementwise", elements=elements)  # positional residual
-    tally.add("norm", elements=elements, params=2 * channels)  # BN1
-    _add_projection(tally, "conv", channels, channels, positions)
-    _add_depthwise(tally, AGGREGATION_KERNEL, channels, positions)
-    _add_projection(tally, "conv", channels, channels, positions)
-    tally.add("elementwise", elements=elements)  # aggregation residual
-    tally.add("norm", elements=elements, params=2 * channels)  # BN2
-    _add_projection(tally, "conv", channels, hidden, positions)
-    tally.add("activation", elements=hidden * positions)  # GELU
-    _add_projection(tally, "conv", hidden, channels, positions)
-    tally.add("elementwise", elements=elements)  # MLP residual
-
-
-def _global_attention_cost(
-    tally: OpTally, channels: int, positions: int, hidden: int, heads: int, sampled: int, ratio: int
-) -> None:
-    """GlobalAttentionBlock on a (channels, positions) map attending over `sampled` tokens."""
-    elements = channels * positions
-    sampled_elements = channels * sampled
-    _add_depthwise(tally, POSITION_KERNEL, channels, positions)
-    tally.add("elementwise", elements=elements)  # positional residual
-    tally.add("reshape", elements=elements)  # NCHW -> tokens
-    tally.add("norm", elements=elements, params=2 * channels)  # LN1
-    if ratio > 1:
-        tally.add("reshape", elements=elements)  # tokens -> NCHW for the sampler
-        tally.add("elementwise", elements=sampled_elements)  # AvgPool2d(1, r): strided pick
-        tally.add("reshape", elements=sampled_elements)  # back to tokens
-    _add_projection(tally, "linear", channels, 3 * channels, sampled)  # qkv
-    tally.add("reshape", elements=3 * sampled_elements)  # split q, k, v per head
-    scores = heads * sampled * sampled
-    tally.add("matmul", macs=sampled * sampled_elements, elements=scores)  # q @ k^T
-    tally.add("elementwise", elements=scores)  # scale
-    tally.add("activation", elements=scores)  # softmax
-    tally.add("matmul", macs=sampled * sampled_elements, elements=sampled_elements)  # attention @ v
-    tally.add("reshape", elements=sampled_elements)  # merge heads
-    if ratio > 1:
-        tally.add("reshape", elements=sampled_elements)  # tokens -> NCHW for the propagation
-        # Each sampled element spreads over an r x r window: one MAC per output element.
-        tally.add("dwconv", macs=elements, elements=elements, params=(ratio * ratio + 1) * channels)
-        tally.add("reshape", elements=elements)  # back to tokens
-        tally.add("norm", elements=elements, params=2 * channels)  # LN after propagation
-    _add_projection(tally, "linear", channels, channels, positions)  # proj
-    tally.add("elementwise", elements=elements)  # attention residual
-    tally.add("norm", elements=elements, params=2 * channels)  # LN2
-    _add_projection(tally, "linear", channels, hidden, positions)
-    tally.add("activation", elements=hidden * positions)  # GELU
-    _add_projection(tally, "linear", hidden, channels, positions)
-    tally.add("elementwise", elements=elements)  # MLP residual
-    tally.add("reshape", elements=elements)  # tokens -> NCHW
-
-
-def lgl_cost(spec: LayerSpec) -> LayerCost:
-    ratio = _sample_ratio(spec)
-    channels = spec.in_channels
-    height, width = spec.input_size
-    positions = height * width
-    sampled = (height // ratio) * (width // ratio)
-    hidden = channels * spec.expansion
-    tally = OpTally()
-    if ratio > 1:
-        _local_aggregation_cost(tally, channels, positions, hidden)
-    _global_attention_cost(tally, channels, positions, hidden, spec.heads, sampled, ratio)
-    return tally.cost()
-
-
 def build_patch_embedding(spec: LayerSpec, ops: Ops) -> nn.Module:
     return PatchEmbedding(ops, spec.in_channels, spec.out_channels, spec.stride)
 
 
-def patch_embedding_cost(spec: LayerSpec) -> LayerCost:
-    """Conv (kernel = stride) + LN on tokens, with the layout changes around the LN."""
-    patch = spec.stride
-    out_height, out_width = spec.output_size
-    out_elements = spec.out_channels * out_height * out_width
-    tally = OpTally()
-    tally.add(
-        "conv",
-        macs=out_elements * spec.in_channels * patch * patch,
-        elements=out_elements,
-        params=spec.in_channels * spec.out_channels * patch * patch + spec.out_channels,
-    )
-    tally.add("reshape", elements=out_elements)  # NCHW -> tokens
-    tally.add("norm", elements=out_elements, params=2 * spec.out_channels)
-    tally.add("reshape", elements=out_elements)  # tokens -> NCHW (permute + contiguous)
-    return tally.cost()
-
-
 def build_head(spec: LayerSpec, ops: Ops) -> nn.Module:
     return ClassifierHead(ops, spec.in_channels, spec.out_channels)
-
-
-def head_cost(spec: LayerSpec) -> LayerCost:
-    height, width = spec.input_size
-    elements = spec.in_channels * height * width
-    tally = OpTally()
-    tally.add("norm", elements=elements, params=2 * spec.in_channels)
-    tally.add("elementwise", elements=elements)  # global mean: reads every element once
-    tally.add(
-        "linear",
-        macs=spec.in_channels * spec.out_channels,
-        elements=spec.out_channels,
-        params=spec.in_channels * spec.out_channels + spec.out_channels,
-    )
-    return tally.cost()
 
 
 # -- the search space ----------------------------------------------------------------------------
@@ -381,49 +271,15 @@ class EdgeViTSpace(SearchSpace):
     resolution_multiple = 32
     summary = "EdgeViT (Pan et al., ECCV 2022; saic-fi/edgevit): LGL blocks, references xxs xs s"
 
-    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
-        size = arch.resolution // STEM_PATCH
-        image_size = (arch.resolution, arch.resolution)
-        specs = [LayerSpec(f"{SPACE_NAME}.stem", 3, arch.stages[0].width, image_size, STEM_PATCH, where="stem")]
-        in_channels = arch.stages[0].width
-        for index, stage in enumerate(arch.stages):
-            if index > 0:
-                specs.append(
-                    LayerSpec(
-                        f"{SPACE_NAME}.downsample",
-                        in_channels,
-                        stage.width,
-                        (size, size),
-                        DOWNSAMPLE_PATCH,
-                        where=f"stages.{index}.downsample",
-                    )
-                )
-                size //= DOWNSAMPLE_PATCH
-            for slot, block in enumerate(stage.blocks):
-                if block.is_identity:
-                    continue
-                specs.append(
-                    LayerSpec(
-                        LGL,
-                        stage.width,
-                        stage.width,
-                        (size, size),
-                        expansion=block.expansion,
-                        heads=block.heads,
-                        options=(("sr", SAMPLE_RATIOS[index]),),
-                        where=f"stages.{index}.blocks.{slot}",
-                    )
-                )
-            in_channels = stage.width
-        specs.append(LayerSpec(f"{SPACE_NAME}.head", in_channels, arch.num_classes, (size, size), where="head"))
-        return specs
+    def block_options(self, stage_index: int, block: Block, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        return (("sr", SAMPLE_RATIOS[stage_index]),)
 
 
 # -- registration ---------------------------------------------------------------------------------
 for _block_type in EdgeViTSpace.block_types.values():
     register_block_type(_block_type)
-register_layer_kind(LayerKind(LGL, build_lgl, lgl_cost))
-register_layer_kind(LayerKind(f"{SPACE_NAME}.stem", build_patch_embedding, patch_embedding_cost))
-register_layer_kind(LayerKind(f"{SPACE_NAME}.downsample", build_patch_embedding, patch_embedding_cost))
-register_layer_kind(LayerKind(f"{SPACE_NAME}.head", build_head, head_cost))
+register_layer_kind(LayerKind(LGL, build_lgl))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.stem", build_patch_embedding))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.downsample", build_patch_embedding))
+register_layer_kind(LayerKind(f"{SPACE_NAME}.head", build_head))
 register_space(EdgeViTSpace())

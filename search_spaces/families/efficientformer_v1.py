@@ -15,16 +15,27 @@ when the network has no `meta3d` (`from_tokens` false).
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from search_spaces.architecture import Architecture, ArchitectureError, Block, Stage
-from search_spaces.layers import LayerCost, LayerKind, LayerSpec, OpTally, register_layer_kind
+from search_spaces.layers import (
+    LayerKind,
+    LayerSpec,
+    register_layer_kind,
+)
 from search_spaces.ops import Ops
 from search_spaces.registry import register_block_type, register_space
-from search_spaces.space import BlockType, SearchSpace, StageChoices, width_range
+from search_spaces.space import (
+    BlockType,
+    LayerWalk,
+    SearchSpace,
+    StageChoices,
+    width_range,
+)
 
 SPACE_NAME = "efficientformer_v1"
 META4D = "meta4d"
@@ -251,157 +262,38 @@ class ClassifierHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Layer kinds: builders and shape-only costs
+# Layer kinds: builders (their costs come from a trace of the module, search_spaces.tracing)
 # ---------------------------------------------------------------------------------------------
 def _flag(spec: LayerSpec, name: str) -> bool:
     return bool(spec.option(name, False))
-
-
-def _tokens(spec: LayerSpec) -> int:
-    height, width = spec.input_size
-    return height * width
-
-
-def _conv_output_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
-    """Output H, W of a conv with kernel 3, padding 1 and `stride` (ceil division)."""
-    return (-(-size[0] // stride), -(-size[1] // stride))
-
-
-def _tally_conv_bn(
-    tally: OpTally, in_channels: int, out_channels: int, kernel: int, output_size: tuple[int, int]
-) -> None:
-    """A dense conv with bias followed by BatchNorm2d."""
-    elements = out_channels * output_size[0] * output_size[1]
-    tally.add(
-        "conv",
-        macs=elements * in_channels * kernel * kernel,
-        elements=elements,
-        params=out_channels * in_channels * kernel * kernel + out_channels,
-    )
-    tally.add("norm", elements=elements, params=2 * out_channels)
-
-
-def _tally_residual(tally: OpTally, elements: int, channels: int) -> None:
-    """A layer-scaled residual branch: γ·branch (γ has `channels` params), then x + that."""
-    tally.add("elementwise", elements=elements, params=channels)
-    tally.add("elementwise", elements=elements)
-
-
-def _tally_linear(tally: OpTally, tokens: int, in_features: int, out_features: int) -> None:
-    tally.add(
-        "linear",
-        macs=tokens * in_features * out_features,
-        elements=tokens * out_features,
-        params=in_features * out_features + out_features,
-    )
 
 
 def build_meta4d(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Meta4DBlock(ops, spec.in_channels, spec.expansion)
 
 
-def cost_meta4d(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    channels, hidden = spec.in_channels, spec.expansion * spec.in_channels
-    elements = channels * _tokens(spec)
-    tally.add("elementwise", elements=elements)  # average pool
-    tally.add("elementwise", elements=elements)  # pool(x) - x
-    _tally_residual(tally, elements, channels)
-    _tally_conv_bn(tally, channels, hidden, 1, spec.input_size)
-    tally.add("activation", elements=hidden * _tokens(spec))  # GELU
-    _tally_conv_bn(tally, hidden, channels, 1, spec.input_size)
-    _tally_residual(tally, elements, channels)
-    return tally.cost()
-
-
 def build_meta3d(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Meta3DBlock(ops, spec.in_channels, spec.expansion, spec.input_size, _flag(spec, "to_tokens"))
-
-
-def cost_meta3d(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    channels, hidden, tokens = spec.in_channels, spec.expansion * spec.in_channels, _tokens(spec)
-    elements = channels * tokens
-    if _flag(spec, "to_tokens"):
-        tally.add("reshape", elements=elements)  # NCHW -> (B, N, C)
-    # attention branch
-    tally.add("norm", elements=elements, params=2 * channels)
-    _tally_linear(tally, tokens, channels, ATTENTION_QKV_DIM)
-    tally.add("reshape", elements=tokens * ATTENTION_QKV_DIM)  # split heads: (B, heads, N, dims)
-    scores = ATTENTION_HEADS * tokens * tokens
-    tally.add("matmul", macs=scores * ATTENTION_KEY_DIM, elements=scores)  # q @ k^T
-    bias_table_size = tokens  # an H x W grid has H * W distinct (|dy|, |dx|) offsets
-    tally.add("reshape", elements=scores, params=ATTENTION_HEADS * bias_table_size)  # gather the bias table
-    tally.add("elementwise", elements=scores, calls=2)  # scale, + bias
-    tally.add("activation", elements=scores)  # softmax
-    values = ATTENTION_HEADS * ATTENTION_VALUE_DIM * tokens
-    tally.add("matmul", macs=scores * ATTENTION_VALUE_DIM, elements=values)  # attn @ v
-    tally.add("reshape", elements=values)  # merge heads: (B, N, heads * value_dim)
-    _tally_linear(tally, tokens, ATTENTION_HEADS * ATTENTION_VALUE_DIM, channels)
-    _tally_residual(tally, elements, channels)
-    # MLP branch
-    tally.add("norm", elements=elements, params=2 * channels)
-    _tally_linear(tally, tokens, channels, hidden)
-    tally.add("activation", elements=hidden * tokens)  # GELU
-    _tally_linear(tally, tokens, hidden, channels)
-    _tally_residual(tally, elements, channels)
-    return tally.cost()
 
 
 def build_stem(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Stem(ops, spec.in_channels, spec.out_channels)
 
 
-def cost_stem(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    hidden = spec.out_channels // 2
-    half = _conv_output_size(spec.input_size, 2)
-    quarter = _conv_output_size(half, 2)
-    _tally_conv_bn(tally, spec.in_channels, hidden, STEM_KERNEL, half)
-    tally.add("activation", elements=hidden * half[0] * half[1])  # ReLU
-    _tally_conv_bn(tally, hidden, spec.out_channels, STEM_KERNEL, quarter)
-    tally.add("activation", elements=spec.out_channels * quarter[0] * quarter[1])  # ReLU
-    return tally.cost()
-
-
 def build_downsample(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Downsample(ops, spec.in_channels, spec.out_channels, spec.input_size, _flag(spec, "from_tokens"))
-
-
-def cost_downsample(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    if _flag(spec, "from_tokens"):
-        tally.add("reshape", elements=spec.in_channels * _tokens(spec))  # (B, N, C) -> NCHW
-    _tally_conv_bn(
-        tally, spec.in_channels, spec.out_channels, DOWNSAMPLE_KERNEL, _conv_output_size(spec.input_size, spec.stride)
-    )
-    return tally.cost()
 
 
 def build_head(spec: LayerSpec, ops: Ops) -> nn.Module:
     return ClassifierHead(ops, spec.in_channels, spec.out_channels, _flag(spec, "from_tokens"))
 
 
-def cost_head(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    channels, classes = spec.in_channels, spec.out_channels
-    elements = channels * _tokens(spec)
-    if not _flag(spec, "from_tokens"):
-        tally.add("reshape", elements=elements)  # NCHW -> (B, N, C)
-    tally.add("norm", elements=elements, params=2 * channels)  # LayerNorm over channels
-    tally.add("elementwise", elements=elements)  # global mean
-    _tally_linear(tally, 1, channels, classes)  # classifier
-    _tally_linear(tally, 1, channels, classes)  # distillation head
-    tally.add("elementwise", elements=classes, calls=2)  # (a + b) / 2
-    return tally.cost()
-
-
 LAYER_KINDS = (
-    LayerKind(META4D, build_meta4d, cost_meta4d),
-    LayerKind(META3D, build_meta3d, cost_meta3d),
-    LayerKind(STEM_KIND, build_stem, cost_stem),
-    LayerKind(DOWNSAMPLE_KIND, build_downsample, cost_downsample),
-    LayerKind(HEAD_KIND, build_head, cost_head),
+    LayerKind(META4D, build_meta4d),
+    LayerKind(META3D, build_meta3d),
+    LayerKind(STEM_KIND, build_stem),
+    LayerKind(DOWNSAMPLE_KIND, build_downsample),
+    LayerKind(HEAD_KIND, build_head),
 )
 BLOCK_TYPES = {
     META4D: BlockType(META4D, has_expansion=True, summary="pool token mixer + conv1x1 MLP on 4D maps (EfficientFormer)"),
@@ -486,53 +378,20 @@ class EfficientFormerV1Space(SearchSpace):
             stages.append(Stage(stage.width, tuple(blocks)))
         return Architecture(arch.space, arch.resolution, arch.num_classes, tuple(stages), arch.meta)
 
-    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
-        size = (arch.resolution, arch.resolution)
-        first_width = arch.stages[0].width
-        specs = [LayerSpec(STEM_KIND, 3, first_width, size, stride=STEM_STRIDE, where="stem")]
-        size = _conv_output_size(_conv_output_size(size, 2), 2)
-        tokens = False  # layout of the tensor flowing between layers: NCHW until the first meta3d
-        channels = first_width
-        for stage_index, stage in enumerate(arch.stages):
-            if stage_index > 0:
-                specs.append(
-                    LayerSpec(
-                        DOWNSAMPLE_KIND,
-                        channels,
-                        stage.width,
-                        size,
-                        stride=2,
-                        options=(("from_tokens", tokens),),
-                        where=f"stages.{stage_index}.downsample",
-                    )
-                )
-                size = _conv_output_size(size, 2)
-                tokens = False  # the downsample always returns an NCHW map
-            channels = stage.width
-            for slot, block in enumerate(stage.blocks):
-                if block.is_identity:
-                    continue
-                options: tuple[tuple[str, bool], ...] = ()
-                if block.type == META3D:
-                    options = (("to_tokens", not tokens),)
-                    tokens = True
-                specs.append(
-                    LayerSpec(
-                        block.type,
-                        channels,
-                        channels,
-                        size,
-                        expansion=block.expansion,
-                        options=options,
-                        where=f"stages.{stage_index}.blocks.{slot}",
-                    )
-                )
-        specs.append(
-            LayerSpec(
-                HEAD_KIND, channels, arch.num_classes, size, options=(("from_tokens", tokens),), where="head"
-            )
-        )
-        return specs
+    # The tensor between layers is an NCHW map until the first meta3d turns it into tokens; the
+    # downsample always returns a map. Layers whose input layout varies say it in their options.
+    def downsample_options(self, stage_index: int, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        return (("from_tokens", walk.tokens),)
+
+    def block_options(self, stage_index: int, block: Block, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        if block.type != META3D:
+            return ()
+        options = (("to_tokens", not walk.tokens),)
+        walk.tokens = True
+        return options
+
+    def head_options(self, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        return (("from_tokens", walk.tokens),)
 
 
 for _kind in LAYER_KINDS:

@@ -15,16 +15,27 @@ Layer kinds registered here: `ffn`, `attn_ffn`, `efficientformer_v2.stem`,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.architecture import Architecture
-from search_spaces.layers import LayerCost, LayerKind, LayerSpec, OpTally, register_layer_kind
+from search_spaces.architecture import Block
+from search_spaces.layers import (
+    LayerKind,
+    LayerSpec,
+    register_layer_kind,
+)
 from search_spaces.ops import Ops
 from search_spaces.registry import register_block_type, register_space
-from search_spaces.space import BlockType, SearchSpace, StageChoices, width_range
+from search_spaces.space import (
+    BlockType,
+    LayerWalk,
+    SearchSpace,
+    StageChoices,
+    width_range,
+)
 
 SPACE_NAME = "efficientformer_v2"
 STEM_KIND = f"{SPACE_NAME}.stem"
@@ -346,126 +357,7 @@ class ClassifierHead(nn.Module):
         return (self.classifier(features) + self.distillation(features)) / 2
 
 
-# -- layer kinds: builders and analytic costs --------------------------------------------------
-def _area(size: tuple[int, int]) -> int:
-    return size[0] * size[1]
-
-
-def _tally_conv(tally: OpTally, in_channels: int, out_channels: int, kernel_size: int, output_size: tuple[int, int]) -> None:
-    """Dense conv with bias."""
-    outputs = out_channels * _area(output_size)
-    tally.add(
-        "conv",
-        macs=in_channels * kernel_size * kernel_size * outputs,
-        elements=outputs,
-        params=in_channels * out_channels * kernel_size * kernel_size + out_channels,
-    )
-
-
-def _tally_depthwise(tally: OpTally, channels: int, output_size: tuple[int, int]) -> None:
-    """Depthwise 3x3 conv with bias."""
-    outputs = channels * _area(output_size)
-    kernel_area = LOCAL_KERNEL * LOCAL_KERNEL
-    tally.add("dwconv", macs=kernel_area * outputs, elements=outputs, params=channels * kernel_area + channels)
-
-
-def _tally_batch_norm(tally: OpTally, channels: int, size: tuple[int, int]) -> None:
-    tally.add("norm", elements=channels * _area(size), params=2 * channels)
-
-
-def _tally_conv_norm(
-    tally: OpTally, in_channels: int, out_channels: int, kernel_size: int, output_size: tuple[int, int]
-) -> None:
-    _tally_conv(tally, in_channels, out_channels, kernel_size, output_size)
-    _tally_batch_norm(tally, out_channels, output_size)
-
-
-def _tally_local_ffn(tally: OpTally, width: int, hidden: int, size: tuple[int, int]) -> None:
-    _tally_conv_norm(tally, width, hidden, 1, size)
-    tally.add("activation", elements=hidden * _area(size))
-    _tally_depthwise(tally, hidden, size)
-    _tally_batch_norm(tally, hidden, size)
-    tally.add("activation", elements=hidden * _area(size))
-    _tally_conv_norm(tally, hidden, width, 1, size)
-
-
-def _tally_scaled_residual(tally: OpTally, width: int, size: tuple[int, int]) -> None:
-    """x + γ · branch: one multiply, one add."""
-    tally.add("elementwise", elements=2 * width * _area(size), calls=2, params=width)
-
-
-def _tally_attention_core(
-    tally: OpTally,
-    heads: int,
-    key_dim: int,
-    value_dim: int,
-    query_grid: tuple[int, int],
-    key_grid: tuple[int, int],
-    query_step: int,
-    talking_heads: bool,
-) -> None:
-    """Q/K/V layout changes, scores, biases, softmax, (talking heads), weighted sum, output layout."""
-    queries, keys = _area(query_grid), _area(key_grid)
-    scores = heads * queries * keys
-    tally.add("reshape", elements=heads * (key_dim * queries + key_dim * keys + value_dim * keys), calls=3)
-    tally.add("matmul", macs=scores * key_dim, elements=scores)
-    # scale multiply and bias add over the score matrix; the bias table is a parameter
-    tally.add(
-        "elementwise",
-        elements=2 * scores,
-        calls=2,
-        params=heads * _bias_table_size(query_grid, key_grid, query_step),
-    )
-    if talking_heads:
-        _tally_conv(tally, heads, heads, 1, (queries, keys))
-    tally.add("activation", elements=scores)  # softmax
-    if talking_heads:
-        _tally_conv(tally, heads, heads, 1, (queries, keys))
-    tally.add("matmul", macs=scores * value_dim, elements=heads * queries * value_dim)
-    tally.add("reshape", elements=heads * value_dim * queries)  # back to NCHW
-
-
-def _tally_attention4d(tally: OpTally, width: int, size: tuple[int, int], strided: bool) -> None:
-    heads, key_dim = ATTENTION_HEADS, ATTENTION_KEY_DIM
-    value_dim = key_dim * ATTENTION_RATIO
-    value_channels = heads * value_dim
-    grid = size
-    if strided:
-        grid = _strided_size(size, 2)
-        _tally_depthwise(tally, width, grid)
-        _tally_batch_norm(tally, width, grid)
-    _tally_conv_norm(tally, width, heads * key_dim, 1, grid)  # q
-    _tally_conv_norm(tally, width, heads * key_dim, 1, grid)  # k
-    _tally_conv_norm(tally, width, value_channels, 1, grid)  # v
-    _tally_depthwise(tally, value_channels, grid)  # local v
-    _tally_batch_norm(tally, value_channels, grid)
-    _tally_attention_core(tally, heads, key_dim, value_dim, grid, grid, 1, talking_heads=True)
-    tally.add("elementwise", elements=value_channels * _area(grid))  # + local v
-    if strided:
-        tally.add("reshape", elements=value_channels * _area(size))  # bilinear x2 upsample
-    tally.add("activation", elements=value_channels * _area(size))
-    _tally_conv_norm(tally, value_channels, width, 1, size)
-
-
-def _tally_attention_downsample(tally: OpTally, in_channels: int, out_channels: int, size: tuple[int, int]) -> None:
-    heads, key_dim = DOWNSAMPLE_ATTENTION_HEADS, DOWNSAMPLE_ATTENTION_KEY_DIM
-    value_dim = key_dim * DOWNSAMPLE_ATTENTION_RATIO
-    value_channels = heads * value_dim
-    query_grid = _strided_size(size, 2)
-    _tally_depthwise(tally, in_channels, query_grid)  # local query
-    tally.add("elementwise", elements=2 * in_channels * _area(query_grid), calls=2)  # subsample, sum
-    _tally_conv_norm(tally, in_channels, heads * key_dim, 1, query_grid)  # q projection
-    _tally_conv_norm(tally, in_channels, heads * key_dim, 1, size)  # k
-    _tally_conv_norm(tally, in_channels, value_channels, 1, size)  # v
-    _tally_depthwise(tally, value_channels, query_grid)  # local v, stride 2
-    _tally_batch_norm(tally, value_channels, query_grid)
-    query_step = math.ceil(size[0] / query_grid[0])
-    _tally_attention_core(tally, heads, key_dim, value_dim, query_grid, size, query_step, talking_heads=False)
-    tally.add("elementwise", elements=value_channels * _area(query_grid))  # + local v
-    tally.add("activation", elements=value_channels * _area(query_grid))
-    _tally_conv_norm(tally, value_channels, out_channels, 1, query_grid)
-
-
+# -- layer kinds: builders (costs come from a trace of the module, search_spaces.tracing) --------------------------------------------------
 def _strided_option(spec: LayerSpec) -> bool:
     return bool(spec.option("strided", False))
 
@@ -474,70 +366,20 @@ def _build_ffn(spec: LayerSpec, ops: Ops) -> nn.Module:
     return FFNBlock(ops, spec.in_channels, spec.expansion)
 
 
-def _cost_ffn(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    _tally_local_ffn(tally, spec.in_channels, spec.in_channels * spec.expansion, spec.input_size)
-    _tally_scaled_residual(tally, spec.in_channels, spec.input_size)
-    return tally.cost()
-
-
 def _build_attn_ffn(spec: LayerSpec, ops: Ops) -> nn.Module:
     return AttentionFFNBlock(ops, spec.in_channels, spec.expansion, spec.input_size, _strided_option(spec))
-
-
-def _cost_attn_ffn(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    _tally_attention4d(tally, spec.in_channels, spec.input_size, _strided_option(spec))
-    _tally_scaled_residual(tally, spec.in_channels, spec.input_size)
-    _tally_local_ffn(tally, spec.in_channels, spec.in_channels * spec.expansion, spec.input_size)
-    _tally_scaled_residual(tally, spec.in_channels, spec.input_size)
-    return tally.cost()
 
 
 def _build_stem(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Stem(ops, spec.in_channels, spec.out_channels)
 
 
-def _cost_stem(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    half = _strided_size(spec.input_size, 2)
-    quarter = _strided_size(half, 2)
-    for in_channels, out_channels, size in (
-        (spec.in_channels, spec.out_channels // 2, half),
-        (spec.out_channels // 2, spec.out_channels, quarter),
-    ):
-        _tally_conv_norm(tally, in_channels, out_channels, 3, size)
-        tally.add("activation", elements=out_channels * _area(size))
-    return tally.cost()
-
-
 def _build_downsample(spec: LayerSpec, ops: Ops) -> nn.Module:
     return Downsample(ops, spec.in_channels, spec.out_channels, spec.input_size, bool(spec.option("attention", False)))
 
 
-def _cost_downsample(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    output_size = _strided_size(spec.input_size, 2)
-    if spec.option("attention", False):
-        _tally_attention_downsample(tally, spec.in_channels, spec.out_channels, spec.input_size)
-        tally.add("elementwise", elements=spec.out_channels * _area(output_size))  # branch sum
-    _tally_conv_norm(tally, spec.in_channels, spec.out_channels, 3, output_size)
-    return tally.cost()
-
-
 def _build_head(spec: LayerSpec, ops: Ops) -> nn.Module:
     return ClassifierHead(ops, spec.in_channels, spec.out_channels)
-
-
-def _cost_head(spec: LayerSpec) -> LayerCost:
-    tally = OpTally()
-    width, classes = spec.in_channels, spec.out_channels
-    _tally_batch_norm(tally, width, spec.input_size)
-    tally.add("elementwise", elements=width * _area(spec.input_size))  # global mean (elements read)
-    for _ in ("classifier", "distillation"):
-        tally.add("linear", macs=width * classes, elements=classes, params=width * classes + classes)
-    tally.add("elementwise", elements=2 * classes, calls=2)  # (a + b) / 2
-    return tally.cost()
 
 
 FFN = register_block_type(
@@ -552,11 +394,11 @@ ATTN_FFN = register_block_type(
 )
 
 for _kind in (
-    LayerKind(FFN.name, _build_ffn, _cost_ffn),
-    LayerKind(ATTN_FFN.name, _build_attn_ffn, _cost_attn_ffn),
-    LayerKind(STEM_KIND, _build_stem, _cost_stem),
-    LayerKind(DOWNSAMPLE_KIND, _build_downsample, _cost_downsample),
-    LayerKind(HEAD_KIND, _build_head, _cost_head),
+    LayerKind(FFN.name, _build_ffn),
+    LayerKind(ATTN_FFN.name, _build_attn_ffn),
+    LayerKind(STEM_KIND, _build_stem),
+    LayerKind(DOWNSAMPLE_KIND, _build_downsample),
+    LayerKind(HEAD_KIND, _build_head),
 ):
     register_layer_kind(_kind)
 
@@ -587,46 +429,11 @@ class EfficientFormerV2Space(SearchSpace):
         attention = LARGEST_ATTENTION_BLOCKS[stage_index]
         return (FFN.name,) * (stage.max_depth - attention) + (ATTN_FFN.name,) * attention
 
-    def layer_specs(self, arch: Architecture) -> list[LayerSpec]:
-        size = (arch.resolution, arch.resolution)
-        first_width = arch.stages[0].width
-        specs = [LayerSpec(STEM_KIND, 3, first_width, size, stride=STEM_STRIDE, where="stem")]
-        size = (size[0] // STEM_STRIDE, size[1] // STEM_STRIDE)
-        previous_width = first_width
-        for index, stage in enumerate(arch.stages):
-            if index > 0:
-                specs.append(
-                    LayerSpec(
-                        DOWNSAMPLE_KIND,
-                        previous_width,
-                        stage.width,
-                        size,
-                        stride=2,
-                        options=(("attention", index == ATTENTION_DOWNSAMPLE_STAGE),),
-                        where=f"stages.{index}.downsample",
-                    )
-                )
-                size = _strided_size(size, 2)
-            for slot, block in enumerate(stage.blocks):
-                if block.is_identity:
-                    continue
-                options = ()
-                if block.type == ATTN_FFN.name:
-                    options = (("strided", index == STRIDED_ATTENTION_STAGE),)
-                specs.append(
-                    LayerSpec(
-                        block.type,
-                        stage.width,
-                        stage.width,
-                        size,
-                        expansion=block.expansion,
-                        options=options,
-                        where=f"stages.{index}.blocks.{slot}",
-                    )
-                )
-            previous_width = stage.width
-        specs.append(LayerSpec(HEAD_KIND, previous_width, arch.num_classes, size, where="head"))
-        return specs
+    def downsample_options(self, stage_index: int, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        return (("attention", stage_index == ATTENTION_DOWNSAMPLE_STAGE),)
+
+    def block_options(self, stage_index: int, block: Block, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
+        return (("strided", stage_index == STRIDED_ATTENTION_STAGE),) if block.type == ATTN_FFN.name else ()
 
 
 SPACE = register_space(EfficientFormerV2Space())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lut.devices import Device, register_device
+from lut.devices import Device
+from lut.registry import register_device
 from lut.profiler import Profiler, TimingSettings
 
 # Fake costs, in seconds: a runtime call costs CALL_S whatever it runs, plus PARAM_S per parameter

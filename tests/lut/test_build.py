@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lut import load_table
-from lut.build import Journal, build_table, enumerate_specs, journal_path, parse_widths_subset
+from lut.build import Journal, build_table, enumerate_specs, journal_path
+from lut.command_line import parse_widths_subset
 from search_spaces import get_space, list_spaces
 from search_spaces.command_line import UsageError
 
@@ -114,7 +115,7 @@ def test_killed_build_resumes_without_a_half_written_table(tmp_path):
 
 @pytest.mark.slow
 def test_ray_build_of_a_small_space(ray_session, tmp_path):
-    from lut.devices import get_device
+    from lut.registry import get_device
     from lut.profiler import TimingSettings
 
     device = get_device("ort-cpu", timing=TimingSettings(warmup=1, min_runs=3, max_runs=3, budget_s=0.0))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lut import build, devices, predict, validate
+from lut import build, predict, registry, validate
 from lut.table import load_table
 from search_spaces import get_space
 from tests.cli_support import invoke
@@ -23,7 +23,7 @@ def run(module, argv, capsys):
 
 
 def test_devices_lists_every_device(capsys):
-    code, out, _ = run(devices, [], capsys)
+    code, out, _ = run(registry, [], capsys)
     assert code == 0
     for name in ("ort-cpu", "torch-cpu", "torch-cuda"):
         assert name in out
@@ -53,7 +53,7 @@ def test_build_predict_validate_on_the_fake_device(edgevit_table, tmp_path, caps
 
 def test_default_table_comes_from_the_table_folder(edgevit_table, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LATNAS_TABLES", str(tmp_path))
-    device = devices.get_device("fake-cpu")
+    device = registry.get_device("fake-cpu")
     target = device.default_table_path("edgevit", 64)
     target.write_text(edgevit_table.read_text())
     assert device.default_table(get_space("edgevit"), 64).sha256 == load_table(edgevit_table).sha256

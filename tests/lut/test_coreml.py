@@ -17,8 +17,7 @@ from tests.cli_support import invoke
 pytest.importorskip("coremltools")
 
 from lut import build, coreml, importer, validate  # noqa: E402
-from lut.devices import get_device, list_devices  # noqa: E402
-from lut.profiler import spec_input_shape  # noqa: E402
+from lut.registry import get_device, list_devices  # noqa: E402
 from lut.table import load_table  # noqa: E402
 from search_spaces import build_layer, get_space, list_spaces  # noqa: E402
 from search_spaces.command_line import run_command  # noqa: E402
@@ -62,7 +61,7 @@ def test_every_space_and_kind_is_covered():
 @pytest.mark.parametrize("label", sorted(KIND_SPECS))
 def test_every_layer_kind_converts_to_core_ml(label):
     spec = KIND_SPECS[label]
-    shape = spec_input_shape(spec, 1)
+    shape = spec.input_shape(1)
     mlmodel = coreml.convert_module(build_layer(spec), shape, load=False)
     spec_proto = mlmodel.get_spec()
     assert spec_proto.WhichOneof("Type") == "mlProgram"
@@ -121,7 +120,7 @@ def test_build_writes_a_bundle_and_says_how_to_measure(bundle):
     for key, entry in manifest["packages"].items():
         assert (directory / entry["file"] / "Manifest.json").is_file()
         assert entry["kind"] == specs[key].kind
-        assert tuple(entry["input_shape"]) == spec_input_shape(specs[key], 1)
+        assert tuple(entry["input_shape"]) == specs[key].input_shape(1)
     if sys.platform != "darwin":
         assert "Xcode" in err and "python -m lut.import --manifest" in err
 

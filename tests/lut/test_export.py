@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lut.build import enumerate_specs
-from lut.devices import get_device
-from lut.profiler import export_onnx, spec_input_shape
+from lut.registry import get_device
+from lut.profiler import export_onnx
 from search_spaces import build_layer, get_space, list_spaces
 
 
@@ -31,7 +31,7 @@ def test_every_layer_kind_exports_and_matches_torch(space_name):
     for spec in specs:
         torch.manual_seed(0)
         module = build_layer(spec).eval()
-        shape = spec_input_shape(spec, 1)
+        shape = spec.input_shape(1)
         session = device.session(export_onnx(module, shape))
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         (ours,) = session.run(None, {"input": x})

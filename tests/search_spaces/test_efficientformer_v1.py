@@ -196,7 +196,7 @@ def test_layout_flags_of_an_all_4d_network():
     assert all(spec.option("from_tokens") is False for spec in SPACE.layer_specs(arch) if "from_tokens" in dict(spec.options))
     head = build_layer(_spec_at(arch, "head"))
     assert isinstance(head.norm, nn.LayerNorm)
-    reshapes = [spec.where for spec in SPACE.layer_specs(arch) if layer_cost(spec).op("reshape").calls]
+    reshapes = [spec.where for spec in SPACE.layer_specs(arch) if layer_cost(spec).op("layout").calls]
     assert reshapes == ["head"]  # only the head flattens, to pool tokens
 
 

@@ -100,10 +100,11 @@ def test_stem_and_attention_macs_follow_the_shapes() -> None:
     strided = layer_cost(LayerSpec("attn_ffn", 96, 96, (14, 14), expansion=4, options=(("strided", True),)))
     # scores and weighted sum over a 7x7 grid: 8 heads x 49 x 49 x (32 + 128)
     assert strided.op("matmul").macs == 8 * 49 * 49 * (32 + 128)
-    assert strided.op("reshape").calls == 5  # q, k, v to heads, back to NCHW, x2 upsample
+    # q and v transposed to (B, heads, N, d) (k is already (B, heads, d, N)), the output back, the x2 upsample
+    assert strided.op("layout").calls == 4
     ffn = layer_cost(LayerSpec("ffn", 96, 96, (14, 14), expansion=4))
-    assert ffn.op("matmul").macs == 0 and ffn.op("reshape").calls == 0
-    assert ffn.op("norm").calls == 3 and ffn.op("activation").calls == 2
+    assert ffn.op("matmul").macs == 0 and ffn.op("layout").calls == 0 and ffn.token_elements == 0
+    assert ffn.op("batchnorm").calls == 3 and ffn.op("activation").calls == 2 and ffn.op("layernorm").calls == 0
 
 
 def test_attention_bias_tables_match_official_sizes_at_224() -> None:
