@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))  # for `experiments.study`: the studies are not an
 
 from experiments.study import png_bytes  # noqa: E402
 from lut.build import build_table, journal_path  # noqa: E402
-from lut.devices import Device, get_device, host_cpu, loadavg  # noqa: E402
+from lut.devices import Device, host_cpu, loadavg  # noqa: E402
+from lut.registry import get_device  # noqa: E402
 from lut.profiler import TimingSettings  # noqa: E402
 from lut.table import Calibration, LatencyTable, load_table  # noqa: E402
 from lut.validate import (  # noqa: E402

@@ -50,7 +50,8 @@ from experiments.study import (  # noqa: E402
     variants_of,
     versions,
 )
-from lut.devices import get_device, host_cpu, loadavg  # noqa: E402
+from lut.devices import host_cpu, loadavg  # noqa: E402
+from lut.registry import get_device  # noqa: E402
 from lut.profiler import TimingSettings  # noqa: E402
 from lut.table import LatencyTable, load_table  # noqa: E402
 from lut.validate import fidelity_metrics  # noqa: E402
