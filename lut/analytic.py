@@ -319,10 +319,10 @@ class DeviceModel:
                 for p in data.get("calibration_data", ())
             )
             return cls(str(data["device"]), str(data.get("summary", "")), parameters, points, dict(data.get("fit") or {}))
-        except (KeyError, TypeError, AttributeError, ValueError) as error:
-            raise ModelError(f"{source}: malformed ({error.__class__.__name__}: {error})") from None
         except ModelError as error:
             raise ModelError(f"{source}: {error}") from None
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as error:
+            raise ModelError(f"{source}: malformed ({error.__class__.__name__}: {str(error)[:100]})") from None
 
 
 def model_path(device: str) -> Path:
@@ -330,15 +330,20 @@ def model_path(device: str) -> Path:
     return Path(str(resources.files("lut").joinpath("device_models", f"{device}.yaml")))
 
 
+#: a device model file is a page of YAML; 1 MiB is far beyond any
+MAX_MODEL_BYTES = 1 << 20
+
+
 def load_model(path: str | Path) -> DeviceModel:
-    """Read and check a device model YAML file; `ModelError` with one line otherwise."""
-    import yaml
+    """Read and check a device model YAML file (a regular file of at most `MAX_MODEL_BYTES`, safe
+    YAML of bounded nesting); `ModelError` with one line otherwise."""
+    from search_spaces.files import FileError, parse_yaml_document, read_input_text
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text("utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise ModelError(f"{path}: cannot read ({error.__class__.__name__})") from None
+        data = parse_yaml_document(read_input_text(path, "", MAX_MODEL_BYTES), str(path))
+    except FileError as error:
+        raise ModelError(str(error)) from None
     return DeviceModel.from_dict(data, str(path))
 
 

@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from search_spaces.command_line import EXIT_OK, UsageError, parse_widths_subset, space_from_args
-from search_spaces.files import write_text_atomic
+from search_spaces.files import FileError, check_outputs, parse_json_document, read_input_text, write_text_atomic
+from search_spaces.limits import MAX_TABLE_BYTES, NUM_CLASSES, RESOLUTION
 
 from lut.devices import Device, DeviceError, tables_folder
 from lut.profiler import Runnable, TimingSettings, net_record, time_interleaved
-from lut.table import LatencyRecord, LatencyTable, TableMetadata
+from lut.table import MAX_NAME_CHARS, LatencyRecord, LatencyTable, TableMetadata, shown
 
 if TYPE_CHECKING:
     from torch import nn
@@ -240,29 +241,64 @@ def package_name(key: str) -> str:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """A bundle manifest, checked for its schema and fields; `BundleError` with one line otherwise."""
+    """A bundle manifest (a regular JSON file of at most `MAX_TABLE_BYTES`), checked for its schema
+    and for every field `lut.import` turns into a table: a known space at a resolution it runs
+    (`RESOLUTION`, a multiple of its stride), `NUM_CLASSES`, known compute units, and per layer key
+    a package file name inside the bundle, an input shape and a kind. `BundleError` with one line
+    otherwise."""
+    from search_spaces.registry import get_space
+
     path = Path(path)
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no such manifest") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise BundleError(f"{path}: cannot read ({error.__class__.__name__}: {error})") from None
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{path}: not valid JSON (truncated or damaged?): {error.msg} at line {error.lineno}") from None
+        data = parse_json_document(read_input_text(path, "", MAX_TABLE_BYTES), str(path))
+    except FileError as error:
+        raise BundleError(str(error)) from None
+    except ValueError:  # an integer beyond Python's digit limit
+        raise BundleError(f"{path}: not valid JSON (a number too long to read)") from None
     if not isinstance(data, dict) or data.get("schema") != BUNDLE_SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise BundleError(f"{path}: schema is {found!r}, expected {BUNDLE_SCHEMA!r}")
+        raise BundleError(f"{path}: schema is {shown(found)}, expected {BUNDLE_SCHEMA!r}")
     required = ("space", "resolution", "num_classes", "compute_units", "packages")
     missing = [name for name in required if name not in data]
     if missing:
         raise BundleError(f"{path}: missing field(s) {missing}")
+    try:
+        space = get_space(data["space"]) if isinstance(data["space"], str) else None
+    except KeyError:
+        space = None
+    if space is None:
+        raise BundleError(f"{path}: space: not a known space, got {shown(data['space'])}")
+    for name, allowed in (("resolution", RESOLUTION), ("num_classes", NUM_CLASSES)):
+        if data[name] not in allowed:
+            raise BundleError(f"{path}: {name}: must be {allowed.describe()}, got {shown(data[name])}")
+    if data["resolution"] % space.resolution_multiple:
+        raise BundleError(f"{path}: resolution: {space.name} runs multiples of {space.resolution_multiple} px, "
+                          f"got {data['resolution']}")
+    if data["compute_units"] not in COMPUTE_UNITS:
+        raise BundleError(f"{path}: compute_units: expected one of {', '.join(COMPUTE_UNITS)}, got {shown(data['compute_units'])}")
+    for name in ("precision", "minimum_deployment_target"):
+        if name in data and not (isinstance(data[name], str) and len(data[name]) <= MAX_NAME_CHARS):
+            raise BundleError(f"{path}: {name}: expected a string, got {shown(data[name])}")
+    if "tools" in data and not isinstance(data["tools"], dict):
+        raise BundleError(f"{path}: tools: expected a mapping")
     packages = data["packages"]
     if not isinstance(packages, dict):
         raise BundleError(f"{path}: packages: expected a mapping of layer key to package")
     for key, entry in packages.items():
+        where = f"{path}: packages[{key[:80]!r}]"
+        if len(key) > MAX_NAME_CHARS:
+            raise BundleError(f"{where}: a layer key of at most {MAX_NAME_CHARS} characters")
         if not isinstance(entry, dict) or not {"file", "input_shape", "kind"} <= set(entry):
-            raise BundleError(f"{path}: packages[{key!r}]: expected file, input_shape, kind")
+            raise BundleError(f"{where}: expected file, input_shape, kind")
+        file = entry["file"]
+        if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+            raise BundleError(f"{where}: file: expected a package name inside the bundle, got {shown(file)}")
+        shape = entry["input_shape"]
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= 8
+                or not all(isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= 1 << 20 for size in shape)):
+            raise BundleError(f"{where}: input_shape: expected 1..8 positive sizes, got {shown(shape)}")
+        if not isinstance(entry["kind"], str) or len(entry["kind"]) > MAX_NAME_CHARS:
+            raise BundleError(f"{where}: kind: expected a layer kind, got {shown(entry['kind'])}")
     return data
 
 
@@ -400,41 +436,51 @@ def phone_instructions(directory: Path) -> str:
 
 
 def build_bundle_command(args) -> int:
-    """`lut.build --device coreml`: the bundle, then (macOS) the measured table or (elsewhere) how to measure."""
+    """`lut.build --device coreml`: the bundle, then (macOS) the measured table or (elsewhere) how to measure.
 
-    if args.ray is not None:
-        raise UsageError("--ray: not available for --device coreml (conversions run here, measuring needs the Mac or phone)")
+    The options a bundle build does not use are refused, not ignored: `--threads` (Core ML has no
+    thread setting), `--ray`, `--resume` (a build always continues what DIR holds), `--calibrate`,
+    `--seed`, `--wait-quiet`, and off macOS the timing options (nothing is timed here).
+    """
+    from lut.command_line import TIMING_OPTIONS, LazyProgress, refuse_options, timing_from_args
+
+    refuse_options(args, ("--threads", "--ray", "--resume", "--calibrate", "--seed", "--wait-quiet"),
+                   "with --device coreml (conversions run once each and continue what --out holds; measuring "
+                   "happens on the Mac or the phone)")
+    if not IS_MACOS:
+        refuse_options(args, TIMING_OPTIONS, "with --device coreml off macOS: only the bundle is written here")
     space, resolution = space_from_args(args.space, args.resolution)
     widths = parse_widths_subset(space, args.widths_subset) if args.widths_subset else None
     units = args.compute_units or DEFAULT_COMPUTE_UNITS
-    timing = TimingSettings(args.warmup, args.runs, max(args.runs, TimingSettings.max_runs), args.budget)
     try:
-        device = CoreMLDevice(threads=args.threads, timing=timing, compute_units=units)
+        device = CoreMLDevice(timing=timing_from_args(args), compute_units=units)
         coremltools()
     except DeviceError as error:
         raise UsageError(f"--device: {error}") from None
     name = device.table_name(space, resolution)
     directory = Path(args.out) if args.out else tables_folder() / name.replace(".json", ".bundle")
+    out = None
+    if device.availability()[0]:
+        out = directory / "table.json" if args.out else device.default_table_path(space, resolution)
+    directory = check_outputs({}, {"--out": directory})["--out"]
+    if out is not None:  # the measured table (inside the bundle with --out)
+        out = check_outputs({"--out": out})["--out"]
     existing_manifest(directory, space.name, resolution, space.default_num_classes)  # refuse before any progress bar
 
-    from tqdm import tqdm
-
-    def bar_progress(bar):
-        def progress(step: int, total: int) -> None:
-            bar.total = total
-            bar.update(step)
-
-        return progress
-
-    with tqdm(desc=f"coreml convert {space.name}@{resolution}", unit="spec", file=sys.stderr, dynamic_ncols=True) as bar:
-        manifest = build_bundle(space, resolution, directory, compute_units=units, widths=widths, progress=bar_progress(bar))
+    converting = LazyProgress(f"coreml convert {space.name}@{resolution}", "spec")
+    try:
+        manifest = build_bundle(space, resolution, directory, compute_units=units, widths=widths, progress=converting)
+    finally:
+        converting.close()
     print(f"wrote {directory / MANIFEST} ({len(manifest['packages'])} packages)", file=sys.stderr)
-    if not device.availability()[0]:
+    if out is None:
         print(phone_instructions(directory), file=sys.stderr)
         return EXIT_OK
-    with tqdm(desc=f"coreml measure {space.name}@{resolution}", unit="spec", file=sys.stderr, dynamic_ncols=True) as bar:
-        table = measure_bundle(directory, device, bar_progress(bar))
-    out = directory / "table.json" if args.out else device.default_table_path(space, resolution)
+    measuring = LazyProgress(f"coreml measure {space.name}@{resolution}", "spec")
+    try:
+        table = measure_bundle(directory, device, measuring)
+    finally:
+        measuring.close()
     table.save(out)
     print(f"wrote {out} ({len(table)} records, {table.metadata.build['seconds']} s)", file=sys.stderr)
     return EXIT_OK

@@ -10,16 +10,18 @@ CSV has a header row and one row per manifest key:
 `key` and `p50_ms` are required (e.g. the median prediction time of the Xcode Core ML performance
 report); the other columns are optional and may be left empty: a missing p10/p90/mean is the p50,
 a missing std is 0 and missing runs 0 (unknown). Blank lines and lines starting with `#` are
-skipped. Milliseconds must be positive numbers (std non-negative), runs a non-negative integer.
-Every manifest key must be measured; keys the manifest does not have, duplicate keys and unknown
-columns are refused, each with its line number. The table (device `coreml`, build source
-`measured-on-device`) is written atomically. This module is the body of `lut/import.py` (a
-module named `import` cannot be imported by name).
+skipped. Milliseconds must be positive numbers of at most 1e6 (std non-negative) with
+p10 <= p50 <= p90, runs a non-negative integer. Every manifest key must be measured; keys the
+manifest does not have, duplicate keys and unknown columns are refused, each with its line
+number. The CSV is read as `lut.measurement_csv` reads every measurement file (a regular file,
+size and field caps). The table (device `coreml`, build source `measured-on-device`) is checked by
+the loader that will read it and written atomically; `--out` is checked before anything is read
+and may not be one of the inputs. This module is the body of `lut/import.py` (a module named
+`import` cannot be imported by name).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import sys
@@ -28,9 +30,13 @@ from pathlib import Path
 from typing import Sequence
 
 from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, run_command
+from search_spaces.files import FileError, read_input_bytes
+from search_spaces.limits import MAX_CSV_BYTES
 
+from lut.command_line import check_output_paths
 from lut.coreml import MANIFEST, BundleError, read_manifest
-from lut.table import LatencyRecord, LatencyTable, TableMetadata
+from lut.measurement_csv import read_csv_rows
+from lut.table import LatencyRecord, LatencyTable, TableError, TableMetadata
 
 PROG = "python -m lut.import"
 REQUIRED_COLUMNS = ("key", "p50_ms")
@@ -41,9 +47,9 @@ def _number(text: str, column: str, line: int, source: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--measurements: {source} line {line}: {column} is not a number: {text!r}") from None
+        raise UsageError(f"--measurements: {source} line {line}: {column} is not a number: {text[:40]!r}") from None
     if not math.isfinite(value):
-        raise UsageError(f"--measurements: {source} line {line}: {column} must be finite, got {text!r}")
+        raise UsageError(f"--measurements: {source} line {line}: {column} must be finite, got {text[:40]!r}")
     return value
 
 
@@ -55,22 +61,12 @@ def read_measurements(path: str | Path) -> dict[str, LatencyRecord]:
 def _read_measurements(path: str | Path) -> tuple[dict[str, LatencyRecord], dict[str, int]]:
     """(records by key, CSV line of each key)."""
     path = Path(path)
-    try:
-        text = path.read_text("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
-    except FileNotFoundError:
-        raise UsageError(f"--measurements: {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--measurements: {path}: cannot read ({error.__class__.__name__})") from None
-    rows = [
-        (number, row)
-        for number, row in enumerate(csv.reader(text.splitlines()), start=1)
-        if row and any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")
-    ]
+    rows = read_csv_rows(path, "--measurements")
     if not rows:
         raise UsageError(f"--measurements: {path}: empty; expected a header key,p50_ms[,{','.join(OPTIONAL_COLUMNS)}]")
     header_line, header = rows[0]
     columns = [cell.strip() for cell in header]
-    unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    unknown = [c[:40] for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS][:5]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if unknown or missing or len(set(columns)) != len(columns):
         problem = f"unknown column(s) {unknown}" if unknown else f"missing column(s) {missing}" if missing else "a repeated column"
@@ -88,7 +84,7 @@ def _read_measurements(path: str | Path) -> tuple[dict[str, LatencyRecord], dict
         if not key:
             raise UsageError(f"--measurements: {path} line {number}: empty key")
         if key in records:
-            raise UsageError(f"--measurements: {path} line {number}: key {key!r} is measured twice")
+            raise UsageError(f"--measurements: {path} line {number}: key {key[:200]!r} is measured twice")
         values: dict[str, float] = {}
         for column in REQUIRED_COLUMNS[1:] + OPTIONAL_COLUMNS:
             if not cells.get(column):
@@ -96,24 +92,23 @@ def _read_measurements(path: str | Path) -> tuple[dict[str, LatencyRecord], dict
                     raise UsageError(f"--measurements: {path} line {number}: p50_ms is empty")
                 continue
             value = _number(cells[column], column, number, str(path))
+            shown = cells[column][:40]
             if column == "runs":
                 if value < 0 or value != int(value):
-                    raise UsageError(f"--measurements: {path} line {number}: runs must be a non-negative integer, got {cells[column]!r}")
+                    raise UsageError(f"--measurements: {path} line {number}: runs must be a non-negative integer, got {shown!r}")
             elif column == "std_ms":
                 if value < 0:
-                    raise UsageError(f"--measurements: {path} line {number}: std_ms must not be negative, got {cells[column]!r}")
+                    raise UsageError(f"--measurements: {path} line {number}: std_ms must not be negative, got {shown!r}")
             elif value <= 0:
-                raise UsageError(f"--measurements: {path} line {number}: {column} must be positive, got {cells[column]!r}")
+                raise UsageError(f"--measurements: {path} line {number}: {column} must be positive, got {shown!r}")
             values[column] = value
         p50 = values["p50_ms"]
-        records[key] = LatencyRecord(
-            p50_ms=p50,
-            p10_ms=values.get("p10_ms", p50),
-            p90_ms=values.get("p90_ms", p50),
-            mean_ms=values.get("mean_ms", p50),
-            std_ms=values.get("std_ms", 0.0),
-            runs=int(values.get("runs", 0)),
-        )
+        fields = {"p50_ms": p50, "p10_ms": values.get("p10_ms", p50), "p90_ms": values.get("p90_ms", p50),
+                  "mean_ms": values.get("mean_ms", p50), "std_ms": values.get("std_ms", 0.0), "runs": int(values.get("runs", 0))}
+        try:  # the same rules as every table record (caps, p10 <= p50 <= p90)
+            records[key] = LatencyRecord.from_dict(fields, f"{path} line {number}")
+        except TableError as error:
+            raise UsageError(f"--measurements: {error}") from None
         lines[key] = number
     return records, lines
 
@@ -130,14 +125,17 @@ def import_measurements(manifest_path: str | Path, measurements_path: str | Path
     if unknown:
         first = unknown[0]
         raise UsageError(
-            f"--measurements: {measurements_path} line {lines[first]}: key {first!r} is not in the manifest"
+            f"--measurements: {measurements_path} line {lines[first]}: key {first[:200]!r} is not in the manifest"
             + (f" ({len(unknown)} unknown keys in all)" if len(unknown) > 1 else "")
         )
     missing = [key for key in expected if key not in records]
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise UsageError(f"--measurements: {len(missing)} of {len(expected)} manifest key(s) have no measurement: {shown}")
-    csv_bytes = Path(measurements_path).read_bytes()
+    try:
+        csv_bytes = read_input_bytes(measurements_path, "--measurements", MAX_CSV_BYTES)  # read above; for its digest
+    except FileError as error:
+        raise UsageError(str(error)) from None
     metadata = TableMetadata(
         device="coreml",
         space=manifest["space"],
@@ -164,7 +162,11 @@ def import_measurements(manifest_path: str | Path, measurements_path: str | Path
             "widths_subset": manifest.get("widths_subset"),
         },
     )
-    return LatencyTable(metadata, {key: records[key] for key in expected})
+    table = LatencyTable(metadata, {key: records[key] for key in expected}, source=str(measurements_path))
+    try:
+        return table.check()
+    except TableError as error:
+        raise UsageError(f"--measurements: {error}") from None
 
 
 def build_parser() -> ArgumentParser:
@@ -180,11 +182,12 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"--out: {out} is a directory")
+    out = check_output_paths({"--out": args.out}, {"--manifest": args.manifest, "--measurements": args.measurements})["--out"]
     table = import_measurements(args.manifest, args.measurements)
-    table.save(out)
+    try:
+        table.save(out)  # reads its own text back through the loader before writing
+    except TableError as error:
+        raise UsageError(f"--measurements: the table would not load: {error}") from None
     print(f"wrote {out} ({len(table)} records, coreml {table.metadata.space}@{table.metadata.resolution}, measured on the device)", file=sys.stderr)
     return EXIT_OK
 

@@ -12,7 +12,11 @@ fixes a dynamic input. `--breakdown` adds one line per op class (ms and share).
 
 A file that is not a valid architecture or ONNX model, one the table cannot price (missing keys,
 listed), a dynamic input without `--input-shape`, or an op the model has no class for, is bad
-input: one line on stderr, exit 2, after every other file has been printed. From Python,
+input: one line on stderr, exit 2, after every other file has been printed. Every file is opened
+only as a regular file within its cap (an architecture `MAX_ARCHITECTURE_BYTES`, an ONNX model
+`MAX_ONNX_BYTES`, a table `MAX_TABLE_BYTES`), and a table is checked for meaning when loaded
+(`lut.table`). `--threads` (1..1024, the threads a table was built with) picks the device's table
+and is refused with `--lut` (a table file records its own). From Python,
 `predict_module(module, input_shape)` prices any `nn.Module` through a trace.
 """
 
@@ -23,11 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from search_spaces import Architecture, ArchitectureError, get_space
-from search_spaces.command_line import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, UsageError, run_command
+from search_spaces.command_line import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, UsageError, integer_in, run_command
+from search_spaces.files import FileError, read_input_bytes
+from search_spaces.limits import MAX_ONNX_BYTES
 
 from lut.devices import DeviceError
 from lut.registry import get_device, list_devices
-from lut.table import LatencyTable, MissingKeysError, TableError, load_table
+from lut.table import TABLE_THREADS, LatencyTable, MissingKeysError, TableError, load_table
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,6 +44,7 @@ PROG = "python -m lut.predict"
 ONNX_SUFFIX = ".onnx"
 #: the largest input a priced ONNX model may declare (a 4096 x 4096 image at batch 64 is more than any mobile network takes)
 MAX_INPUT_ELEMENTS = 64 * 3 * 4096 * 4096
+MAX_INPUT_DIMENSIONS = 8
 
 
 def analytic_model(device: str):
@@ -65,24 +72,28 @@ def onnx_cost(path: Path, input_shape: Sequence[int] | None) -> "LayerCost":
     """The op counts of an ONNX file; `OnnxCostError` (one line) for anything that cannot be priced."""
     from lut.onnx_costs import OnnxCostError, onnx_costs
 
-    if not path.is_file():
-        raise OnnxCostError("no such file" if not path.exists() else "not a regular file")
-    return onnx_costs(path.read_bytes(), input_shape)
+    try:
+        data = read_input_bytes(path, "", MAX_ONNX_BYTES)
+    except FileError as error:
+        raise OnnxCostError(str(error).removeprefix(f"{path}: ")) from None
+    return onnx_costs(data, input_shape)
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
     """'1,3,224,224' -> (1, 3, 224, 224); UsageError naming --input-shape otherwise."""
     if text is None:
         return None
+    shown = text if len(text) <= 60 else text[:57] + "..."
     try:
-        shape = tuple(int(part) for part in text.split(","))
+        shape = tuple(int(part) for part in text.split(",")[:MAX_INPUT_DIMENSIONS + 1])
     except ValueError:
-        raise UsageError(f"--input-shape: {text!r} is not a comma-separated list of sizes (e.g. 1,3,224,224)") from None
+        raise UsageError(f"--input-shape: {shown!r} is not a comma-separated list of sizes (e.g. 1,3,224,224)") from None
     size = 1
     for dim in shape:
-        size *= dim
-    if not shape or any(dim < 1 for dim in shape) or size > MAX_INPUT_ELEMENTS:
-        raise UsageError(f"--input-shape: {text!r} needs positive sizes of at most {MAX_INPUT_ELEMENTS} elements in all")
+        size *= max(dim, 0)
+    if not shape or len(shape) > MAX_INPUT_DIMENSIONS or any(dim < 1 for dim in shape) or size > MAX_INPUT_ELEMENTS:
+        raise UsageError(f"--input-shape: {shown!r} needs 1..{MAX_INPUT_DIMENSIONS} positive sizes of at most "
+                         f"{MAX_INPUT_ELEMENTS} elements in all")
     return shape
 
 
@@ -94,7 +105,7 @@ def _table_for(args, arch: Architecture, cache: dict[tuple[str, int], LatencyTab
         return cache[key]
     key = (arch.space, arch.resolution)
     if key not in cache:
-        device = get_device(args.device, threads=args.threads)
+        device = get_device(args.device, threads=args.threads or 1)
         cache[key] = device.default_table(get_space(arch.space), arch.resolution)
     return cache[key]
 
@@ -104,7 +115,8 @@ def build_parser() -> ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--device", help=f"use the device's default table or model; one of: {', '.join(list_devices())}")
     source.add_argument("--lut", help="a latency table file")
-    parser.add_argument("--threads", type=int, default=1, help="threads of the device's table (default 1)")
+    parser.add_argument("--threads", type=integer_in(TABLE_THREADS),
+                        help=f"--device only: threads of the device's table, {TABLE_THREADS.low}..{TABLE_THREADS.high} (default 1)")
     parser.add_argument("--input-shape", help="ONNX models: the input shape, for a model with dynamic dimensions")
     parser.add_argument("--breakdown", action="store_true", help="ONNX models and analytic devices: ms per op class")
     parser.add_argument("files", nargs="+", metavar="ARCH.yaml|MODEL.onnx")
@@ -120,11 +132,11 @@ def _breakdown_lines(model, cost) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads < 1 or args.threads > 1024:
-        raise UsageError(f"--threads: {args.threads} is not from 1 to 1024")
+    if args.lut and args.threads is not None:
+        raise UsageError("--threads: not used with --lut (a table file records the threads it was built with)")
     if args.device:
         try:
-            get_device(args.device, threads=args.threads)
+            get_device(args.device, threads=args.threads or 1)
         except DeviceError as error:
             raise UsageError(f"--device: {error}") from None
     input_shape = parse_shape(args.input_shape)

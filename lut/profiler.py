@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
+from search_spaces.limits import FloatRange, IntRange
+
 from lut.table import LatencyRecord
 
 if TYPE_CHECKING:
@@ -39,6 +41,12 @@ class RuntimeBackend(Protocol):
     def load(self, module: "nn.Module", input_shape: tuple[int, ...]) -> Runnable: ...
 
     def load_empty(self, input_shape: tuple[int, ...]) -> Runnable: ...
+
+
+#: untimed calls before timing a subject (--warmup): 0 is allowed, 10,000 warms anything up
+WARMUP_RUNS = IntRange(0, 10_000)
+#: seconds of timed calls per subject (--budget): a minute per layer would take a day per table
+BUDGET_S = FloatRange(0.0, 60.0)
 
 
 @dataclass(frozen=True)

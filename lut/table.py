@@ -9,8 +9,14 @@ File format `latnas/lut@1` (JSON, sorted keys, never pickles):
      "records": {key: {p50_ms, p10_ms, p90_ms, mean_ms, std_ms, runs}},
      "sha256": sha256 of the canonical JSON of everything above}
 
-`load_table` refuses a file whose schema, fields or checksum are wrong (truncated, hand-edited)
-with one line naming the file and the problem. `predict(arch)` prices the layers of
+`load_table` reads a regular file of at most `MAX_TABLE_BYTES` and refuses one whose schema,
+fields or checksum are wrong (truncated, hand-edited) with one line naming the file and the
+problem. A matching checksum proves only that nobody edited the file without recomputing it, so
+the meaning is checked too (`LatencyTable.check`): every latency finite, in [0, `MAX_LATENCY_MS`],
+p10 <= p50 <= p90; metadata within the documented ranges (`search_spaces.limits`) for a known
+space; calibration scales in `CALIBRATION_SCALE`; and predictions that stay positive over the
+whole space (`prediction_floor_ms`). `save` writes only what this loader accepts: it reads its
+own text back through the loader first. `predict(arch)` prices the layers of
 `space.layer_specs(arch)` by their p50 and applies the calibration; a key the table lacks is an
 error that lists every missing key, never a silent zero.
 """
@@ -24,9 +30,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from search_spaces.files import write_text_atomic
+from search_spaces.files import FileError, parse_json_document, read_input_text, write_text_atomic
+from search_spaces.limits import EXPORT_BATCH, MAX_TABLE_BYTES, NUM_CLASSES, RESOLUTION, SAMPLES, FloatRange, IntRange
 
 SCHEMA = "latnas/lut@1"
+
+#: the largest latency a record, an intercept or a prediction may hold: 1000 s. No layer of a
+#: mobile network takes that on any device; 1e308 ms is a forged or broken file, not a measurement.
+MAX_LATENCY_MS = 1e6
+LATENCY = FloatRange(0.0, MAX_LATENCY_MS)
+#: timed runs a record may report (a phone's benchmark report may run more than our profiler)
+RECORD_RUNS = IntRange(0, 10**9)
+#: a calibration scale is network time over the isolated layers' time of one kind; fitted ones
+#: are 0.2-2. Zero would price a kind as free, and beyond 100 the layers explain nothing.
+CALIBRATION_SCALE = FloatRange(0.0, 100.0, low_open=True)
+#: threads a table may record: it may come from a bigger host than this one, so not `thread_range()`
+TABLE_THREADS = IntRange(1, 1024)
+#: characters of a name-like metadata field (device, space, precision, a runtime version)
+MAX_NAME_CHARS = 1000
 
 
 class TableError(ValueError):
@@ -39,8 +60,8 @@ class MissingKeysError(KeyError):
     def __init__(self, keys: Iterable[str], table: str = "the table") -> None:
         self.keys = tuple(dict.fromkeys(keys))
         super().__init__(self.keys)
-        shown = ", ".join(self.keys[:20]) + (f", ... ({len(self.keys)} in all)" if len(self.keys) > 20 else "")
-        self.message = f"{table} has no record of {len(self.keys)} layer key(s): {shown}"
+        listed = ", ".join(self.keys[:20]) + (f", ... ({len(self.keys)} in all)" if len(self.keys) > 20 else "")
+        self.message = f"{table} has no record of {len(self.keys)} layer key(s): {listed}"
 
     def __str__(self) -> str:  # KeyError would print the repr of its argument
         return self.message
@@ -65,19 +86,49 @@ class LatencyRecord:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "record") -> "LatencyRecord":
+        """A record from its mapping, checked for meaning: every latency a finite number in
+        `LATENCY` (ms), `runs` an integer in `RECORD_RUNS`, p10 <= p50 <= p90; `TableError` naming
+        `path` and the field otherwise."""
         if not isinstance(data, Mapping):
             raise TableError(f"{path}: expected a mapping of {', '.join(f.name for f in fields(cls))}")
-        names = {f.name for f in fields(cls)}
-        if set(data) != names:
-            missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+        names = [f.name for f in fields(cls)]
+        if set(data) != set(names):
+            missing, extra = sorted(set(names) - set(data)), sorted(map(str, set(data) - set(names)))[:5]
             raise TableError(f"{path}: missing {missing} / unexpected {extra}")
-        values = {}
+        values: dict[str, Any] = {}
         for name in names:
             value = data[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-                raise TableError(f"{path}.{name}: expected a non-negative number, got {value!r}")
-            values[name] = int(value) if name == "runs" else float(value)
+            if name == "runs":
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                if value not in RECORD_RUNS:
+                    raise TableError(f"{path}: runs must be {RECORD_RUNS.describe()}, got {shown(value)}")
+            elif value not in LATENCY:
+                raise TableError(f"{path}: {name} must be a number in [0, {MAX_LATENCY_MS:g}] ms, got {shown(value)}")
+            values[name] = value if name == "runs" else float(value)
+        if not values["p10_ms"] <= values["p50_ms"] <= values["p90_ms"]:
+            raise TableError(f"{path}: needs p10_ms <= p50_ms <= p90_ms, got {values['p10_ms']:g}, "
+                             f"{values['p50_ms']:g}, {values['p90_ms']:g}")
         return cls(**values)
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters: what a message may quote of a loaded value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name(value: Any, path: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not allow_empty) or len(value) > MAX_NAME_CHARS:
+        raise TableError(f"{path}: expected {'a' if allow_empty else 'a non-empty'} string of at most "
+                         f"{MAX_NAME_CHARS} characters, got {shown(value)}")
+    return value
+
+
+def _strings(value: Any, path: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise TableError(f"{path}: expected a mapping of names to strings")
+    return {_name(key, f"{path} key"): _name(item, f"{path}[{key!r}]", allow_empty=True) for key, item in value.items()}
 
 
 @dataclass(frozen=True)
@@ -111,23 +162,33 @@ class TableMetadata:
 
     @classmethod
     def from_dict(cls, data: Any) -> "TableMetadata":
+        """Metadata from its mapping; every field of the documented type and range or `TableError`."""
         if not isinstance(data, Mapping):
             raise TableError("metadata: expected a mapping")
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted(map(str, set(data) - set(known)))
         if unknown:
-            raise TableError(f"metadata: unexpected field(s) {unknown}")
+            raise TableError(f"metadata: unexpected field(s) {unknown[:5]}")
         required = ("device", "space", "resolution", "num_classes", "batch", "threads", "precision")
         missing = [name for name in required if name not in data]
         if missing:
             raise TableError(f"metadata: missing field(s) {missing}")
-        for name in ("resolution", "num_classes", "batch", "threads"):
-            if isinstance(data[name], bool) or not isinstance(data[name], int) or data[name] < 1:
-                raise TableError(f"metadata.{name}: expected a positive integer, got {data[name]!r}")
-        for name in ("runtime", "loadavg", "build"):
-            if name in data and not isinstance(data[name], Mapping):
-                raise TableError(f"metadata.{name}: expected a mapping")
-        return cls(**dict(data))
+        values = dict(data)
+        for name, allowed in (("resolution", RESOLUTION), ("num_classes", NUM_CLASSES), ("batch", EXPORT_BATCH),
+                              ("threads", TABLE_THREADS)):
+            if values[name] not in allowed:
+                raise TableError(f"metadata.{name}: must be {allowed.describe()}, got {shown(values[name])}")
+        for name in ("device", "space", "precision"):
+            _name(values[name], f"metadata.{name}")
+        for name in ("host_cpu", "host", "date"):
+            if name in values:
+                _name(values[name], f"metadata.{name}", allow_empty=True)
+        for name in ("runtime", "loadavg"):
+            if name in values:
+                values[name] = _strings(values[name], f"metadata.{name}")
+        if "build" in values and not isinstance(values["build"], Mapping):
+            raise TableError("metadata.build: expected a mapping")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -159,22 +220,27 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Calibration":
+        """A calibration from its mapping: scales in `CALIBRATION_SCALE`, a finite intercept of at
+        most `MAX_LATENCY_MS` either way; `TableError` otherwise."""
         if not isinstance(data, Mapping) or set(data) != {"method", "scales", "intercept_ms", "fitted_on", "fit"}:
             raise TableError("calibration: expected method, scales, intercept_ms, fitted_on, fit")
+        method = _name(data["method"], "calibration.method")
         scales = data["scales"]
-        if not isinstance(scales, Mapping) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales.values()
-        ):
+        if not isinstance(scales, Mapping):
             raise TableError("calibration.scales: expected a mapping of layer kind to number")
-        if isinstance(data["intercept_ms"], bool) or not isinstance(data["intercept_ms"], (int, float)):
-            raise TableError("calibration.intercept_ms: expected a number")
-        return cls(
-            str(data["method"]),
-            {str(k): float(v) for k, v in scales.items()},
-            float(data["intercept_ms"]),
-            int(data["fitted_on"]),
-            dict(data["fit"]) if isinstance(data["fit"], Mapping) else {},
-        )
+        for kind, scale in scales.items():
+            _name(kind, "calibration.scales key")
+            if scale not in CALIBRATION_SCALE:
+                raise TableError(f"calibration.scales[{kind[:80]!r}]: must be {CALIBRATION_SCALE.describe()}, got {shown(scale)}")
+        intercept = data["intercept_ms"]
+        if intercept not in FloatRange(-MAX_LATENCY_MS, MAX_LATENCY_MS):
+            raise TableError(f"calibration.intercept_ms: must be a number in [{-MAX_LATENCY_MS:g}, {MAX_LATENCY_MS:g}] ms, "
+                             f"got {shown(intercept)}")
+        if data["fitted_on"] not in IntRange(0, SAMPLES.high):
+            raise TableError(f"calibration.fitted_on: must be an integer in 0..{SAMPLES.high}, got {shown(data['fitted_on'])}")
+        if not isinstance(data["fit"], Mapping):
+            raise TableError("calibration.fit: expected a mapping")
+        return cls(method, {str(k): float(v) for k, v in scales.items()}, float(intercept), data["fitted_on"], dict(data["fit"]))
 
 
 IDENTITY_CALIBRATION = Calibration()
@@ -185,8 +251,10 @@ class LatencyTable:
 
     Contract: immutable once made (`with_calibration` returns a new table); `lookup(spec)` returns
     the record or raises `MissingKeysError`; `predict(arch)` is the calibrated sum over
-    `space.layer_specs(arch)` in milliseconds and `predict_naive(arch)` the plain sum of p50s;
-    `save(path)` writes the checksummed JSON atomically and `load_table(path)` reads it back equal.
+    `space.layer_specs(arch)` in milliseconds, always in (0, `MAX_LATENCY_MS`] (`TableError`
+    otherwise), and `predict_naive(arch)` the plain sum of p50s; `check()` refuses a table whose
+    content makes no sense; `save(path)` writes the checksummed JSON atomically, only if
+    `load_table` accepts it, and `load_table(path)` reads it back equal.
     """
 
     def __init__(
@@ -245,7 +313,63 @@ class LatencyTable:
 
     def predict(self, arch) -> float:
         """Predicted latency of `arch` in milliseconds: calibrated sum of its layers' records."""
-        return self.calibration.apply(self.sums_by_kind(arch))
+        predicted = self.calibration.apply(self.sums_by_kind(arch))
+        if not 0.0 < predicted <= MAX_LATENCY_MS:  # nan fails too
+            raise TableError(f"{self.source}: predicts {predicted:.4g} ms for this network; its calibration "
+                             f"({self.calibration.method}, intercept {self.calibration.intercept_ms:.4g} ms) is not valid here")
+        return predicted
+
+    # -- meaning ---------------------------------------------------------------------------
+    def prediction_floor_ms(self, calibration: Calibration | None = None) -> float:
+        """A lower bound of the prediction of every network of the space that the table prices.
+
+        Every network runs one stem, a downsample between neighbouring stages, at least
+        `min_depth` blocks per stage and one head (`SearchSpace.layer_specs`); with records and
+        scales >= 0 each of those layers costs at least the cheapest calibrated record of its
+        kind (a block: of any block kind). With `calibration=IDENTITY_CALIBRATION` it bounds the
+        naive sums. A kind the table lacks counts 0 (no network needing it can be priced).
+        """
+        from search_spaces import get_space
+
+        calibration = self.calibration if calibration is None else calibration
+        space = get_space(self.metadata.space)
+        cheapest: dict[str, float] = {}
+        for key, record in self._records.items():
+            kind = key.split(":", 1)[0]
+            cost = calibration.scales.get(kind, 1.0) * record.p50_ms
+            cheapest[kind] = min(cheapest.get(kind, cost), cost)
+        fixed = {part: cheapest.pop(f"{space.name}.{part}", 0.0) for part in ("stem", "downsample", "head")}
+        block = min(cheapest.values(), default=0.0)
+        blocks = sum(stage.min_depth for stage in space.stages)
+        return (fixed["stem"] + (len(space.stages) - 1) * fixed["downsample"] + fixed["head"] + blocks * block
+                + calibration.intercept_ms)
+
+    def check(self) -> "LatencyTable":
+        """This table, if its content makes sense as a whole (the fields are checked as they are
+        read): a known space at a resolution it runs, at least one record, networks whose layers
+        sum to more than 0 ms, and a calibration whose predictions stay positive over the space
+        (`prediction_floor_ms` > 0). `TableError` naming the table otherwise."""
+        from search_spaces import get_space
+
+        meta = self.metadata
+        try:
+            space = get_space(meta.space)
+        except KeyError:
+            raise TableError(f"{self.source}: metadata.space: unknown space {shown(meta.space)}") from None
+        if meta.resolution % space.resolution_multiple:
+            raise TableError(f"{self.source}: metadata.resolution: {space.name} runs multiples of "
+                             f"{space.resolution_multiple} px, got {meta.resolution}")
+        if not self._records:
+            raise TableError(f"{self.source}: records: the table has none")
+        if not self.prediction_floor_ms(IDENTITY_CALIBRATION) > 0:
+            raise TableError(f"{self.source}: records: the layers every network runs all measure 0 ms; "
+                             "that is not a measurement")
+        floor = self.prediction_floor_ms()
+        if not floor > 0:
+            raise TableError(f"{self.source}: calibration: with intercept {self.calibration.intercept_ms:.4g} ms and its "
+                             f"scales the cheapest network of {space.name} could be predicted at {floor:.4g} ms; "
+                             "predictions must stay positive")
+        return self
 
     def with_calibration(self, calibration: Calibration) -> "LatencyTable":
         return LatencyTable(self.metadata, self._records, calibration, self.source)
@@ -269,8 +393,12 @@ class LatencyTable:
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the table atomically, after reading its own text back through the loader: a file
+        `load_table` would refuse is never written (`TableError`, `ValueError` for NaN)."""
         path = Path(path)
-        write_text_atomic(path, self.to_json())
+        text = self.to_json()
+        table_from_dict(json.loads(text), str(path))
+        write_text_atomic(path, text)
         return path
 
     def __repr__(self) -> str:
@@ -289,40 +417,39 @@ def table_from_dict(data: Any, source: str = "table") -> LatencyTable:
     if not isinstance(data, Mapping):
         raise TableError(f"{source}: not a {SCHEMA} table (top level is not a JSON object)")
     if data.get("schema") != SCHEMA:
-        raise TableError(f"{source}: schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        raise TableError(f"{source}: schema is {shown(data.get('schema'))}, expected {SCHEMA!r}")
     expected = {"schema", "metadata", "calibration", "records", "sha256"}
     if set(data) != expected:
-        missing, extra = sorted(expected - set(data)), sorted(set(data) - expected)
-        raise TableError(f"{source}: missing {missing} / unexpected {extra} top-level field(s)")
+        missing, extra = sorted(expected - set(data)), sorted(set(data) - expected)[:5]
+        raise TableError(f"{source}: missing {missing} / unexpected {[shown(name) for name in extra]} top-level field(s)")
     content = {name: data[name] for name in ("schema", "metadata", "calibration", "records")}
     try:
         actual = content_sha256(content)
     except ValueError as error:  # NaN or infinity somewhere
         raise TableError(f"{source}: {error}") from None
     if data["sha256"] != actual:
-        raise TableError(f"{source}: sha256 mismatch (file edited or damaged): recorded {data['sha256']!r}, content {actual}")
+        raise TableError(f"{source}: sha256 mismatch (file edited or damaged): recorded {shown(data['sha256'], 70)}, content {actual}")
     try:
         metadata = TableMetadata.from_dict(data["metadata"])
         calibration = Calibration.from_dict(data["calibration"])
         if not isinstance(data["records"], Mapping):
             raise TableError("records: expected a mapping of layer key to record")
-        records = {str(key): LatencyRecord.from_dict(value, f"records[{key!r}]") for key, value in data["records"].items()}
+        records = {}
+        for key, value in data["records"].items():
+            records[_name(key, "records key")] = LatencyRecord.from_dict(value, f"records[{key[:80]!r}]")
     except TableError as error:
         raise TableError(f"{source}: {error}") from None
-    return LatencyTable(metadata, records, calibration, source)
+    return LatencyTable(metadata, records, calibration, source).check()
 
 
 def load_table(path: str | os.PathLike[str]) -> LatencyTable:
-    """Read and validate a `latnas/lut@1` file; `TableError` with one line otherwise."""
+    """Read and validate a `latnas/lut@1` file (a regular file of at most `MAX_TABLE_BYTES`);
+    `TableError` with one line otherwise."""
     path = Path(path)
     try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise TableError(f"{path}: no such table file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TableError(f"{path}: cannot read ({error.__class__.__name__}: {error})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TableError(f"{path}: not valid JSON (truncated or damaged?): {error.msg} at line {error.lineno}") from None
+        data = parse_json_document(read_input_text(path, "", MAX_TABLE_BYTES), str(path))
+    except FileError as error:
+        raise TableError(str(error)) from None
+    except ValueError:  # an integer beyond Python's digit limit inside the JSON
+        raise TableError(f"{path}: not valid JSON (a number too long to read)") from None
     return table_from_dict(data, str(path))

@@ -19,11 +19,24 @@ CSV has a header `architecture,measured_ms`; an architecture is `ref:NAME` (a re
 `--space`) or the path of an architecture YAML (relative to the CSV's folder). With `--refit` the
 calibration is fitted on all of these networks (there are usually few) and the report gives the
 in-sample error; the refitted table goes to `--lut`'s file, or to the device's table in the user's
-table folder (`$LATNAS_TABLES`), never into the installed package.
+table folder (`$LATNAS_TABLES`), never into the installed package. The CSV is read like every
+measurement file (`lut.measurement_csv`); a named file that is not an architecture is refused
+without quoting it; `measured_ms` must be in (0, 1e6].
+
+A refit is refused, and nothing saved, when the networks cannot support one
+(`lut.calibration.CalibrationError`: fewer than 2 distinct networks, repeats that disagree, a fit
+that explains nothing) or when the result would let a prediction fall to 0 ms or below. Outputs
+(`--report`, `--plot`, the table with `--refit`) are checked before anything is measured: not a
+directory or special file, not the same file twice, not one of the inputs. `--samples` (1..100000,
+default 20) and `--seed` (0..2**32-1) draw the networks measured here, so with `--measurements`
+they, like the timing options, are refused.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import io
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -32,17 +45,28 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from search_spaces import Architecture, SearchSpace
-from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, run_command
-from search_spaces.files import write_text_atomic
+from search_spaces import Architecture, ArchitectureError, SearchSpace, get_space
+from search_spaces.architecture import SCHEMA as ARCHITECTURE_SCHEMA
+from search_spaces.command_line import EXIT_OK, ArgumentParser, UsageError, integer_in, run_command
+from search_spaces.files import FileError, parse_yaml_document, read_input_text, write_bytes_atomic, write_text_atomic
+from search_spaces.limits import LATENCY_MS, MAX_ARCHITECTURE_BYTES, RESOLUTION, SAMPLES, SEED
 
-from lut.command_line import add_device_arguments, device_from_args, space_from_args
-from search_spaces.command_line import positive_int
-from lut.calibration import fit_calibration
+from lut.calibration import CalibrationError, fit_calibration
+from lut.command_line import (
+    TIMING_OPTIONS,
+    LazyProgress,
+    add_device_arguments,
+    check_output_paths,
+    device_from_args,
+    refuse_options,
+    space_from_args,
+)
 from lut.devices import Device, loadavg
+from lut.measurement_csv import read_csv_rows
 from lut.table import Calibration, LatencyTable, MissingKeysError, TableError, load_table
 
 PROG = "python -m lut.validate"
+DEFAULT_SAMPLES = 20
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,43 @@ def calibration_architectures(space: SearchSpace, count: int, seed: int, resolut
     return mixed + uniform[len(slimmed):]
 
 
+#: candidates drawn per calibration network, of which `calibration_set` keeps a spread
+CANDIDATES_PER_NETWORK = 4
+
+
+def within_widths(space: SearchSpace, widths: Sequence[Sequence[int]] | None) -> SearchSpace:
+    """`space` whose stages offer only `widths[i]` (what a `--widths-subset` table prices), or
+    `space` itself without `widths`. The copy keeps the space's name and layer walk and is not
+    registered; architectures it samples are architectures of `space`."""
+    if not widths:
+        return space
+    restricted = copy.copy(space)
+    restricted.stages = tuple(dataclasses.replace(stage, widths=tuple(sorted(chosen)))
+                              for stage, chosen in zip(space.stages, widths))
+    return restricted
+
+
+def calibration_set(table: LatencyTable, count: int, seed: int,
+                    widths: Sequence[Sequence[int]] | None = None) -> list[Architecture]:
+    """`count` distinct networks to fit `table`'s calibration on, spread over the latency range.
+
+    `CANDIDATES_PER_NETWORK * count` candidates come from `calibration_architectures` (uniform
+    and slimmed, seed `seed + CALIBRATION_SEED_OFFSET`, so `lut.validate --seed seed` checks on
+    other networks) within the table's `widths`; they are ranked by the table's naive sum and
+    `count` evenly spaced ranks kept (the fastest and the slowest included), in drawing order, so
+    that no latency region is fitted from one or two networks. Fewer come back when the space
+    (or subset) holds fewer distinct networks.
+    """
+    meta = table.metadata
+    space = within_widths(get_space(meta.space), widths)
+    candidates = calibration_architectures(space, CANDIDATES_PER_NETWORK * count, seed + CALIBRATION_SEED_OFFSET,
+                                           meta.resolution, meta.num_classes)
+    distinct = list({arch.stages: arch for arch in candidates}.values())
+    by_latency = sorted(range(len(distinct)), key=lambda index: table.predict_naive(distinct[index]))
+    ranks = sorted({int(round(rank)) for rank in np.linspace(0, len(distinct) - 1, min(count, len(distinct)))})
+    return [distinct[index] for index in sorted(by_latency[rank] for rank in ranks)]
+
+
 def measure_networks(
     device: Device, table: LatencyTable, archs: Sequence[Architecture], progress: Callable[[], Any] | None = None
 ) -> list[NetworkMeasurement]:
@@ -228,11 +289,10 @@ def plot_fidelity(
     axes.legend(loc="upper left", fontsize=8)
     axes.grid(True, linewidth=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
-    temporary.replace(path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def validate(
@@ -244,7 +304,8 @@ def validate(
     refit: bool,
     progress: Callable[[], Any] | None = None,
 ) -> tuple[dict[str, Any], LatencyTable, list[tuple[str, list[float]]], list[float]]:
-    """Measure, optionally refit; returns (report, table to keep, plotted series, measured of the evaluated half)."""
+    """Measure, optionally refit; returns (report, table to keep, plotted series, measured of the evaluated half).
+    A refit the networks cannot support is a `CalibrationError` (`TableError` if it breaks the table)."""
     meta = table.metadata
     if refit:  # fitted on uniform + slimmed networks (`calibration_architectures`), checked on uniform others
         archs = (calibration_architectures(space, samples // 2, seed + CALIBRATION_SEED_OFFSET, meta.resolution, meta.num_classes)
@@ -257,7 +318,7 @@ def validate(
         half = samples // 2
         fit_rows, eval_rows = rows[:half], rows[half:]
         calibration = fit_calibration([r.sums_by_kind for r in fit_rows], [r.measured_ms for r in fit_rows])
-        table = table.with_calibration(calibration)
+        table = table.with_calibration(calibration).check()
     else:
         fit_rows, eval_rows = [], rows
     measured = [r.measured_ms for r in eval_rows]
@@ -285,53 +346,68 @@ def validate(
 
 
 def read_measurements(path: Path, space: SearchSpace, resolution: int, num_classes: int) -> list[tuple[Architecture, float]]:
-    """(architecture, measured ms) pairs from a `architecture,measured_ms` CSV; UsageError names the line."""
-    import csv
-    import dataclasses
+    """(architecture, measured ms) pairs from a `architecture,measured_ms` CSV; UsageError names the line.
 
-    from search_spaces import ArchitectureError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
-        raise UsageError(f"--measurements: {path}: not a readable CSV file") from None
-    rows = [row for row in csv.reader(text.splitlines()) if row and not row[0].lstrip().startswith("#")]
-    if not rows or [c.strip() for c in rows[0]] != ["architecture", "measured_ms"]:
+    An architecture is `ref:NAME` or an architecture YAML path relative to the CSV's folder. A
+    file that is not a `latnas/architecture@1` document is refused without quoting it.
+    """
+    rows = read_csv_rows(path, "--measurements")
+    if not rows or [c.strip() for c in rows[0][1]] != ["architecture", "measured_ms"]:
         raise UsageError(f"--measurements: {path}: the header must be 'architecture,measured_ms'")
     pairs = []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows[1:]:
+        where = f"--measurements: {path} line {number}"
         if len(row) != 2:
-            raise UsageError(f"--measurements: {path} line {number}: expected 2 fields, got {len(row)}")
+            raise UsageError(f"{where}: expected 2 fields, got {len(row)}")
         name, value = row[0].strip(), row[1].strip()
         try:
             measured = float(value)
         except ValueError:
             measured = float("nan")
-        if not measured > 0 or measured == float("inf"):
-            raise UsageError(f"--measurements: {path} line {number}: measured_ms must be a positive number, got {value!r}")
-        try:
-            if name.startswith("ref:"):
+        if measured not in LATENCY_MS:
+            raise UsageError(f"{where}: measured_ms must be a positive number of at most {LATENCY_MS.high:g} ms, "
+                             f"got {value[:40]!r}")
+        if name.startswith("ref:"):
+            try:
                 arch = space.reference(name[4:])
-            else:
-                arch = space.validate(Architecture.from_yaml(path.parent / name))
-        except KeyError as error:
-            raise UsageError(f"--measurements: {path} line {number}: {error.args[0]}") from None
-        except ArchitectureError as error:
-            raise UsageError(f"--measurements: {path} line {number}: {name}: {error}") from None
+            except KeyError:
+                raise UsageError(f"{where}: {space.name} has no reference {name[4:][:80]!r}; "
+                                 f"references: {', '.join(space.references())}") from None
+        else:
+            arch = _architecture_file(path.parent / name, f"{where}: {name[:200]}")
+            try:
+                space.validate(arch)
+            except ArchitectureError as error:
+                raise UsageError(f"{where}: {name[:200]}: {error}") from None
         pairs.append((dataclasses.replace(arch, resolution=resolution, num_classes=num_classes), measured))
     if len(pairs) < 2:
         raise UsageError(f"--measurements: {path}: needs at least 2 measured networks, got {len(pairs)}")
     return pairs
 
 
+def _architecture_file(path: Path, where: str) -> Architecture:
+    """The architecture in `path`; a file that is not one is refused without quoting its content."""
+    try:
+        data = parse_yaml_document(read_input_text(path, "", MAX_ARCHITECTURE_BYTES), str(path))
+    except FileError as error:
+        raise UsageError(f"{where}: {str(error).removeprefix(f'{path}: ')}") from None
+    if not isinstance(data, dict) or data.get("schema") != ARCHITECTURE_SCHEMA:
+        raise UsageError(f"{where}: not a {ARCHITECTURE_SCHEMA} document")
+    try:
+        return Architecture.from_dict(data)
+    except ArchitectureError as error:
+        raise UsageError(f"{where}: {error}") from None
+
+
 def validate_measured(
     table: LatencyTable, space: SearchSpace, pairs: Sequence[tuple[Architecture, float]], refit: bool
 ) -> tuple[dict[str, Any], LatencyTable, list[tuple[str, list[float]]], list[float]]:
-    """Price networks measured elsewhere; with `refit`, fit the calibration on all of them."""
+    """Price networks measured elsewhere; with `refit`, fit the calibration on all of them
+    (`CalibrationError` when they cannot support one, `TableError` when it would break the table)."""
     sums = [table.sums_by_kind(arch) for arch, _ in pairs]
     measured = [ms for _, ms in pairs]
     if refit:
-        table = table.with_calibration(fit_calibration(sums, measured))
+        table = table.with_calibration(fit_calibration(sums, measured)).check()
     naive = [sum(s.values()) for s in sums]
     calibrated = [table.calibration.apply(s) for s in sums]
     meta = table.metadata
@@ -358,10 +434,12 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="Measure sampled networks end to end and report a latency table's error.")
     add_device_arguments(parser)
     parser.add_argument("--space", required=True, help="search space name")
-    parser.add_argument("--resolution", type=positive_int, help="input resolution of the table (default: the space's)")
+    parser.add_argument("--resolution", type=integer_in(RESOLUTION),
+                        help=f"input resolution of the table, {RESOLUTION.low}..{RESOLUTION.high} (default: the space's)")
     parser.add_argument("--lut", help="table file (default: the device's table for the space)")
-    parser.add_argument("--samples", type=positive_int, default=20, help="sampled architectures (default 20)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--samples", type=integer_in(SAMPLES),
+                        help=f"sampled architectures, {SAMPLES.low}..{SAMPLES.high} (default {DEFAULT_SAMPLES})")
+    parser.add_argument("--seed", type=integer_in(SEED), help=f"sampling seed, {SEED.low}..{SEED.high} (default 0)")
     parser.add_argument("--refit", action="store_true", help="fit the calibration on half, report on the other half, save it")
     parser.add_argument(
         "--measurements", type=Path, help="CSV 'architecture,measured_ms' of networks measured elsewhere (no measuring here)"
@@ -374,11 +452,15 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     space, resolution = space_from_args(args.space, args.resolution)
+    if args.measurements is not None:
+        refuse_options(args, (*TIMING_OPTIONS, "--samples", "--seed"), "with --measurements (nothing is measured here)")
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    seed = args.seed or 0
     device = device_from_args(args, measuring=args.measurements is None)
-    if args.refit and args.samples < 4 and args.measurements is None:
+    if args.refit and samples < 4 and args.measurements is None:
         raise UsageError("--samples: --refit needs at least 4 samples (half to fit, half to check)")
     if args.plot and not args.plot.lower().endswith(".png"):
-        raise UsageError(f"--plot: expected a .png file name, got {args.plot!r}")
+        raise UsageError(f"--plot: expected a .png file name, got {args.plot[:200]!r}")
     try:
         if args.lut:
             table_path = Path(args.lut)
@@ -393,16 +475,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(
             f"--lut: the table is for {meta.device} {meta.space}@{meta.resolution}, not {device.name} {space.name}@{resolution}"
         )
-
-    from tqdm import tqdm
+    # with --refit the table is an output too (rewritten in place); without, an input no output may replace
+    outputs = {"--report": args.report, "--plot": args.plot, "--lut": table_path if args.refit else None}
+    check_output_paths(outputs, {"--lut": None if args.refit else table_path, "--measurements": args.measurements})
 
     try:
         if args.measurements is not None:
             pairs = read_measurements(args.measurements, space, meta.resolution, meta.num_classes)
-            report, table, series, measured = validate_measured(table, space, pairs, args.refit)
+            try:
+                report, table, series, measured = validate_measured(table, space, pairs, args.refit)
+            except (CalibrationError, TableError) as error:
+                raise UsageError(f"--refit: no calibration from {args.measurements}: {error}; the table is unchanged") from None
         else:
-            with tqdm(total=args.samples, desc="measuring networks", unit="net", file=sys.stderr) as bar:
-                report, table, series, measured = validate(device, table, space, args.samples, args.seed, args.refit, bar.update)
+            progress = LazyProgress("measuring networks", "net")
+            try:
+                report, table, series, measured = validate(device, table, space, samples, seed, args.refit,
+                                                           lambda: progress(1, samples))
+            except (CalibrationError, TableError) as error:
+                raise UsageError(f"--refit: no calibration: {error}; the table is unchanged") from None
+            finally:
+                progress.close()
     except MissingKeysError as error:
         raise UsageError(f"--lut: {error}") from None
     if args.refit:

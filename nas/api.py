@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from search_spaces import Architecture, ArchitectureError, SearchSpace, count_macs, count_params, get_space, list_spaces
+from search_spaces.limits import EVALUATION_BUDGET, SEED, VERIFY_ROUNDS
 
 import nas
 from nas.actions import ACTION_SET_NAMES, V1Actions, supports_v1_actions, v2_actions
@@ -38,7 +39,7 @@ from nas.verify import DEFAULT_ROUNDS, DEFAULT_UNDERSHOOT, Verification, measuri
 DEFAULT_BUDGET = 200
 SAMPLING_STRATEGIES = ("random", "evolution")
 #: the largest evaluation budget a request may ask for (a supernet evaluation takes ~0.1-1 s)
-MAX_BUDGET = 1_000_000
+MAX_BUDGET = EVALUATION_BUDGET.high
 
 
 class RequestError(ValueError):
@@ -147,6 +148,7 @@ def validate_request(request: SearchRequest) -> SearchSpace:
     if table_space != space.name:
         raise RequestError("predictor", f"table {request.table_name or ''} is for space {table_space!r}, not "
                                         f"{space.name!r}".replace("table  is", "the table is"))
+    _check_coverage(request, space)
     if request.max_params is not None:
         smallest = count_params(space.smallest())
         if not isinstance(request.max_params, int) or request.max_params < smallest:
@@ -159,8 +161,8 @@ def validate_request(request: SearchRequest) -> SearchSpace:
                                          "the target is met)")
         if not isinstance(request.budget, int) or not 1 <= request.budget <= MAX_BUDGET:
             raise RequestError("budget", f"{request.budget!r} is not an integer from 1 to {MAX_BUDGET}")
-    if not isinstance(request.seed, int) or not 0 <= request.seed < 2**63:
-        raise RequestError("seed", f"{request.seed!r} is not an integer from 0 to 2^63 - 1")
+    if request.seed not in SEED:
+        raise RequestError("seed", f"{request.seed!r} is not {SEED.describe()}")
     if request.start is not None:
         if request.strategy_name != "greedy":
             raise RequestError("start", "applies to --strategy greedy only")
@@ -189,8 +191,8 @@ def validate_request(request: SearchRequest) -> SearchSpace:
     elif not callable(getattr(request.evaluator, "score", None)):
         raise RequestError("evaluator", "is neither an evaluator spec nor an evaluator with score(arch)")
     if request.verify is not None:
-        if not (isinstance(request.verify.rounds, int) and 1 <= request.verify.rounds <= 20):
-            raise RequestError("verify", f"rounds {request.verify.rounds!r} is not an integer from 1 to 20")
+        if request.verify.rounds not in VERIFY_ROUNDS:
+            raise RequestError("verify", f"rounds {request.verify.rounds!r} is not {VERIFY_ROUNDS.describe()}")
         if not (isinstance(request.verify.undershoot, float) and 0 < request.verify.undershoot < 1):
             raise RequestError("verify", f"undershoot tolerance {request.verify.undershoot!r} is not between 0 and 1")
         try:
@@ -198,6 +200,30 @@ def validate_request(request: SearchRequest) -> SearchSpace:
         except ValueError as error:
             raise RequestError("verify", _first_line(error)) from None
     return space
+
+
+def _check_coverage(request: SearchRequest, space: SearchSpace) -> None:
+    """The table must price the space's corners (and the start) at the resolution the search runs at."""
+    metadata = getattr(request.predictor, "metadata", None)
+    table_resolution = getattr(metadata, "resolution", None)
+    name = request.table_name or "the table"
+    if request.start is not None and table_resolution is not None and request.start.resolution != table_resolution:
+        raise RequestError("start", f"{request.start_name or 'the start'} is at {request.start.resolution} px; "
+                                    f"{name} prices {table_resolution} px")
+    corners = [space.smallest(), space.largest()] + ([request.start] if request.start is not None else [])
+    for arch in corners:
+        try:
+            latency = float(request.predictor.predict(arch))
+        except KeyError as error:  # lut's MissingKeysError: a table of another resolution or a part of the space
+            keys = getattr(error, "keys", None) or [str(error)]
+            raise RequestError("predictor", f"{name} has no record of {len(keys)} layer(s) a {space.name} network at "
+                                            f"{arch.resolution} px needs (first: {keys[0]}); it was built at "
+                                            f"{table_resolution} px or for part of the space (--widths-subset)") from None
+        except ValueError as error:
+            raise RequestError("predictor", f"{name}: {_first_line(error)}") from None
+        if not (math.isfinite(latency) and latency > 0):
+            raise RequestError("predictor", f"{name} prices a {space.name} network at {latency!r} ms; a table must "
+                                            "predict positive, finite latencies")
 
 
 def _check_v1_possible(space: SearchSpace, evaluator: Any) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from search_spaces import Architecture, SearchSpace
+from search_spaces.files import FileError, check_input_file
+from search_spaces.limits import MAX_CHECKPOINT_BYTES
 
 from nas.problem import Evaluator
 
@@ -45,10 +47,10 @@ def _first_line(error: BaseException) -> str:
 
 
 def _check_checkpoint_path(checkpoint: str | Path) -> None:
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise EvaluatorError("supernet", f"no such checkpoint file: {checkpoint}" if not path.is_dir()
-                             else f"{checkpoint} is a directory, not a checkpoint file")
+    try:
+        check_input_file(checkpoint, "", MAX_CHECKPOINT_BYTES)
+    except FileError as error:
+        raise EvaluatorError("supernet", str(error)) from None
 
 
 def load_supernet(checkpoint: str | Path, space: SearchSpace):

@@ -38,7 +38,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,11 +61,18 @@ from search_spaces.command_line import (
     EXIT_OK,
     ArgumentParser,
     UsageError,
-    non_negative_int,
-    positive_int,
+    integer_in,
     run_command,
 )
-from search_spaces.files import write_text_atomic
+from search_spaces.files import check_input_file, check_outputs, make_temporary_directory, write_text_atomic
+from search_spaces.limits import (
+    EXPORT_BATCH,
+    MAX_ARCHITECTURE_BYTES,
+    MAX_CHECKPOINT_BYTES,
+    RECALIBRATION_BATCHES,
+    RESOLUTION,
+    SEED,
+)
 
 PROG = "python -m nas.export"
 REPORT_SCHEMA = "latnas/export-report@1"
@@ -390,7 +396,7 @@ def _write_package_atomic(out: Path, mlmodel) -> int:
     """Save `mlmodel` into a temporary folder beside `out`, rename it into place; its size in bytes."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        staging = make_temporary_directory(out)
     except OSError as error:
         raise ExportError(f"cannot write {out}: {error.strerror or error}") from error
     try:
@@ -428,12 +434,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", required=True, help=f"output file (coreml: a directory ending in {COREML_SUFFIX})")
     parser.add_argument("--supernet", help="trained supernet checkpoint to take the weights from (default: random init)")
     parser.add_argument("--data", help="data spec for --recalibrate (e.g. digits, synthetic, imagefolder:PATH)")
-    parser.add_argument("--recalibrate", type=positive_int, default=0, metavar="N",
+    parser.add_argument("--recalibrate", type=integer_in(RECALIBRATION_BATCHES), default=0, metavar="N",
                         help="re-estimate BatchNorm statistics on N batches of --data (needs --supernet)")
-    parser.add_argument("--resolution", type=positive_int,
+    parser.add_argument("--resolution", type=integer_in(RESOLUTION),
                         help="input resolution (default: the architecture's; with --supernet, the supernet's)")
-    parser.add_argument("--batch", type=positive_int, default=1, help="fixed batch size of the input (default 1)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random init and the data shuffle (default 0)")
+    parser.add_argument("--batch", type=integer_in(EXPORT_BATCH), default=1, help="fixed batch size of the input (default 1)")
+    parser.add_argument("--seed", type=integer_in(SEED), default=0, help="seed of the random init and the data shuffle (default 0)")
     parser.add_argument("--report", help="write the JSON report here too")
     return parser
 
@@ -444,8 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from supernet.data import DataError
 
     args = build_parser().parse_args(argv)
-    _check_arguments(args)
-    out = Path(args.out)
+    outputs = _check_arguments(args)
+    out = outputs["--out"]
     arch = _read_arch(args)
     if args.supernet and args.resolution is not None:
         _check_supernet_resolution(Path(args.supernet), args.resolution)
@@ -473,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close()
     document = report_document(report, arch, weights, args.arch)
     if args.report:
-        write_text_atomic(Path(args.report), json.dumps(document, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(outputs["--report"], json.dumps(document, indent=2, sort_keys=True) + "\n")
     print(summary_line(document), file=sys.stderr)
     return EXIT_OK
 
@@ -520,8 +526,9 @@ def summary_line(document: Mapping[str, Any]) -> str:
     )
 
 
-def _check_arguments(args) -> None:
-    """Refuse inconsistent options and unusable output paths before any slow work."""
+def _check_arguments(args) -> dict[str, Path]:
+    """Refuse inconsistent options and unusable output paths before any slow work; the outputs'
+    resolved paths by option."""
     if args.recalibrate and not args.supernet:
         raise UsageError("--recalibrate needs --supernet (it re-estimates the BatchNorm statistics of supernet weights)")
     if args.recalibrate and not args.data:
@@ -530,8 +537,8 @@ def _check_arguments(args) -> None:
         raise UsageError("--data is only read for --recalibrate N; give both or neither")
     if args.data and not args.supernet:
         raise UsageError("--data needs --supernet and --recalibrate N")
-    if args.supernet and not Path(args.supernet).is_file():
-        raise UsageError(f"--supernet: no such checkpoint file: {args.supernet}")
+    if args.supernet:
+        check_input_file(args.supernet, "--supernet", MAX_CHECKPOINT_BYTES)
     out = Path(args.out)
     if args.format == "coreml":
         if not out.name.endswith(COREML_SUFFIX) or out.name == COREML_SUFFIX:
@@ -540,14 +547,10 @@ def _check_arguments(args) -> None:
             raise UsageError(f"--out: {out} exists and is not a Core ML package; remove it or choose another path")
         if importlib.util.find_spec("coremltools") is None:
             raise UsageError("--format coreml needs the coremltools package (pip install coremltools)")
-    elif out.is_dir():
-        raise UsageError(f"--out: {out} is a directory; give a file path")
-    _check_writable(out, "--out")
-    if args.report:
-        report = Path(args.report)
-        if report.is_dir():
-            raise UsageError(f"--report: {report} is a directory; give a file path")
-        _check_writable(report, "--report")
+        resolved = check_outputs({"--report": args.report}, {"--out": out})
+    else:
+        resolved = check_outputs({"--out": out, "--report": args.report})
+    return resolved
 
 
 def _check_supernet_resolution(path: Path, resolution: int) -> None:
@@ -565,22 +568,9 @@ def _check_supernet_resolution(path: Path, resolution: int) -> None:
         )
 
 
-def _check_writable(path: Path, option: str) -> None:
-    """The nearest existing folder above `path` must be a writable directory (missing ones are created)."""
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"{option}: cannot create {path}: {folder} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{option}: cannot write {path}: directory {folder} is not writable")
-
-
 def _read_arch(args) -> Architecture:
     """The architecture file, validated, at `--resolution` when given (without a supernet)."""
-    path = Path(args.arch)
-    if not path.is_file():
-        raise UsageError(f"{args.arch}: {'is a directory, expected a YAML file' if path.is_dir() else 'no such file'}")
+    path = check_input_file(args.arch, "", MAX_ARCHITECTURE_BYTES)
     try:
         arch = Architecture.from_yaml(path)
         space = _space_of(arch)

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from search_spaces import Architecture
+from search_spaces import Architecture, ArchitectureError
 
 from nas.actions import ActionSet, v2_actions
 from nas.objectives import NO_GAIN
 from nas.problem import Evaluator, SearchProblem, SearchResult, Step, Unreachable
-from nas.state import StateFile, problem_settings
+from nas.state import StateFile, check_resumed_scores, problem_settings
 
 STRATEGY_NAME = "greedy"
 MID_STEP_SAVE_INTERVAL_S = 1.0
@@ -62,8 +62,9 @@ class _RecordedScores:
         try:
             for item in history:
                 self._add(_Scored(Architecture.from_dict(item["arch"]), float(item["score"])))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.state.path}: corrupt search state: {error}") from None
+        except (KeyError, TypeError, ValueError, ArchitectureError) as error:
+            raise ValueError(f"{self.state.path}: corrupt search state: {_first_line(error)}") from None
+        check_resumed_scores([(record.arch, record.score) for record in self.records], self.evaluator, self.state.path)
 
     def _add(self, record: _Scored) -> None:
         self.records.append(record)
@@ -165,3 +166,8 @@ def actions_settings(actions: ActionSet) -> Any:
     """What a state file records of an action set: its `settings()` if it has them, else its name."""
     settings = getattr(actions, "settings", None)
     return settings() if callable(settings) else getattr(actions, "__name__", type(actions).__name__)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

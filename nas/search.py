@@ -37,11 +37,19 @@ from search_spaces.command_line import (
     EXIT_UNREACHABLE,
     ArgumentParser,
     UsageError,
-    non_negative_int,
-    positive_int,
+    integer_in,
     run_command,
 )
-from search_spaces.files import write_text_atomic
+from search_spaces.files import FileError, LineFile, check_input_file, check_outputs, write_text_atomic
+from search_spaces.limits import (
+    EVALUATION_BATCHES,
+    EVALUATION_BUDGET,
+    MAX_ARCHITECTURE_BYTES,
+    MAX_TABLE_BYTES,
+    RECALIBRATION_BATCHES,
+    SEED,
+    VERIFY_ROUNDS,
+)
 
 from nas.api import (
     RequestError,
@@ -136,7 +144,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--mes-alpha-latency", default="1.0", help="MES latency exponent α_lat (default 1.0)")
     parser.add_argument("--max-params", help=f"size budget ({SIZE_FORMS})")
     parser.add_argument("--strategy", default="greedy", help="greedy (default), random or evolution")
-    parser.add_argument("--budget", type=positive_int, help="evaluations for random/evolution (default 200)")
+    parser.add_argument("--budget", type=integer_in(EVALUATION_BUDGET), help="evaluations for random/evolution (default 200)")
     parser.add_argument("--state", help="resumable state file (continued when it exists)")
     parser.add_argument("--actions", help="greedy action set: v1 (MetaPath importance; default with a Gumbel-trained "
                                           "--supernet) or v2 (default otherwise)")
@@ -144,10 +152,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--supernet", help="trained supernet checkpoint (accuracy evaluator)")
     parser.add_argument("--data", help="data spec for --supernet; searches select on its val split (e.g. digits)")
     parser.add_argument("--evaluator", help="supernet (default with --supernet) or proxy (default without)")
-    parser.add_argument("--recalibrate", type=non_negative_int, default=0,
+    parser.add_argument("--recalibrate", type=integer_in(RECALIBRATION_BATCHES), default=0,
                         help="re-estimate BN statistics on N training batches before each supernet evaluation")
-    parser.add_argument("--eval-batches", type=positive_int, help="supernet evaluator: at most N validation batches")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
+    parser.add_argument("--eval-batches", type=integer_in(EVALUATION_BATCHES), help="supernet evaluator: at most N validation batches")
+    parser.add_argument("--seed", type=integer_in(SEED), default=0,
                         help="seed of the proxy's weights and the random strategies")
     parser.add_argument("--out", help="output YAML (default stdout)")
     parser.add_argument("--trace", help="write every step as JSON lines")
@@ -155,10 +163,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--verify", action="store_true",
                         help="measure the found network end to end on the (measured) device; if it misses the target, "
                              "or lands more than --verify-undershoot below it, correct the table and search again")
-    parser.add_argument("--verify-rounds", type=positive_int,
+    parser.add_argument("--verify-rounds", type=integer_in(VERIFY_ROUNDS),
                         help=f"--verify: at most N searches (default {DEFAULT_ROUNDS})")
     parser.add_argument("--verify-undershoot",
-                        help=f"--verify: re-search when measured < (1 - this) x target (default {DEFAULT_UNDERSHOOT:.0%})")
+                        help=f"--verify: re-search when measured < (1 - this) x target (default {DEFAULT_UNDERSHOOT * 100:g}%%)")
     return parser
 
 
@@ -187,28 +195,33 @@ def _table(args, space_name: str):
 
     try:
         if args.lut:
-            if not Path(args.lut).is_file():
-                raise UsageError(f"--lut: no such table file: {args.lut}")
-            return load_table(args.lut), Path(args.lut).name
+            check_input_file(args.lut, "--lut", MAX_TABLE_BYTES)
+            table = load_table(args.lut)
+            if args.device and table.metadata.device != get_device(args.device).name:
+                raise UsageError(f"--lut: {args.lut} was built for device {table.metadata.device!r}, not --device "
+                                 f"{args.device!r}; give one of them")
+            return table, Path(args.lut).name
         if not args.device:
             raise UsageError("give --device or --lut")
         device = get_device(args.device)
         return device.default_table(space_name), device.table_name(space_name)
-    except UsageError:
+    except (UsageError, FileError):
         raise
     except Exception as error:  # unknown device, missing/corrupt table
-        raise UsageError(_first_line(error)) from None
+        prefix = "--lut" if args.lut else "--device"
+        message = _first_line(error)
+        raise UsageError(message if message.startswith("--") else f"{prefix}: {message}") from None
 
 
 def _start(args) -> Architecture | None:
     if not args.start:
         return None
-    if not Path(args.start).is_file():
-        raise UsageError(f"--start: no such file: {args.start}")
+    check_input_file(args.start, "--start", MAX_ARCHITECTURE_BYTES)
     try:
         return Architecture.from_yaml(Path(args.start))
     except ArchitectureError as error:
-        raise UsageError(f"--start: {args.start}: {_first_line(error)}") from None
+        message = _first_line(error)
+        raise UsageError(f"--start: {message if message.startswith(str(args.start)) else f'{args.start}: {message}'}") from None
 
 
 def _evaluator(args):
@@ -269,24 +282,29 @@ def front_document(outcome: SearchOutcome) -> str:
     return yaml.safe_dump({"schema": FRONT_SCHEMA, **outcome.meta, "points": points}, sort_keys=False)
 
 
-def run_request(request: SearchRequest, trace_path: str | None) -> SearchOutcome:
-    """`run_search` with the trace written line by line (appended when a state file is resumed)."""
+def run_request(request: SearchRequest, trace_path: str | Path | None) -> SearchOutcome:
+    """`run_search` with its trace: a `LineFile` published atomically at the end (also after Ctrl-C),
+    so a killed search leaves the old trace as it was. With a state file the trace follows the state
+    instead: republished after every step and continued when the state is resumed (a search killed
+    between writing the two may repeat or miss that one step in the trace)."""
     resuming = request.state_path is not None and Path(request.state_path).exists()
-    trace = open(trace_path, "a" if resuming else "w", encoding="utf-8", buffering=1) if trace_path else None
+    trace = LineFile(trace_path, append=resuming, min_interval_s=0.0 if request.state_path is not None else math.inf) \
+        if trace_path else None
     try:
-        on_step = (lambda step: trace.write(json.dumps(step_record(step), sort_keys=True) + "\n")) if trace else None
+        on_step = (lambda step: trace.write_line(json.dumps(step_record(step), sort_keys=True))) if trace else None
         return run_search(request, on_step=on_step, progress=sys.stderr.isatty())
     finally:
         if trace:
-            trace.close()
+            trace.publish(force=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(attach_dash_values(sys.argv[1:] if argv is None else list(argv)))
     try:
+        outputs = check_outputs({"--out": args.out, "--front": args.front, "--trace": args.trace, "--state": args.state})
         request = request_from_args(args)
         validate_request(request)  # before the trace file is opened
-        outcome = run_request(request, args.trace)
+        outcome = run_request(request, outputs.get("--trace"))
     except RequestError as error:
         raise UsageError(f"{OPTION_OF_FIELD.get(error.field, '--' + error.field)}: {error}") from None
     if not outcome.reachable:
@@ -295,10 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{request.space} reaches is {outcome.smallest_latency:.4f} ms", file=sys.stderr)
         return EXIT_UNREACHABLE
     if args.front:
-        write_text_atomic(Path(args.front), front_document(outcome))
+        write_text_atomic(outputs["--front"], front_document(outcome))
     text = outcome.arch.to_yaml()
     if args.out:
-        write_text_atomic(Path(args.out), text)
+        write_text_atomic(outputs["--out"], text)
     else:
         sys.stdout.write(text)
     result, verification = outcome.result, outcome.verification

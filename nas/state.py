@@ -6,6 +6,11 @@ population, counters...) and `history`, the list of what was evaluated, in order
 atomically after every evaluation; history records never change once written, so each is
 serialised once and a write costs a join, not a dump of everything. A state is resumed only by the
 same search: any differing setting is a `ValueError` naming it.
+
+A state file is not believed: latencies and params are priced again from the table, every score
+must be finite, and `check_resumed_scores` scores a few recorded architectures again (the best,
+the last and one drawn at random) and refuses the state when the evaluator disagrees, so an
+edited score cannot become the search's result.
 """
 
 from __future__ import annotations
@@ -16,12 +21,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from search_spaces.files import write_text_atomic
+import numpy as np
+
+from search_spaces import Architecture
+from search_spaces.files import FileError, parse_json_document, read_input_text, write_text_atomic
+from search_spaces.limits import MAX_STATE_BYTES
 
 from nas.problem import SearchProblem
 
 STATE_SCHEMA = "latnas/search-state@1"
 T = TypeVar("T")
+#: recorded scores checked again on resume, and how close a fresh score must come
+RESCORED_RECORDS = 3
+SCORE_TOLERANCE = 1e-4
 
 
 def problem_settings(problem: SearchProblem) -> dict[str, Any]:
@@ -57,12 +69,12 @@ class StateFile:
 
         `ValueError` for an unreadable file, another schema, another strategy or other settings.
         """
-        if self.path is None or not self.path.exists():
+        if self.path is None or not (self.path.exists() or self.path.is_symlink()):
             return None
         try:
-            state = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{self.path}: cannot read the search state: {error}") from None
+            state = parse_json_document(read_input_text(self.path, "", MAX_STATE_BYTES), str(self.path))
+        except FileError as error:
+            raise ValueError(f"cannot read the search state: {error}") from None
         if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA:
             raise ValueError(f"{self.path}: not a search state (expected schema {STATE_SCHEMA!r})")
         differences = []
@@ -94,3 +106,21 @@ class StateFile:
         self._history.extend(_compact(to_dict(record)) for record in history[len(self._history):])
         head = _compact({"schema": STATE_SCHEMA, "strategy": self.strategy, "settings": self.settings, **body})
         write_text_atomic(self.path, f'{head[:-1]},"history":[{",".join(self._history)}]}}\n')
+
+
+def check_resumed_scores(records: Sequence[tuple[Architecture, float]], evaluator: Any, path: Path | None) -> None:
+    """Refuse a resumed history whose scores are not finite, or which the evaluator does not give
+    again for the best, the last and one randomly drawn record (`ValueError` naming the file)."""
+    if not records:
+        return
+    for index, (_, score) in enumerate(records, start=1):
+        if not math.isfinite(score):
+            raise ValueError(f"{path}: corrupt search state: evaluation {index} has score {score!r}")
+    best = max(range(len(records)), key=lambda i: records[i][1])
+    drawn = int(np.random.default_rng(len(records)).integers(len(records)))
+    for index in sorted({best, len(records) - 1, drawn})[:RESCORED_RECORDS]:
+        arch, stored = records[index]
+        fresh = float(evaluator.score(arch))
+        if not math.isclose(fresh, stored, rel_tol=SCORE_TOLERANCE, abs_tol=SCORE_TOLERANCE):
+            raise ValueError(f"{path}: the state records score {stored:.6g} for evaluation {index + 1}, the evaluator "
+                             f"gives {fresh:.6g}: the state was edited or comes from another evaluator")

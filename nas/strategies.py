@@ -53,8 +53,8 @@ from tqdm import tqdm
 from nas.actions import IDENTITY, ActionSet, v2_actions
 from nas.greedy import greedy_search
 from nas.problem import SearchProblem, SearchResult, Step, Unreachable
-from nas.state import StateFile, problem_settings
-from search_spaces import Architecture, Block, SearchSpace, Stage
+from nas.state import StateFile, check_resumed_scores, problem_settings
+from search_spaces import Architecture, ArchitectureError, Block, SearchSpace, Stage
 from search_spaces.architecture import IDENTITY_BLOCK
 
 MUTATION_KINDS = ("type", "expansion", "heads", "width")
@@ -261,8 +261,11 @@ class _Evaluation:
     def from_dict(cls, data: dict[str, Any], problem: SearchProblem) -> _Evaluation:
         """A history record of a state file; latency and params are priced again from the problem
         (a state file is not believed about what the table and the space say)."""
-        arch = Architecture.from_dict(data["arch"])
+        arch = problem.space.validate(Architecture.from_dict(data["arch"]))
         latency, params = problem.price(arch)
+        if not problem.met(latency, params):
+            raise ValueError(f"a recorded architecture ({latency:.4f} ms, {params} params) does not meet the search's "
+                             "constraints")
         return cls(arch, latency, params, float(data["score"]), str(data["action"]), str(data["description"]),
                    problem.mes(params, latency))
 
@@ -383,12 +386,20 @@ class _Run:
             counters = state["counters"]
             population = [Architecture.from_dict(item) for item in state["population"] or ()]
             rng_state = state["rng"]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}: corrupt search state: {error}") from None
+            counts = {key: counters[key] for key in ("proposals", "infeasible", "duplicates")}
+        except (KeyError, TypeError, ValueError, ArchitectureError) as error:
+            raise ValueError(f"{path}: corrupt search state: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
+        if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counts.values()) \
+                or counts["proposals"] < len(history) or counts["infeasible"] + counts["duplicates"] > counts["proposals"]:
+            raise ValueError(f"{path}: corrupt search state: counters {counts} do not fit {len(history)} evaluations")
         if len(history) > self.budget:
             raise ValueError(f"{path}: the state already holds {len(history)} evaluations, more than the "
                              f"budget of {self.budget}")
-        self.rng.bit_generator.state = rng_state
+        check_resumed_scores([(record.arch, record.score) for record in history], self.problem.evaluator, path)
+        try:
+            self.rng.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError, OverflowError) as error:
+            raise ValueError(f"{path}: corrupt search state: bad random generator state ({type(error).__name__})") from None
         for record in history:
             self._record(record)
         if self.population is not None:
@@ -397,7 +408,7 @@ class _Run:
                 if arch not in self.seen:
                     raise ValueError(f"{path}: corrupt search state: a population member is not in the history")
                 self.population.append(self.history[self.seen[arch] - 1])
-        self.proposals, self.infeasible, self.duplicates = (int(counters[key]) for key in ("proposals", "infeasible", "duplicates"))
+        self.proposals, self.infeasible, self.duplicates = (counts[key] for key in ("proposals", "infeasible", "duplicates"))
 
     # -- result ----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -47,15 +47,17 @@ from search_spaces.command_line import (
     EXIT_OK,
     ArgumentParser,
     UsageError,
-    non_negative_int,
-    positive_float,
-    positive_int,
+    integer_in,
+    number_in,
     run_command,
 )
-from search_spaces.files import write_text_atomic
+from search_spaces.cluster import check_ray_address, ray_session
+from search_spaces.files import check_input_file, check_outputs, write_text_atomic
+from search_spaces.limits import EVALUATION_BUDGET, MAX_CHECKPOINT_BYTES, SEED, FloatRange
 
 PROG = "python -m nas.sweep"
 STRATEGIES = ("greedy", "random", "evolution")
+CPUS_PER_TRIAL = FloatRange(0.0, 1024.0, low_open=True)
 FOUND, UNREACHABLE, ERROR = "found", "unreachable", "error"
 FINISHED = (FOUND, UNREACHABLE)
 EXIT_TRIAL_ERROR = 1
@@ -237,11 +239,14 @@ class TrialStatus:
 
 # -- validation ----------------------------------------------------------------------------------
 def parse_list(text: str, flag: str, what: str = "value") -> tuple[str, ...]:
-    """'a,b, c' -> ('a', 'b', 'c'), empty entries dropped; UsageError naming `flag` when nothing is left."""
-    items = tuple(item.strip() for item in (text or "").split(",") if item.strip())
-    if not items:
+    """'a,b, c' -> ('a', 'b', 'c'); UsageError naming `flag` for an empty list or an empty entry ('1ms,,2ms')."""
+    parts = [item.strip() for item in (text or "").split(",")]
+    if not any(parts):
         raise UsageError(f"{flag}: give at least one {what} (a comma-separated list)")
-    return items
+    if not all(parts):
+        raise UsageError(f"{flag}: entry {parts.index('') + 1} of {text!r} is empty; give a comma-separated list of "
+                         f"{what.split(';')[0]} values")
+    return tuple(parts)
 
 
 def parse_targets(text: str) -> tuple[float, ...]:
@@ -258,7 +263,7 @@ def parse_targets(text: str) -> tuple[float, ...]:
 def validate_config(config: SweepConfig) -> SweepConfig:
     """`config` checked and normalised (absolute paths, duplicates dropped); UsageError naming the field.
 
-    Touches neither Ray nor the output folder.
+    Touches neither Ray nor the output folder (a `ray_address` is only probed for an answer).
     """
     if config.space not in list_spaces():
         raise UsageError(f"--space: unknown space {config.space!r}; choose from {', '.join(list_spaces())}")
@@ -281,29 +286,41 @@ def validate_config(config: SweepConfig) -> SweepConfig:
         if config.max_params < smallest:
             raise UsageError(f"--max-params: {config.max_params} is below the smallest network of {space.name} "
                              f"({smallest} params)")
-    if config.budget is not None and not (isinstance(config.budget, int) and config.budget >= 1):
-        raise UsageError(f"--budget: {config.budget!r} is not a positive integer")
-    if not (isinstance(config.seed, int) and config.seed >= 0):
-        raise UsageError(f"--seed: {config.seed!r} is not a non-negative integer")
-    if not (math.isfinite(config.cpus_per_trial) and config.cpus_per_trial > 0):
-        raise UsageError(f"--cpus-per-trial: {config.cpus_per_trial!r} is not a positive number")
+    if config.budget is not None and config.budget not in EVALUATION_BUDGET:
+        raise UsageError(f"--budget: {config.budget!r} is not {EVALUATION_BUDGET.describe()}")
+    if config.seed not in SEED:
+        raise UsageError(f"--seed: {config.seed!r} is not {SEED.describe()}")
+    if config.cpus_per_trial not in CPUS_PER_TRIAL:
+        raise UsageError(f"--cpus-per-trial: {config.cpus_per_trial!r} is not {CPUS_PER_TRIAL.describe()}")
+    if config.ray_address:  # a bounded TCP probe: a dead address is one line now, not a hang in ray.init
+        check_ray_address(config.ray_address, "--ray-address")
     if (config.supernet is None) != (config.data is None):
         raise UsageError("--supernet and --data go together")
     supernet, data = config.supernet, config.data
     if supernet is not None:
         supernet_path = Path(supernet).expanduser()
-        if not supernet_path.is_file():
-            raise UsageError(f"--supernet: no such checkpoint file: {supernet}")
+        _check_supernet(supernet_path, space.name)
         supernet, data = str(supernet_path.resolve()), _absolute_data_spec(data or "")
-    out = Path(config.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {config.out} exists and is not a folder")
-    config = replace(config, out=out.resolve(), targets_ms=targets, devices=devices, objectives=objectives,
+    out = check_outputs({}, {"--out": Path(config.out).expanduser()})["--out"]
+    config = replace(config, out=out, targets_ms=targets, devices=devices, objectives=objectives,
                      strategies=strategies, supernet=supernet, data=data)
     names = [combination.name for combination in config.combinations()]
     if len(set(names)) != len(names):
         raise UsageError("--targets/--devices: two combinations get the same trial name; give distinct values")
     return config
+
+
+def _check_supernet(path: Path, space: str) -> None:
+    """The checkpoint loads (digest, finite weights) and is of `space`: refused here, not in a trial."""
+    from supernet import CheckpointError, read_checkpoint
+
+    check_input_file(path, "--supernet", MAX_CHECKPOINT_BYTES)
+    try:
+        payload = read_checkpoint(path)
+    except CheckpointError as error:
+        raise UsageError(f"--supernet: {str(error).strip().splitlines()[0]}") from None
+    if payload["space"] != space:
+        raise UsageError(f"--supernet: {path} is a supernet of {payload['space']!r}, not of --space {space!r}")
 
 
 def _unique(values) -> tuple:
@@ -531,18 +548,15 @@ def run_sweep(config: SweepConfig) -> list[TrialStatus]:
     print(f"{PROG}: {len(combinations)} combinations, {len(combinations) - len(pending)} already finished, "
           f"running {len(pending)}", file=sys.stderr)
     if pending:
-        started = _connect_ray(config)
-        try:
+        # a local Ray gets every core; one started here is shut down on leaving, on SIGTERM, and by a
+        # reaper process when this one is SIGKILLed
+        with ray_session(config.ray_address, "--ray-address", num_cpus=os.cpu_count()):
+            _check_cluster_cpus(config)
             config.out.mkdir(parents=True, exist_ok=True)
             _write_record(config.out, config, runs)  # claims DIR for these settings before any trial runs
             run_name = _fresh_run_name(config.out, run["run"])
             run["ray_results"] = f"{RAY_RESULTS_DIR}/{run_name}"
             failures = _run_trials(config, pending, run_name)
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
         for combination in pending:  # a trial that died before writing its status still gets a row
             if read_status(config.out, combination) is None:
                 reason = failures.get(combination.name) or "the trial did not finish (interrupted?)"
@@ -590,31 +604,14 @@ def _run_trials(config: SweepConfig, pending: Sequence[Combination], run_name: s
     return failures
 
 
-def _connect_ray(config: SweepConfig) -> bool:
-    """Make sure Ray is initialised and can place a trial; True when this call started (or connected) it."""
+def _check_cluster_cpus(config: SweepConfig) -> None:
+    """The connected Ray cluster must be able to place one trial."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        if config.ray_address:
-            try:
-                ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
-            # a malformed address is a ValueError; one where no cluster answers ends in SystemExit
-            except (ConnectionError, RuntimeError, TimeoutError, ValueError, SystemExit) as error:
-                first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-                raise UsageError(f"--ray-address: cannot connect to {config.ray_address}: {first_line}") from None
-        else:
-            # ERROR: a local Ray's start-up notices (token authentication, dashboard) are not the user's concern
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
-        started = True
     available = ray.cluster_resources().get("CPU", 0)
     if available < config.cpus_per_trial:
-        if started:
-            ray.shutdown()
         raise UsageError(f"--cpus-per-trial: {config.cpus_per_trial:g} is more than the {available:g} CPUs "
                          "of the Ray cluster")
-    return started
 
 
 @contextlib.contextmanager
@@ -689,12 +686,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--strategies", default="greedy", help=f"comma-separated strategies: {', '.join(STRATEGIES)}")
     parser.add_argument("--space", default="efficientformer_v2", help="search space (default efficientformer_v2)")
     parser.add_argument("--max-params", help=f"size budget for every search ({SIZE_FORMS})")
-    parser.add_argument("--budget", type=positive_int, help="evaluations for the random and evolution strategies")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for every search (default 0)")
+    parser.add_argument("--budget", type=integer_in(EVALUATION_BUDGET), help="evaluations for the random and evolution strategies")
+    parser.add_argument("--seed", type=integer_in(SEED), default=0, help="seed for every search (default 0)")
     parser.add_argument("--supernet", help="trained supernet checkpoint (accuracy evaluator)")
     parser.add_argument("--data", help="held-out data spec for --supernet")
     parser.add_argument("--ray-address", help="connect to this Ray cluster (default: a local Ray)")
-    parser.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="CPUs per trial (default 1)")
+    parser.add_argument("--cpus-per-trial", type=number_in(CPUS_PER_TRIAL), default=1.0, help="CPUs per trial (default 1)")
     parser.add_argument("--out", required=True, help="sweep folder (trials/, summary.csv, summary.md, sweep.json)")
     return parser
 

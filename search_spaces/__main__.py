@@ -20,12 +20,12 @@ from search_spaces.command_line import (
     EXIT_OK,
     ArgumentParser,
     UsageError,
-    non_negative_int,
-    positive_int,
+    integer_in,
     run_command,
 )
 from search_spaces.counting import cost
-from search_spaces.files import write_text_atomic
+from search_spaces.files import check_outputs, write_text_atomic
+from search_spaces.limits import NUM_CLASSES, RESOLUTION, SAMPLES, SEED
 from search_spaces.registry import get_space, list_spaces
 from search_spaces.space import SearchSpace
 
@@ -84,6 +84,7 @@ def command_show(args) -> int:
 
 def command_sample(args) -> int:
     space = _space(args.space)
+    out_dir = check_outputs({}, {"--out-dir": args.out_dir}).get("--out-dir")
     rng = np.random.default_rng(args.seed)
     archs = [
         space.sample(rng, resolution=args.resolution, num_classes=args.num_classes).with_meta(
@@ -96,12 +97,9 @@ def command_sample(args) -> int:
     if args.out_dir is None:
         sys.stdout.write("---\n".join(arch.to_yaml() for arch in archs))
         return EXIT_OK
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out-dir: {out_dir} exists and is not a directory")
     for i, arch in enumerate(archs):
         write_text_atomic(out_dir / f"{space.name}_seed{args.seed}_{i:03d}.yaml", arch.to_yaml())
-    print(f"wrote {len(archs)} architectures to {out_dir}", file=sys.stderr)
+    print(f"wrote {len(archs)} architectures to {args.out_dir}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -133,10 +131,10 @@ def build_parser() -> ArgumentParser:
     show.add_argument("--ref", help="reference variant name (e.g. s0)")
     sample = commands.add_parser("sample", help="sample random architectures of a space")
     sample.add_argument("space")
-    sample.add_argument("--n", type=positive_int, default=1, help="how many (default 1)")
-    sample.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    sample.add_argument("--resolution", type=positive_int, help="input resolution (default: the space's)")
-    sample.add_argument("--num-classes", type=positive_int, help="classes (default 1000)")
+    sample.add_argument("--n", type=integer_in(SAMPLES), default=1, help="how many (default 1)")
+    sample.add_argument("--seed", type=integer_in(SEED), default=0, help="random seed (default 0)")
+    sample.add_argument("--resolution", type=integer_in(RESOLUTION), help="input resolution (default: the space's)")
+    sample.add_argument("--num-classes", type=integer_in(NUM_CLASSES), help="classes (default 1000)")
     sample.add_argument("--out-dir", help="write one YAML file per architecture here instead of stdout")
     validate = commands.add_parser("validate", help="check architecture YAML files (exit 0 valid, 2 with the reason)")
     validate.add_argument("files", nargs="+")

@@ -20,6 +20,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from search_spaces.files import FileError, parse_yaml_document, read_input_text
+from search_spaces.limits import MAX_ARCHITECTURE_BYTES, NUM_CLASSES, RESOLUTION, IntRange
+
 SCHEMA = "latnas/architecture@1"
 IDENTITY = "identity"
 
@@ -54,10 +57,19 @@ def _require_int(value: Any, path: str, minimum: int) -> int:
     return value
 
 
+def _require_in(value: Any, path: str, allowed: IntRange) -> int:
+    if not _is_int(value):
+        raise ArchitectureError(path, f"expected an integer, got {_describe(value)}")
+    if value not in allowed:
+        raise ArchitectureError(path, f"must be {allowed.describe()}, got {value}")
+    return value
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    return f"{type(value).__name__} {value!r}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
@@ -216,8 +228,8 @@ class Architecture:
         space = data["space"]
         if not isinstance(space, str) or not space:
             raise ArchitectureError("space", f"expected a space name, got {_describe(space)}")
-        resolution = _require_int(data["resolution"], "resolution", 1)
-        num_classes = _require_int(data["num_classes"], "num_classes", 1)
+        resolution = _require_in(data["resolution"], "resolution", RESOLUTION)
+        num_classes = _require_in(data["num_classes"], "num_classes", NUM_CLASSES)
         raw_stages = data["stages"]
         if not isinstance(raw_stages, list) or not raw_stages:
             raise ArchitectureError("stages", f"expected a non-empty list of stages, got {_describe(raw_stages)}")
@@ -242,24 +254,17 @@ class Architecture:
         if isinstance(source, os.PathLike) or ("\n" not in source and not source.lstrip().startswith("{")):
             path = Path(source)
             try:
-                text = path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise ArchitectureError("", f"{path}: no such file") from None
-            except IsADirectoryError:
-                raise ArchitectureError("", f"{path}: is a directory, expected a YAML file") from None
-            except UnicodeDecodeError:
-                raise ArchitectureError("", f"{path}: not UTF-8 text") from None
+                text = read_input_text(path, "", MAX_ARCHITECTURE_BYTES)
+            except FileError as error:  # callers name the file; the message says what is wrong with it
+                raise ArchitectureError("", str(error).removeprefix(f"{path}: ")) from None
         else:
             text = source
         if not text.strip():
             raise ArchitectureError("", f"empty document; expected a YAML mapping (schema: {SCHEMA})")
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or "not valid YAML"
-            raise ArchitectureError("", f"malformed YAML{where}: {problem}") from None
+            data = parse_yaml_document(text, "document")
+        except FileError as error:
+            raise ArchitectureError("", str(error).removeprefix("document: ")) from None
         return cls.from_dict(data)
 
 

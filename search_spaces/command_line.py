@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from search_spaces.architecture import ArchitectureError
+from search_spaces.files import FileError
+from search_spaces.limits import FloatRange, IntRange
 
 if TYPE_CHECKING:
     from search_spaces.space import SearchSpace
@@ -36,7 +38,7 @@ def run_command(main: Callable[[Sequence[str] | None], int], argv: Sequence[str]
     """Run `main(argv)`; bad input becomes one line on stderr and exit 2, Ctrl-C exit 130."""
     try:
         return main(argv)
-    except (UsageError, ArchitectureError) as error:
+    except (UsageError, ArchitectureError, FileError) as error:
         print(f"{prog}: error: {error}" if prog else f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -66,6 +68,29 @@ def positive_float(text: str) -> float:
     if not value > 0:  # also refuses nan
         raise ValueError(text)
     return value
+
+
+def integer_in(allowed: IntRange) -> Callable[[str], int]:
+    """An argparse type accepting the integers of `allowed` (its message names the range)."""
+    return _parse_in(allowed, int)
+
+
+def number_in(allowed: FloatRange) -> Callable[[str], float]:
+    """An argparse type accepting the finite numbers of `allowed`."""
+    return _parse_in(allowed, float)
+
+
+def _parse_in(allowed: IntRange | FloatRange, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed.describe()}, got {text[:40]!r}") from None
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"must be {allowed.describe()}, got {text[:40]}")
+        return value
+
+    return parse
 
 
 positive_int.__name__ = "positive integer"

@@ -38,6 +38,11 @@ Every random decision of a train transform is drawn from torch's global RNG, whi
 `DataLoader` seeds per worker from its `generator` (and which the main process uses when
 `num_workers=0`), so a seeded loader makes epochs reproducible. Bad input (unknown spec, missing
 path, malformed folder, corrupt batch) is a `DataError` whose message is one line naming the spec.
+
+Sizes are bounded before anything is allocated: the resolution (`DATA_RESOLUTION`), N of
+`synthetic:N` (`search_spaces.limits.IMAGES`), and every file read (a regular file within its cap:
+`CIFAR10_MAX_BATCH_BYTES`, `IDX_MAX_BYTES`, `IMAGE_MAX_BYTES`; a FIFO or a device is refused, not
+read). Messages never quote a file's content.
 """
 
 from __future__ import annotations
@@ -55,9 +60,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from search_spaces.files import FileError, check_input_file
+from search_spaces.limits import IMAGES, RESOLUTION, SEED, IntRange
+
 DATA_SPECS_HELP = ("digits | synthetic[:N] (N train images, default 512) | imagefolder:PATH | cifar10:PATH | "
                    "fashion-mnist[:PATH]")
 SPLITS = ("train", "val", "test")
+# Data at any size up to the largest network input; below 16 px only data tests render (networks need 16+).
+DATA_RESOLUTION = IntRange(1, RESOLUTION.high, "px")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,6 +85,7 @@ SYNTHETIC_DEFAULT_SIZE = 512
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_MIN_VAL = 10  # at least one image per class on average, however small N is
 SYNTHETIC_NOISE = 0.15  # pixel noise std; the class stays visible (colour alone separates it)
+SYNTHETIC_SIZE = IntRange(SYNTHETIC_CLASSES, IMAGES.high)  # N of synthetic:N (its per-image draws are held in memory)
 
 # ImageNet-style transforms: the DeiT / timm recipe the EfficientFormer, EdgeViT and EdgeNeXt
 # papers train with (random-resized crop 0.08-1, eval crop ratio 0.875).
@@ -83,12 +94,14 @@ CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10  # tries before falling back to a centre crop, as torchvision does
 EVAL_CROP_FRACTION = 0.875
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_MAX_BYTES = 256 << 20  # one image file of an image folder (ImageNet's largest is about 15 MB)
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{index}" for index in range(1, 6))
 CIFAR10_FILES = (*CIFAR10_TRAIN_BATCHES, "test_batch", "batches.meta")
 CIFAR10_PAD = 4  # source pixels of zero padding before the random 32x32 crop
 CIFAR10_VAL_PER_CLASS = 500  # carved from the training batches: the test batch is kept for reports
+CIFAR10_MAX_BATCH_BYTES = 256 << 20  # a published batch is 31 MB (10000 images of 3072 bytes)
 
 FASHION_MNIST_DEFAULT_PATH = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
@@ -111,10 +124,19 @@ SPLIT_SEED = 0
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 IDX_MAX_BYTES = 1 << 30  # a file declaring more is not a dataset this loader should hold in memory
+IDX_MAX_SIDE = RESOLUTION.high  # rows and columns of one IDX image (Fashion-MNIST's are 28)
 
 
 class DataError(ValueError):
     """A data spec that cannot be loaded; the message is one line naming the spec and the fault."""
+
+
+def _checked_file(path: Path, max_bytes: int, spec: str | None = None) -> Path:
+    """`path` if it is a regular file of at most `max_bytes`, else `DataError` (prefixed with the spec)."""
+    try:
+        return check_input_file(path, "", max_bytes)
+    except FileError as error:
+        raise DataError(f"data {spec}: {error}" if spec else str(error)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,10 +188,10 @@ def load_data(spec: str, resolution: int, seed: int = 0) -> DataBundle:
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"empty data spec; accepted: {DATA_SPECS_HELP}")
     spec = spec.strip()
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise DataError(f"data {spec}: resolution must be a positive integer, not {resolution!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise DataError(f"data {spec}: seed must be a non-negative integer, not {seed!r}")
+    if resolution not in DATA_RESOLUTION:
+        raise DataError(f"data {spec}: resolution must be {DATA_RESOLUTION.describe()}, not {resolution!r}")
+    if seed not in SEED:
+        raise DataError(f"data {spec}: seed must be {SEED.describe()}, not {seed!r}")
     kind, _, argument = spec.partition(":")
     if kind == "digits" and not argument and ":" not in spec:
         return _load_digits(resolution)
@@ -385,12 +407,11 @@ class SyntheticDataset(Dataset):
 def _load_synthetic(spec: str, argument: str | None, resolution: int, seed: int) -> DataBundle:
     size = SYNTHETIC_DEFAULT_SIZE
     if argument is not None:
-        if not argument.strip().isdigit() or int(argument) < SYNTHETIC_CLASSES:
-            raise DataError(
-                f"data spec {spec!r}: N must be an integer of at least {SYNTHETIC_CLASSES} "
-                "(synthetic:N, N train images)"
-            )
-        size = int(argument)
+        text = argument.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 12 or int(text) not in SYNTHETIC_SIZE:
+            raise DataError(f"data spec {spec[:60]!r}: N must be {SYNTHETIC_SIZE.describe()} (synthetic:N, N train "
+                            "images)")
+        size = int(text)
     val_size = max(size // 4, SYNTHETIC_MIN_VAL)
     return DataBundle(
         name="synthetic",
@@ -515,6 +536,7 @@ class ImageFolderDataset(Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
+        _checked_file(Path(path), IMAGE_MAX_BYTES, self.spec)  # a file replaced by a FIFO would block the run
         try:
             with Image.open(path) as opened:
                 image = opened.convert("RGB")
@@ -529,9 +551,14 @@ class ImageFolderDataset(Dataset):
         return _normalise(tensor, IMAGENET_MEAN, IMAGENET_STD), label
 
 
-def _load_imagefolder(spec: str, root: Path, resolution: int) -> DataBundle:
+def _check_folder(spec: str, root: Path) -> None:
     if not root.is_dir():
-        raise DataError(f"data {spec}: no such directory {root}")
+        raise DataError(f"data {spec}: {root} is not a directory" if root.exists() else
+                        f"data {spec}: no such directory {root}")
+
+
+def _load_imagefolder(spec: str, root: Path, resolution: int) -> DataBundle:
+    _check_folder(spec, root)
     try:
         train_classes, train_images = _scan_split(spec, root, "train")
         val_classes, val_images = _scan_split(spec, root, "val")
@@ -576,6 +603,10 @@ def _load_imagefolder(spec: str, root: Path, resolution: int) -> DataBundle:
 # --- cifar10 -------------------------------------------------------------------------------------
 
 
+class _ForeignObject(pickle.UnpicklingError):
+    """A pickle naming a global a CIFAR batch never holds."""
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles only what a CIFAR batch holds (dicts, lists, bytes, numpy arrays): a pickle can
     otherwise run arbitrary code, and a data path is user input."""
@@ -594,20 +625,24 @@ class _BatchUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+            raise _ForeignObject()  # its name is file content: not echoed
         if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy 2 renamed numpy.core
             module = "numpy._core" + module[len("numpy.core") :]
         return super().find_class(module, name)
 
 
 def _read_batch(spec: str, path: Path) -> dict:
+    if not os.path.lexists(path):
+        raise DataError(f"data {spec}: missing {path}")
+    _checked_file(path, CIFAR10_MAX_BATCH_BYTES, spec)
     try:
         with open(path, "rb") as stream:
             batch = _BatchUnpickler(stream, encoding="bytes").load()
-    except FileNotFoundError:
-        raise DataError(f"data {spec}: missing {path}") from None
-    except Exception as error:  # truncated, not a pickle, foreign objects: all "corrupt"
-        raise DataError(f"data {spec}: {path} is truncated or corrupt ({_first_line(error)})") from None
+    except _ForeignObject:
+        raise DataError(f"data {spec}: {path} is truncated or corrupt (it names an object no CIFAR-10 batch holds; "
+                        "refused without running it)") from None
+    except Exception as error:  # truncated, not a pickle, deeply nested: all "corrupt" (the message may quote bytes)
+        raise DataError(f"data {spec}: {path} is truncated or corrupt ({type(error).__name__})") from None
     if not isinstance(batch, dict):
         raise DataError(f"data {spec}: {path} is not a CIFAR-10 batch (a {type(batch).__name__}, not a dict)")
     return batch
@@ -616,9 +651,13 @@ def _read_batch(spec: str, path: Path) -> dict:
 def _batch_arrays(spec: str, path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     batch = _read_batch(spec, path)
     data, labels = batch.get(b"data"), batch.get(b"labels")
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels is None:
-        raise DataError(f"data {spec}: {path} is not a CIFAR-10 batch (needs b'data' [N, 3072] and b'labels')")
-    labels = np.asarray(labels)
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32
+            or not isinstance(labels, (list, np.ndarray))):
+        raise DataError(f"data {spec}: {path} is not a CIFAR-10 batch (needs b'data' uint8 [N, 3072] and b'labels')")
+    try:
+        labels = np.asarray(labels)
+    except (ValueError, TypeError):
+        raise DataError(f"data {spec}: {path} has b'labels' that are not a list of integers") from None
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"data {spec}: {path} has {labels.size} labels for {len(data)} images")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
@@ -627,10 +666,9 @@ def _batch_arrays(spec: str, path: Path, num_classes: int) -> tuple[np.ndarray, 
 
 
 def _cifar10_folder(spec: str, root: Path) -> Path:
-    if not root.is_dir():
-        raise DataError(f"data {spec}: no such directory {root}")
+    _check_folder(spec, root)
     for folder in (root, root / CIFAR10_FOLDER):
-        if (folder / "batches.meta").is_file() or (folder / "data_batch_1").is_file():
+        if os.path.lexists(folder / "batches.meta") or os.path.lexists(folder / "data_batch_1"):
             return folder
     raise DataError(
         f"data {spec}: no CIFAR-10 python batches ({', '.join(CIFAR10_FILES)}) in {root} or {root / CIFAR10_FOLDER}"
@@ -639,7 +677,7 @@ def _cifar10_folder(spec: str, root: Path) -> Path:
 
 def _load_cifar10(spec: str, root: Path, resolution: int) -> DataBundle:
     folder = _cifar10_folder(spec, root)
-    missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
+    missing = [name for name in CIFAR10_FILES if not os.path.lexists(folder / name)]
     if missing:
         raise DataError(f"data {spec}: missing {', '.join(missing)} in {folder}")
     names = _read_batch(spec, folder / "batches.meta").get(b"label_names")
@@ -697,6 +735,7 @@ def read_idx(path: Path, magic: int, what: str) -> np.ndarray:
 
     dimensions = magic & 0xFF
     header_size = 4 + 4 * dimensions
+    _checked_file(path, IDX_MAX_BYTES + header_size)  # compressed or not, never larger than what it declares
     try:
         with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
             header = stream.read(header_size)
@@ -706,7 +745,9 @@ def read_idx(path: Path, magic: int, what: str) -> np.ndarray:
             if len(header) < header_size:
                 raise DataError(f"{path} is truncated (its header ends after {len(header)} bytes)")
             shape = struct.unpack(f">{dimensions}I", header[4:])
-            size = int(np.prod(shape, dtype=np.int64))
+            size = math.prod(shape)
+            if dimensions == 3 and max(shape[1:]) > IDX_MAX_SIDE:
+                raise DataError(f"{path} declares {shape[1]}x{shape[2]} images; at most {IDX_MAX_SIDE} a side accepted")
             if size > IDX_MAX_BYTES:
                 raise DataError(f"{path} declares {size} bytes of {what}, more than the {IDX_MAX_BYTES} accepted")
             data = stream.read(size + 1)
@@ -723,7 +764,7 @@ def read_idx(path: Path, magic: int, what: str) -> np.ndarray:
 
 def _fashion_mnist_file(spec: str, root: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
-        if (root / name).is_file():
+        if os.path.lexists(root / name):
             return root / name
     raise DataError(f"data {spec}: no {stem}[.gz] in {root}; Fashion-MNIST's IDX files are installed there by "
                     f"`{FASHION_MNIST_INSTALL}` (or give fashion-mnist:PATH)")
@@ -743,6 +784,8 @@ def _fashion_mnist_split(spec: str, root: Path, part: str) -> tuple[np.ndarray, 
 
 
 def _load_fashion_mnist(spec: str, root: Path, resolution: int) -> DataBundle:
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data {spec}: {root} is not a directory")
     if not root.is_dir():
         raise DataError(f"data {spec}: no folder {root}; Fashion-MNIST's IDX files are installed there by "
                         f"`{FASHION_MNIST_INSTALL}` (or give fashion-mnist:PATH)")

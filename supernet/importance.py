@@ -19,6 +19,7 @@ files); `to_dict`/`from_dict` convert between them and nothing else does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -65,9 +66,12 @@ class MetaPathImportance:
             for key, value in data["slots"].items():
                 stage, slot = key.split(".")
                 slots[(int(stage), int(slot))] = float(value)
-            return cls(slots, tuple(float(value) for value in data["stages"]), bool(data.get("trained", True)))
+            stages = tuple(float(value) for value in data["stages"])
         except (KeyError, AttributeError, TypeError, ValueError) as error:
-            raise ValueError(f"not a MetaPath importance record ({error})") from None
+            raise ValueError(f"not a MetaPath importance record ({type(error).__name__})") from None
+        if not all(math.isfinite(value) and value >= 0 for value in (*slots.values(), *stages)):
+            raise ValueError("not a MetaPath importance record (importances must be finite and non-negative)")
+        return cls(slots, stages, bool(data.get("trained", True)))
 
     def least_important_stage(self, candidates: Sequence[int]) -> int | None:
         """Among `candidates`, the stage of lowest importance (ties: the earlier stage)."""

@@ -11,30 +11,45 @@ Resumable: the checkpoint (weights, optimizer, scheduler, epoch, history, recipe
 is rewritten atomically after every epoch, and every random stream (initialisation, data order)
 is derived from (seed, epoch), so a run killed at any point resumes where its last epoch ended
 and ends bit for bit where an uninterrupted run would; a finished checkpoint is reused as it is.
-A checkpoint written for another architecture, recipe or data is refused.
+A checkpoint written for another architecture, recipe or data is refused, and so is one that
+fails the checks of `supernet.checkpoint` (a regular file within the size cap, loaded with
+`weights_only=True`, its content digest, finite tensors; a checkpoint written before the digest
+existed is accepted when finite). A step whose loss or gradients are not finite raises
+`TrainingDiverged` before the weights move; the checkpoint keeps the last good epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from search_spaces import Architecture, build_model, count_params
-from search_spaces.files import write_bytes_atomic
+from search_spaces.limits import (
+    EPOCHS,
+    GRAD_CLIP,
+    LABEL_SMOOTHING,
+    LEARNING_RATE,
+    SEED,
+    TRAIN_BATCH,
+    WARMUP_EPOCHS,
+    WEIGHT_DECAY,
+    FloatRange,
+    IntRange,
+)
+from supernet.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
 from supernet.data import stratified_subset
-from supernet.training import accuracy, cosine_with_warmup, epoch_seed
+from supernet.training import SUBSET_IMAGES, TrainingDiverged, accuracy, check_settings, cosine_with_warmup, epoch_seed
 
 STANDALONE_FORMAT = "latnas/standalone@1"
 
@@ -58,21 +73,24 @@ class StandaloneRecipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "epochs": isinstance(self.epochs, int) and 1 <= self.epochs <= 10_000,
-            "batch_size": isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65_536,
-            "lr": math.isfinite(self.lr) and 0 < self.lr <= 10,
-            "weight_decay": math.isfinite(self.weight_decay) and 0 <= self.weight_decay <= 10,
-            "warmup_epochs": math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "grad_clip": math.isfinite(self.grad_clip) and self.grad_clip > 0,
-            "train_images": isinstance(self.train_images, int) and self.train_images >= 0,
-            "val_images": isinstance(self.val_images, int) and self.val_images >= 0,
-            "seed": isinstance(self.seed, int) and 0 <= self.seed < 2**63,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"{bad[0]}: invalid value {getattr(self, bad[0])!r}")
+        """Every field within its documented range (`search_spaces.limits`); warm-up at most `epochs`."""
+        check_settings(self, _RECIPE_RANGES)
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs: must be at most epochs ({self.epochs}), got {self.warmup_epochs:g}")
+
+
+_RECIPE_RANGES: dict[str, IntRange | FloatRange] = {
+    "epochs": EPOCHS,
+    "batch_size": TRAIN_BATCH,
+    "lr": LEARNING_RATE,
+    "weight_decay": WEIGHT_DECAY,
+    "warmup_epochs": WARMUP_EPOCHS,
+    "label_smoothing": LABEL_SMOOTHING,
+    "grad_clip": GRAD_CLIP,
+    "train_images": SUBSET_IMAGES,
+    "val_images": SUBSET_IMAGES,
+    "seed": SEED,
+}
 
 
 @dataclass(frozen=True)
@@ -97,15 +115,20 @@ def _identity(arch: Architecture, recipe: StandaloneRecipe, data: str) -> dict[s
     return {"arch": arch.to_dict(), "recipe": dataclasses.asdict(recipe), "data": data}
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+# What a standalone checkpoint holds besides `format` and `identity`, and the type of each entry.
+_STATE = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "history": list, "seconds": float}
+
+
+def _read(path: Path, epochs: int) -> dict[str, Any] | None:
+    """The checked payload of the checkpoint at `path`, or None when there is no file there."""
+    if not os.path.lexists(path):
         return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001  (a truncated or foreign file is one line of bad input)
-        raise ValueError(f"{path}: not a readable standalone checkpoint ({type(error).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != STANDALONE_FORMAT:
-        raise ValueError(f"{path}: not a latnas standalone checkpoint (expected format {STANDALONE_FORMAT})")
+    payload = load_checkpoint(path, STANDALONE_FORMAT, "standalone")
+    for key, kind in _STATE.items():
+        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+            raise CheckpointError(f"{path}: not a latnas standalone checkpoint (no valid {key!r})")
+    if payload["epoch"] not in IntRange(0, epochs):
+        raise CheckpointError(f"{path}: trained for {payload['epoch']} epochs, not 0..{epochs}")
     return payload
 
 
@@ -115,10 +138,10 @@ def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, check
     arch = dataclasses.replace(arch, resolution=bundle.resolution, num_classes=bundle.num_classes)
     checkpoint = Path(checkpoint)
     identity = _identity(arch, recipe, bundle.spec)
-    stored = _read(checkpoint)
+    stored = _read(checkpoint, recipe.epochs)
     if stored is not None and stored.get("identity") != identity:
-        raise ValueError(f"{checkpoint}: trained for another architecture, recipe or data; remove it or choose "
-                         "another path")
+        raise CheckpointError(f"{checkpoint}: trained for another architecture, recipe or data; remove it or choose "
+                              "another path")
     torch.manual_seed(epoch_seed(recipe.seed, 0, 10))
     model = build_model(arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -129,10 +152,14 @@ def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, check
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
     epoch, history, seconds = 0, [], 0.0
     if stored is not None:
-        model.load_state_dict(stored["model"])
-        optimizer.load_state_dict(stored["optimizer"])
-        scheduler.load_state_dict(stored["scheduler"])
-        epoch, history, seconds = int(stored["epoch"]), list(stored["history"]), float(stored["seconds"])
+        try:
+            model.load_state_dict(stored["model"])
+            optimizer.load_state_dict(stored["optimizer"])
+            scheduler.load_state_dict(stored["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{checkpoint}: does not fit this network ({first[:200]})") from None
+        epoch, history, seconds = stored["epoch"], list(stored["history"]), stored["seconds"]
     while epoch < recipe.epochs:
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(recipe.seed, epoch, 11))  # augmentation draws
@@ -140,27 +167,29 @@ def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, check
         loader = DataLoader(Subset(train, order.tolist()), batch_size=recipe.batch_size, shuffle=False)
         model.train()
         losses = []
-        for images, labels in tqdm(loader, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{recipe.epochs}",
-                                   disable=not progress, file=sys.stderr, leave=False):
+        kept = f"{checkpoint} keeps epoch {epoch}" if epoch else f"{checkpoint} was not written"
+        for step, (images, labels) in enumerate(tqdm(loader, total=steps_per_epoch, disable=not progress,
+                                                     desc=f"{label} epoch {epoch + 1}/{recipe.epochs}",
+                                                     file=sys.stderr, leave=False)):
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(images), labels, label_smoothing=recipe.label_smoothing)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            gradient_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip))
+            value = float(loss.detach())
+            if not (math.isfinite(value) and math.isfinite(gradient_norm)):  # before the weights move
+                reason = f"the loss is {value}" if not math.isfinite(value) else "the gradients are not finite"
+                raise TrainingDiverged(f"{label + ' ' if label else ''}in epoch {epoch + 1}, step {step + 1}", reason,
+                                       recipe.lr, kept)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
-        if not all(math.isfinite(value) for value in losses):
-            raise FloatingPointError(f"{label or arch.space}: non-finite training loss in epoch {epoch + 1}; "
-                                     f"{checkpoint} keeps the last good epoch")
+            losses.append(value)
         epoch += 1
         seconds += time.perf_counter() - started
         val = accuracy(model, epoch_val)
         history.append({"epoch": epoch, "loss": sum(losses) / max(len(losses), 1), "val": val})
-        buffer = io.BytesIO()
-        torch.save({"format": STANDALONE_FORMAT, "identity": identity, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "history": history, "seconds": seconds}, buffer)
-        write_bytes_atomic(checkpoint, buffer.getvalue())
+        write_checkpoint(checkpoint, {"format": STANDALONE_FORMAT, "identity": identity, "model": model.state_dict(),
+                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                      "epoch": epoch, "history": history, "seconds": seconds})
     scores = {split: accuracy(model, DataLoader(bundle.split(split), batch_size=256))
               for split in bundle.splits if split != "train"}
     return StandaloneResult(arch, scores, count_params(arch), epoch, len(train), seconds, tuple(history))

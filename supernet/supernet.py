@@ -15,7 +15,6 @@ construction rather than by a second implementation.
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -24,21 +23,27 @@ import torch.nn.functional as F
 from torch import nn
 
 import search_spaces
-from search_spaces import Architecture, ArchitectureError, Block, LayerSpec, SearchSpace, build_layer, get_space
+from search_spaces import (
+    Architecture,
+    ArchitectureError,
+    Block,
+    LayerSpec,
+    SearchSpace,
+    build_layer,
+    get_space,
+    list_spaces,
+)
 from search_spaces.architecture import IDENTITY
-from search_spaces.files import write_bytes_atomic
+from search_spaces.limits import NUM_CLASSES, RESOLUTION
 from search_spaces.network import Network, NetworkStage, assemble
 from supernet.candidates import PlaceCandidates, place_candidates, twin
+from supernet.checkpoint import CheckpointError, checkpoint_label, load_checkpoint, shown, write_checkpoint
 from supernet.elastic import ELASTIC_OPS, ElasticOp, SwitchableBatchNorm2d, prefix_slice
 from supernet.importance import MetaPathImportance, slot_importance
 
 CHECKPOINT_FORMAT = "latnas/supernet@1"
 MODES = ("fixed", "gumbel", "gumbel_hard")
 _SIMPLE_TYPES = (bool, int, float, str, tuple, type(None))
-
-
-class CheckpointError(ValueError):
-    """A supernet checkpoint is missing, truncated, of another format or of another space."""
 
 
 def _module_key(kind: str) -> str:
@@ -348,7 +353,8 @@ class Supernet(Network):
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-        """Write weights, every switchable BN, the α logits and the space atomically to `path`."""
+        """Write weights, every switchable BN, the α logits and the space atomically to `path`, with
+        the content digest of `supernet.checkpoint` (non-finite weights are refused, nothing written)."""
         payload = {
             "format": CHECKPOINT_FORMAT,
             "space": self.space.name,
@@ -359,37 +365,52 @@ class Supernet(Network):
             "state_dict": self.state_dict(),
             "extra": dict(extra or {}),
         }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        write_bytes_atomic(Path(path), buffer.getvalue())
+        write_checkpoint(path, payload)
 
     @classmethod
-    def load(cls, path: str | Path, space: str | None = None) -> "Supernet":
-        """Read a checkpoint written by `save`; `space`, when given, must match the file's."""
-        payload = read_checkpoint(path)
+    def load(cls, path: str | Path, space: str | None = None, option: str = "") -> "Supernet":
+        """Read a checkpoint written by `save` (see `read_checkpoint`); `space`, when given, must
+        match the file's. Every refusal is a one-line `CheckpointError` naming the file."""
+        payload = read_checkpoint(path, option)
+        label = checkpoint_label(path, option)
         if space is not None and payload["space"] != space:
-            raise CheckpointError(f"{path}: a supernet of space {payload['space']!r}, not {space!r}")
+            raise CheckpointError(f"{label}: a supernet of space {payload['space']!r}, not {space!r}")
         net = cls.from_space(payload["space"], payload["num_classes"], payload["resolution"])
         try:
             net.load_state_dict(payload["state_dict"])
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise CheckpointError(f"{path}: weights do not fit this version of the {payload['space']} supernet ({first})") from None
+        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{label}: weights do not fit this version of the {payload['space']} supernet "
+                                  f"({first[:200]})") from None
         return net
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The payload of a supernet checkpoint, or `CheckpointError` with one clear line."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable supernet checkpoint (truncated or corrupt: {type(error).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a latnas supernet checkpoint (expected format {CHECKPOINT_FORMAT})")
+def read_checkpoint(path: str | Path, option: str = "") -> dict[str, Any]:
+    """The payload of a supernet checkpoint, or `CheckpointError` with one line naming the file.
+
+    Checked by `supernet.checkpoint.load_checkpoint` (regular file within the size cap, loaded with
+    `weights_only=True`, the content digest when the file has one, finite tensors; a legacy file
+    without a digest is accepted when finite), then its fields: a known space, a resolution in
+    `RESOLUTION` that the space accepts, a class count in `NUM_CLASSES`, a state dict of tensors.
+    `option` (e.g. "--resume") prefixes messages with the option that named the file.
+    """
+    payload = load_checkpoint(path, CHECKPOINT_FORMAT, "supernet", option)
+    label = checkpoint_label(path, option)
     missing = [key for key in ("space", "resolution", "num_classes", "state_dict") if key not in payload]
     if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+        raise CheckpointError(f"{label}: checkpoint lacks {', '.join(missing)}")
+    space, resolution, num_classes = payload["space"], payload["resolution"], payload["num_classes"]
+    if not isinstance(space, str) or space not in list_spaces():
+        raise CheckpointError(f"{label}: space {shown(space)} is not one of {', '.join(list_spaces())}")
+    multiple = get_space(space).resolution_multiple
+    if resolution not in RESOLUTION or resolution % multiple:
+        raise CheckpointError(f"{label}: resolution {shown(resolution)} is not an input size of {space} "
+                              f"(a multiple of {multiple} in {RESOLUTION.low}..{RESOLUTION.high} px)")
+    if num_classes not in NUM_CLASSES:
+        raise CheckpointError(f"{label}: num_classes {shown(num_classes)} is not {NUM_CLASSES.describe()}")
+    weights = payload["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{label}: state_dict is not a mapping of tensors")
+    if "extra" in payload and not isinstance(payload["extra"], dict):
+        raise CheckpointError(f"{label}: extra is not a mapping")
     return payload

@@ -10,7 +10,12 @@ the largest's soft predictions; gradients accumulate and one optimizer step foll
 Reproducibility: every random stream (data order, random sub-networks, Gumbel noise) is reseeded
 at the start of each epoch from (seed, epoch), so a run resumed from an epoch checkpoint replays
 exactly what an uninterrupted run would have done. Checkpoints are written atomically at the end
-of every epoch.
+of every epoch, with the content digest of `supernet.checkpoint`.
+
+Divergence: a step whose loss or gradients are not finite raises `TrainingDiverged` before the
+optimizer moves the weights, and weights that stop being finite are never saved, so the checkpoint
+keeps the last good epoch. `TrainConfig` refuses settings outside `search_spaces.limits` (a weight
+decay of inf, a resolution of 100000) before anything is built.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -32,14 +38,59 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from search_spaces import Architecture
+from search_spaces import Architecture, get_space, list_spaces
 from search_spaces.files import write_text_atomic
+from search_spaces.limits import (
+    EPOCHS,
+    GRAD_CLIP,
+    IMAGES,
+    LABEL_SMOOTHING,
+    LEARNING_RATE,
+    RECALIBRATION_BATCHES,
+    RESOLUTION,
+    SEED,
+    SUBNETWORKS_PER_STEP,
+    TEMPERATURE,
+    TRAIN_BATCH,
+    WARMUP_EPOCHS,
+    WEIGHT_DECAY,
+    FloatRange,
+    IntRange,
+)
 from search_spaces.network import Network
+from supernet.checkpoint import CheckpointError, checkpoint_label, non_finite_tensor, shown
 from supernet.data import stratified_subset
 from supernet.elastic import SwitchableBatchNorm2d
-from supernet.supernet import CheckpointError, Supernet, read_checkpoint
+from supernet.supernet import Supernet, read_checkpoint
 
 MODES = ("gumbel", "sandwich")
+BN_STATISTICS = ("all", "ends")
+SUBSET_IMAGES = IntRange(0, IMAGES.high)  # a fixed subset of a split; 0 means the whole split
+
+
+class TrainingDiverged(FloatingPointError):
+    """A training step whose loss, gradients or resulting weights are not finite. The message is one
+    line: `where` it happened (epoch and step), the `reason`, a lower learning rate than `lr` to try,
+    and what the checkpoint still holds (`kept`; nothing non-finite is ever written)."""
+
+    def __init__(self, where: str, reason: str, lr: float, kept: str) -> None:
+        self.where, self.reason, self.lr, self.kept = where, reason, lr, kept
+        super().__init__(f"training diverged {where}: {reason}; try a lower learning rate (lr {lr:g}); {kept}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Ray sends a worker's exception to the driver)
+        return type(self), (self.where, self.reason, self.lr, self.kept)
+
+
+def check_settings(settings: object, ranges: Mapping[str, IntRange | FloatRange | tuple[str, ...]]) -> None:
+    """`ValueError("field: must be ..., got ...")` for the first field of `settings` outside its
+    range: an `IntRange`, a `FloatRange` (finite numbers) or a tuple of accepted strings."""
+    for field, allowed in ranges.items():
+        value = getattr(settings, field)
+        if isinstance(allowed, tuple):
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"{field}: must be one of {', '.join(allowed)}, got {shown(value)}")
+        elif value not in allowed:
+            raise ValueError(f"{field}: must be {allowed.describe()}, got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -74,24 +125,88 @@ class TrainConfig:
     val_images: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "mode": self.mode in MODES,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "warmup_epochs": self.warmup_epochs >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "grad_clip": self.grad_clip > 0,
-            "num_random": self.num_random >= 0,
-            "tau_start": self.tau_start > 0,
-            "tau_end": 0 < self.tau_end <= self.tau_start,
-            "bn_statistics": self.bn_statistics in ("all", "ends"),
-            "train_images": isinstance(self.train_images, int) and 0 <= self.train_images <= 10**8,
-            "val_images": isinstance(self.val_images, int) and 0 <= self.val_images <= 10**8,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"{bad[0]}: invalid value {getattr(self, bad[0])!r}")
+        """Every field within its documented range (`search_spaces.limits`), before anything is built."""
+        if not isinstance(self.space, str) or self.space not in list_spaces():
+            raise ValueError(f"space: unknown space {shown(self.space)}; known spaces: {', '.join(list_spaces())}")
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise ValueError(f"data: expected a data spec, got {shown(self.data)}")
+        check_settings(self, _TRAIN_RANGES)
+        multiple = get_space(self.space).resolution_multiple
+        if self.resolution % multiple:
+            raise ValueError(f"resolution: must be a multiple of {multiple} for {self.space}, got {self.resolution}")
+        if self.tau_end > self.tau_start:
+            raise ValueError(f"tau_end: must be at most tau_start ({self.tau_start:g}), got {self.tau_end:g}")
+
+
+_TRAIN_RANGES: dict[str, IntRange | FloatRange | tuple[str, ...]] = {
+    "mode": MODES,
+    "epochs": EPOCHS,
+    "batch_size": TRAIN_BATCH,
+    "resolution": RESOLUTION,
+    "lr": LEARNING_RATE,
+    "weight_decay": WEIGHT_DECAY,
+    "warmup_epochs": WARMUP_EPOCHS,
+    "label_smoothing": LABEL_SMOOTHING,
+    "grad_clip": GRAD_CLIP,
+    "num_random": SUBNETWORKS_PER_STEP,
+    "arch_lr": LEARNING_RATE,
+    "tau_start": TEMPERATURE,
+    "tau_end": TEMPERATURE,
+    "val_random": SUBNETWORKS_PER_STEP,
+    "bn_statistics": BN_STATISTICS,
+    "recalibration_batches": RECALIBRATION_BATCHES,
+    "seed": SEED,
+    "train_images": SUBSET_IMAGES,
+    "val_images": SUBSET_IMAGES,
+}
+
+
+def metrics_path(out: str | Path) -> Path:
+    """Where a run writing checkpoint `out` writes its per-epoch metrics: `<out>.metrics.jsonl`."""
+    out = Path(out)
+    return out.with_name(out.name + ".metrics.jsonl")
+
+
+# The training state a checkpoint must carry to be resumed, and the type of each entry.
+_TRAINING_STATE = {"config": dict, "epoch": int, "step": int, "optimizer": dict, "scheduler": dict,
+                   "torch_rng": torch.Tensor, "history": list}
+
+
+def check_resumable(payload: Mapping[str, Any], config: TrainConfig, label: str) -> dict[str, Any]:
+    """The training state of a supernet checkpoint payload (`read_checkpoint`) that a run of `config`
+    may continue, or `CheckpointError` naming `label` (the file): a payload without training state,
+    one of another space or resolution, trained with other settings (any field but `epochs`; a
+    field the checkpoint predates reads as its default), for more epochs than `config` asks, or whose
+    state is malformed."""
+    extra = payload.get("extra") or {}
+    training = extra.get("training") if isinstance(extra, dict) else None
+    if training is None:
+        raise CheckpointError(f"{label}: a supernet without training state; cannot resume from it")
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{label}: its training state is not a mapping")
+    for key, kind in _TRAINING_STATE.items():
+        if not isinstance(training.get(key), kind) or isinstance(training.get(key), bool):
+            raise CheckpointError(f"{label}: its training state lacks a valid {key!r}")
+    if training.get("arch_optimizer") is not None and not isinstance(training["arch_optimizer"], dict):
+        raise CheckpointError(f"{label}: its training state lacks a valid 'arch_optimizer'")
+    if training["torch_rng"].dtype != torch.uint8:
+        raise CheckpointError(f"{label}: its training state lacks a valid 'torch_rng'")
+    if (payload["space"], payload["resolution"]) != (config.space, config.resolution):
+        raise CheckpointError(f"{label}: holds a supernet of {payload['space']} at {payload['resolution']} px; this run "
+                              f"trains {config.space} at {config.resolution} px")
+    saved = training["config"]
+    mine = dataclasses.asdict(config)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    different = [k for k in mine if k != "epochs" and saved.get(k, defaults[k]) != mine[k]]
+    if different:
+        key = different[0]
+        raise CheckpointError(f"{label}: trained with {key}={shown(saved.get(key, defaults[key]))}, this run has "
+                              f"{key}={mine[key]!r}")
+    epoch, step = training["epoch"], training["step"]
+    if epoch not in IntRange(0, config.epochs) or step < 0:
+        raise CheckpointError(f"{label}: trained for {shown(epoch)} epochs ({shown(step)} steps); this run asks "
+                              f"for {config.epochs} epochs")
+    return training
 
 
 @contextlib.contextmanager
@@ -316,6 +431,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.saved_epoch: int | None = None  # the epoch `out` holds, once this trainer wrote it
 
     # -- data ---------------------------------------------------------------------------------
     def _shard_indices(self, epoch: int) -> list[int]:
@@ -367,14 +483,29 @@ class Trainer:
                 (-(teacher * student).sum(1).mean()).backward()  # in-place distillation (soft cross-entropy)
         parameters = net.weight_parameters()
         self.distributed.average_gradients(parameters + net.arch_parameters())
-        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        gradient_norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip))
+        loss = float(main_loss.detach())
+        # Checked after averaging, so every rank of a distributed run sees the same gradients and stops
+        # at the same step; before the optimizer steps, so the weights stay those of the last good step.
+        arch_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in net.arch_parameters())
+        if not math.isfinite(loss):
+            raise self._diverged(f"the loss is {loss}")
+        if not (math.isfinite(gradient_norm) and arch_finite):
+            raise self._diverged("the gradients are not finite")
         self.optimizer.step()
         if self.arch_optimizer is not None:
             self.arch_optimizer.step()
         self.scheduler.step()
         self.step += 1
         correct = float((main_logits.argmax(1) == labels).float().mean())
-        return float(main_loss.detach()), correct
+        return loss, correct
+
+    def _diverged(self, reason: str) -> TrainingDiverged:
+        in_epoch = self.step - self.epoch * self.steps_per_epoch
+        kept = (f"{self.out} keeps epoch {self.saved_epoch}" if self.saved_epoch is not None
+                else f"{self.out} was not written")
+        where = f"in epoch {self.epoch + 1}, step {in_epoch + 1} (step {self.step + 1} of the run)"
+        return TrainingDiverged(where, reason, self.config.lr, kept)
 
     # -- epochs -------------------------------------------------------------------------------
     def _reseed(self, epoch: int) -> np.random.Generator:
@@ -464,13 +595,19 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     @property
     def metrics_path(self) -> Path:
-        return self.out.with_name(self.out.name + ".metrics.jsonl")
+        return metrics_path(self.out)
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
         lines = [json.dumps(entry, sort_keys=True) for entry in self.history]
         write_text_atomic(self.metrics_path, "\n".join(lines) + "\n")  # rewritten whole: a resume never duplicates
 
     def save(self, path: Path) -> None:
+        """Write the supernet with the whole training state to `path` (atomic, digested). Weights that
+        are no longer finite raise `TrainingDiverged` instead, leaving `path` as it was."""
+        bad = non_finite_tensor(self.supernet.state_dict())
+        if bad is not None:
+            raise TrainingDiverged(f"in epoch {self.epoch}", f"{bad} is not finite after the epoch's last step",
+                                   self.config.lr, f"{path} was left as it was")
         extra = {
             "training": {
                 "config": dataclasses.asdict(self.config),
@@ -487,26 +624,30 @@ class Trainer:
         if self.config.mode == "gumbel":
             extra["importance"] = self.supernet.importance().to_dict()
         self.supernet.save(path, extra=extra)
+        if Path(path) == self.out:
+            self.saved_epoch = self.epoch
 
-    def load(self, path: Path) -> None:
-        """Continue from checkpoint `path` (written by a run of the same config)."""
-        payload = read_checkpoint(path)
-        training = payload.get("extra", {}).get("training")
-        if training is None:
-            raise CheckpointError(f"{path}: a supernet without training state; cannot resume from it")
-        saved = training["config"]
-        mine = dataclasses.asdict(self.config)
-        different = [k for k in mine if k != "epochs" and saved.get(k) != mine[k]]
-        if different:
-            key = different[0]
-            raise CheckpointError(f"{path}: trained with {key}={saved.get(key)!r}, this run has {key}={mine[key]!r}")
+    def load(self, path: Path, option: str = "") -> None:
+        """Continue from checkpoint `path` (written by a run of the same config; `check_resumable`)."""
+        self.restore(read_checkpoint(path, option), path, option)
+
+    def restore(self, payload: Mapping[str, Any], path: Path, option: str = "") -> None:
+        """Continue from the payload of checkpoint `path`, already read (`read_checkpoint`)."""
+        label = checkpoint_label(path, option)
+        training = check_resumable(payload, self.config, label)
+        if payload["num_classes"] != self.bundle.num_classes:
+            raise CheckpointError(f"{label}: a supernet of {payload['num_classes']} classes; the data "
+                                  f"{self.bundle.spec} has {self.bundle.num_classes}")
         try:
             self.supernet.load_state_dict(payload["state_dict"])
             self.optimizer.load_state_dict(training["optimizer"])
-            if self.arch_optimizer is not None and training["arch_optimizer"] is not None:
+            if self.arch_optimizer is not None and training.get("arch_optimizer") is not None:
                 self.arch_optimizer.load_state_dict(training["arch_optimizer"])
             self.scheduler.load_state_dict(training["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{path}: does not fit this run ({str(error).splitlines()[0]})") from None
-        torch.set_rng_state(training["torch_rng"])
+            torch.set_rng_state(training["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{label}: does not fit this run ({first[:200]})") from None
         self.epoch, self.step, self.history = training["epoch"], training["step"], list(training["history"])
+        if os.path.realpath(path) == os.path.realpath(self.out):  # resuming in place: `out` holds this epoch
+            self.saved_epoch = self.epoch

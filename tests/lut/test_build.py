@@ -1,4 +1,5 @@
-"""Building: spec enumeration covers the space, journal + resume after a kill, the Ray path."""
+"""Building: spec enumeration covers the space, journal + resume after a kill, the Ray path, the
+default calibration, the load record and --wait-quiet."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def test_fake_build_writes_a_complete_table_and_no_journal(tmp_path):
     assert out.exists() and not journal_path(out).exists()
     assert load_table(out).records == table.records
     assert len(table) == table.metadata.build["specs"] > 5
-    assert table.metadata.loadavg["start"] is not None and table.metadata.threads == 1
+    assert set(table.metadata.loadavg) == {"layers_start", "layers_end"} and table.metadata.threads == 1
+    assert table.calibration.method == "identity"  # the API calibrates only when asked
 
 
 def test_resume_skips_journaled_keys_and_refuses_another_build(tmp_path):
@@ -91,7 +93,7 @@ def test_killed_build_resumes_without_a_half_written_table(tmp_path):
     argv = [
         sys.executable, "-m", "lut.build", "--device", "ort-cpu", "--space", "efficientformer_v2",
         "--resolution", "64", "--widths-subset", "24", "40", "80", "160",
-        "--runs", "3", "--warmup", "1", "--budget", "0.001", "--out", str(out),
+        "--runs", "3", "--warmup", "1", "--budget", "0.001", "--out", str(out), "--calibrate", "0",
     ]  # fmt: skip
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
     journal = journal_path(out)
@@ -127,3 +129,114 @@ def test_ray_build_of_a_small_space(ray_session, tmp_path):
     assert table.metadata.build["ray"] == "local"
     assert json.loads(out.read_text())["schema"] == "latnas/lut@1"
     assert all(record.runs == 3 for record in table.records.values())
+
+
+# -- calibration, load, --wait-quiet (fake device, in-process) ------------------------------------
+EDGEVIT_ARGS = ["--device", "fake-cpu", "--space", "edgevit", "--resolution", "64",
+                "--widths-subset", "36,48", "72", "144", "288", "--runs", "3", "--warmup", "1", "--budget", "0"]
+
+
+def _build(argv, capsys):
+    from lut import build
+    from tests.cli_support import invoke
+
+    return invoke(build.main, build.PROG, [*EDGEVIT_ARGS, *argv], capsys)
+
+
+def test_the_command_calibrates_by_default_and_records_the_load_of_each_phase(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    code, _, err = _build(["--out", str(out)], capsys)
+    assert code == 0, err
+    table = load_table(out)
+    assert table.calibration.fitted_on == 12 and table.calibration.method != "identity"
+    assert table.calibration.fit["fit_mape_percent"] < 1  # the fake clock: layers add up exactly
+    assert set(table.metadata.loadavg) == {"layers_start", "layers_end", "calibration_start", "calibration_end"}
+    assert table.metadata.build["calibration"] == {"networks": 12, "seed": 0}
+    assert set(table.metadata.build["load"]) == {"busy_above_1min", "busiest_1min", "busy"}
+    assert "calibrated on 12 networks" in err
+
+
+def test_calibrate_0_writes_the_naive_table(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    code, _, err = _build(["--out", str(out), "--calibrate", "0"], capsys)
+    assert code == 0, err
+    table = load_table(out)
+    assert table.calibration.method == "identity" and table.metadata.build["calibration"] is None
+    assert "not calibrated" in err
+
+
+def test_calibration_networks_are_distinct_and_span_the_latency_range(tmp_path):
+    from lut.validate import CANDIDATES_PER_NETWORK, calibration_architectures, calibration_set, within_widths
+
+    widths = [(36, 48), (72,), (144,), (288,)]
+    table = build_table(FakeDevice(timing=QUICK), get_space("edgevit"), 64, tmp_path / "t.json", widths=widths, num_classes=10)
+    chosen = calibration_set(table, 6, seed=3, widths=widths)
+    assert len({arch.stages for arch in chosen}) == 6
+    pool = calibration_architectures(within_widths(get_space("edgevit"), widths), 6 * CANDIDATES_PER_NETWORK, 3 + 1000, 64, 10)
+    latencies = [table.predict_naive(arch) for arch in pool]
+    chosen_latencies = [table.predict_naive(arch) for arch in chosen]
+    assert min(chosen_latencies) == min(latencies) and max(chosen_latencies) == max(latencies)
+
+
+def test_a_refused_calibration_keeps_the_layers_for_resume(tmp_path, capsys, monkeypatch):
+    from lut import build
+    from lut.calibration import CalibrationError
+
+    out = tmp_path / "t.json"
+
+    def refuse(*args, **kwargs):
+        raise CalibrationError("needs at least 2 distinct networks")
+
+    monkeypatch.setattr(build, "fit_calibration", refuse)
+    code, _, err = _build(["--out", str(out), "--calibrate", "3"], capsys)
+    assert code == 2 and "--calibrate: no calibration from 3 networks" in err and "--resume --calibrate 0" in err
+    assert not out.exists() and journal_path(out).exists()
+    code, _, err = _build(["--out", str(out), "--resume", "--calibrate", "0"], capsys)
+    assert code == 0, err
+    table = load_table(out)
+    assert table.metadata.build["profiled_now"] == 0 and table.calibration.method == "identity"
+    assert not journal_path(out).exists()
+
+
+def test_a_busy_host_is_recorded_and_warned_about_in_one_line(tmp_path, capsys, monkeypatch):
+    from lut import build
+
+    monkeypatch.setattr(build, "loadavg", lambda: "9.50 4.00 3.00 3/200 1234")
+    out = tmp_path / "t.json"
+    code, _, err = _build(["--out", str(out), "--calibrate", "0"], capsys)
+    assert code == 0, err
+    assert load_table(out).metadata.build["load"]["busy"] is True
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "9.50" in warnings[0]
+    monkeypatch.setattr(build, "loadavg", lambda: "0.00 0.00 0.00 1/200 1234")
+    code, _, err = _build(["--out", str(tmp_path / "quiet.json"), "--calibrate", "0"], capsys)
+    assert code == 0 and "warning:" not in err
+
+
+def test_wait_quiet_refuses_a_host_that_stays_busy_and_proceeds_on_a_quiet_one(tmp_path, capsys, monkeypatch):
+    import lut.devices
+
+    out = tmp_path / "t.json"
+    monkeypatch.setattr(lut.devices, "load_1min", lambda text=None: 99.0)
+    code, _, err = _build(["--out", str(out), "--calibrate", "0", "--wait-quiet", "1"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("waiting up to 1 s")
+    assert "--wait-quiet: the 1-minute load is still 99.00 after 1 s" in lines[1] and "nothing was measured" in lines[1]
+    assert not out.exists() and not journal_path(out).exists()
+    monkeypatch.setattr(lut.devices, "load_1min", lambda text=None: 0.0)
+    code, _, err = _build(["--out", str(out), "--calibrate", "0", "--wait-quiet"], capsys)
+    assert code == 0 and "waiting" not in err
+    assert load_table(out).metadata.build["waited_for_quiet_s"] is not None
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--calibrate", "1"], "--calibrate: must be 0 (no calibration) or 2..100000"),
+        (["--calibrate", "0", "--seed", "3"], "--seed: not used with --calibrate 0"),
+        (["--wait-quiet", "0"], "--wait-quiet: must be an integer in 1..86400"),
+    ],
+)
+def test_calibration_and_wait_options_are_checked(argv, words, tmp_path, capsys):
+    code, _, err = _build(["--out", str(tmp_path / "t.json"), *argv], capsys)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err

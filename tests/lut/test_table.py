@@ -106,12 +106,12 @@ def test_edited_file_with_a_recomputed_checksum_still_needs_valid_fields(table, 
     data["sha256"] = content_sha256(data)
     path = tmp_path / "t.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(TableError, match="runs: expected a non-negative number"):
+    with pytest.raises(TableError, match=r"runs must be an integer in 0\.\."):
         load_table(path)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(TableError, match="no such table file"):
+    with pytest.raises(TableError, match="no such file"):
         load_table(tmp_path / "none.json")
 
 

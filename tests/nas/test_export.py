@@ -334,7 +334,7 @@ BAD_INPUT = {
     "data without recalibrate": (["--format", "onnx", "--out", "OUT/x.onnx", "--data", "digits"], None, ["--data", "--recalibrate"]),
     "missing checkpoint": (["--format", "onnx", "--out", "OUT/x.onnx", "--supernet", "OUT/none.pt"], None, ["--supernet", "no such"]),
     "resolution not in the space": (["--format", "onnx", "--out", "OUT/x.onnx", "--resolution", "100"], None, ["--resolution", "multiple of 32"]),
-    "zero batch": (["--format", "onnx", "--out", "OUT/x.onnx", "--batch", "0"], None, ["--batch", "positive integer"]),
+    "zero batch": (["--format", "onnx", "--out", "OUT/x.onnx", "--batch", "0"], None, ["--batch", "1..256"]),
     "out under a file": (["--format", "onnx", "--out", "OUT/../found.yaml/x.onnx"], None, ["--out", "not a directory"]),
     "out is a directory": (["--format", "torchscript", "--out", "OUT"], None, ["--out", "is a directory"]),
     "report under a file": (["--format", "onnx", "--out", "OUT/x.onnx", "--report", "OUT/../found.yaml/r.json"], None, ["--report"]),

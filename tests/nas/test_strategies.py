@@ -25,7 +25,7 @@ from nas.strategies import (
 )
 from search_spaces import get_space, list_spaces
 from search_spaces.architecture import IDENTITY_BLOCK
-from nas.state import STATE_SCHEMA
+from nas.state import RESCORED_RECORDS, STATE_SCHEMA
 from tests.nas.toys import ToyTable, toy_params, toy_problem
 
 SPACE = get_space("efficientformer_v2")
@@ -254,7 +254,8 @@ def test_a_resumed_search_ends_exactly_like_an_uninterrupted_one(strategy, extra
     evaluator, steps = ToyEvaluator(), []
     resumed = run(strategy, evaluator, budget=30, state_path=state, on_step=steps.append, **extra)
     assert resumed == expected
-    assert evaluator.evaluations == 30 - stop_after  # stored evaluations are not scored again
+    # stored evaluations are not scored again, except the few a resume checks (the state is not believed)
+    assert 30 - stop_after < evaluator.evaluations <= 30 - stop_after + RESCORED_RECORDS
     assert steps == list(expected.steps[stop_after:])
     assert json.loads(state.read_text())["evaluations"] == 30
 

@@ -145,20 +145,35 @@ def test_unreachable_target_names_the_smallest_latency_and_a_rerun_reuses_it(loc
 
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_exits_1(local_ray, tmp_path, capsys):
-    checkpoint = tmp_path / "not-a-supernet.pt"
-    checkpoint.write_bytes(b"these bytes are no checkpoint")
+    """The checkpoint is checked before Ray (it is sound here); the data folder is read only inside
+    the trial, where its absence fails that trial alone."""
+    from supernet import Supernet
+
+    checkpoint = tmp_path / "v2.pt"
+    Supernet.from_space(SPACE, num_classes=10, resolution=32).save(checkpoint)
     out = tmp_path / "failing"
     code, _, err = invoke(sweep_main, PROG,
                           ["--targets", "1.5ms", "--devices", "iphone12", "--supernet", str(checkpoint),
-                           "--data", "digits", "--out", str(out)], capsys)
+                           "--data", f"imagefolder:{tmp_path / 'no-such-folder'}", "--out", str(out)], capsys)
     name = f"{SPACE}-iphone12-1.5ms-mes-greedy"
     assert code == 1 and name in err.splitlines()[-1]
     status = json.loads((out / "trials" / f"{name}.status.json").read_text())
-    assert status["status"] == "error" and "supernet" in status["message"] and status["yaml"] is None
+    assert status["status"] == "error" and "no-such-folder" in status["message"] and status["yaml"] is None
     assert not (out / "trials" / f"{name}.yaml").exists()
     rows, _ = summary(out)
     assert [(r["status"], r["file"]) for r in rows] == [("error", f"trials/{name}.status.json")]
-    assert "supernet" in rows[0]["message"]
+    assert "no-such-folder" in rows[0]["message"]
+
+
+def test_a_checkpoint_that_does_not_load_is_refused_before_ray(tmp_path, capsys):
+    checkpoint = tmp_path / "not-a-supernet.pt"
+    checkpoint.write_bytes(b"these bytes are no checkpoint")
+    out = tmp_path / "refused"
+    code, _, err = invoke(sweep_main, PROG,
+                          ["--targets", "1.5ms", "--devices", "iphone12", "--supernet", str(checkpoint),
+                           "--data", "digits", "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--supernet" in err
+    assert not out.exists()
 
 
 # -- bad input: one line, exit 2, nothing in DIR touched -------------------------------------------

@@ -74,9 +74,9 @@ def test_validate_reports_each_bad_file_and_exits_2(tmp_path, capsys):
     [
         (["show", "mobilenet"], "unknown space 'mobilenet'"),
         (["show", "efficientformer_v2", "--ref", "s9"], "no reference 's9'"),
-        (["sample", "edgevit", "--n", "0"], "invalid positive integer value"),
-        (["sample", "edgevit", "--n", "many"], "invalid positive integer value"),
-        (["sample", "edgevit", "--seed", "-3"], "invalid non-negative integer value"),
+        (["sample", "edgevit", "--n", "0"], "--n: must be an integer in 1..100000"),
+        (["sample", "edgevit", "--n", "many"], "--n: expected an integer in 1..100000"),
+        (["sample", "edgevit", "--seed", "-3"], "--seed: must be an integer in 0..4294967295"),
         (["sample", "edgevit", "--resolution", "100"], "resolution: must be a positive multiple of 32"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,6 +28,23 @@ def randomise_norms(net: torch.nn.Module, seed: int = 0) -> None:
                 module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
                 module.bias.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+
+
+def flip_tensor_bytes(source: Path, target: Path, count: int = 64) -> Path:
+    """A copy of the torch checkpoint `source` at `target` with `count` bytes inverted in the middle
+    of its largest tensor storage (torch's zip stores storages uncompressed, so no CRC is checked)."""
+    shutil.copyfile(source, target)
+    with zipfile.ZipFile(target) as archive:
+        entry = max((info for info in archive.infolist() if "/data/" in info.filename), key=lambda info: info.file_size)
+    with open(target, "r+b") as stream:
+        stream.seek(entry.header_offset + 26)  # the local header's name and extra-field lengths
+        name_length, extra_length = struct.unpack("<HH", stream.read(4))
+        start = entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2
+        stream.seek(start)
+        damaged = bytes(byte ^ 0xFF for byte in stream.read(count))
+        stream.seek(start)
+        stream.write(damaged)
+    return target
 
 
 @pytest.fixture(scope="session", params=list_spaces())

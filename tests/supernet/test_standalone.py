@@ -9,7 +9,11 @@ import torch
 
 from search_spaces import get_space
 from supernet.data import load_data, stratified_subset
+from supernet.checkpoint import DIGEST_KEY, CheckpointError
 from supernet.standalone import StandaloneRecipe, train_standalone
+from supernet.training import TrainingDiverged
+
+from .conftest import flip_tensor_bytes
 
 RECIPE = StandaloneRecipe(epochs=2, batch_size=16, train_images=40, val_images=10, warmup_epochs=0.5)
 
@@ -75,3 +79,37 @@ def test_stratified_subsets_are_fixed_and_balanced(bundle):
     labels = [int(bundle.train.labels[i]) for i in subset.indices]
     assert max(labels.count(c) for c in set(labels)) - min(labels.count(c) for c in set(labels)) <= 1
     assert len(stratified_subset(bundle.train, 0)) == len(bundle.train)
+
+
+def test_a_damaged_checkpoint_is_refused_and_a_legacy_one_resumes(bundle, tmp_path):
+    arch = get_space("edgevit").smallest()
+    one_epoch = dataclasses.replace(RECIPE, epochs=1)
+    train_standalone(arch, bundle, one_epoch, tmp_path / "n.pt", progress=False)
+    flipped = flip_tensor_bytes(tmp_path / "n.pt", tmp_path / "flipped.pt")
+    with pytest.raises(CheckpointError, match="does not match its sha256 digest"):
+        train_standalone(arch, bundle, one_epoch, flipped, progress=False)
+    payload = torch.load(tmp_path / "n.pt", weights_only=True)
+    del payload[DIGEST_KEY]  # as written before checkpoints carried a digest
+    torch.save(payload, tmp_path / "legacy.pt")
+    assert train_standalone(arch, bundle, one_epoch, tmp_path / "legacy.pt", progress=False).epochs == 1
+    next(iter(payload["model"].values())).fill_(float("nan"))
+    torch.save(payload, tmp_path / "legacy.pt")
+    with pytest.raises(CheckpointError, match="holds NaN or inf"):
+        train_standalone(arch, bundle, one_epoch, tmp_path / "legacy.pt", progress=False)
+
+
+def test_a_diverging_network_stops_and_keeps_its_last_good_epoch(bundle, tmp_path, monkeypatch):
+    import supernet.standalone as standalone
+
+    arch = get_space("edgevit").smallest()
+    loss, calls = standalone.F.cross_entropy, []
+
+    def infinite_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        value = loss(*args, **kwargs)
+        return value * float("inf") if len(calls) > 3 else value  # 40 images in batches of 16: 3 steps an epoch
+
+    monkeypatch.setattr(standalone.F, "cross_entropy", infinite_in_epoch_two)
+    with pytest.raises(TrainingDiverged, match=r"n1 in epoch 2, step 1: the loss is inf; .*n\.pt keeps epoch 1"):
+        train_standalone(arch, bundle, RECIPE, tmp_path / "n.pt", progress=False, label="n1")
+    assert torch.load(tmp_path / "n.pt", weights_only=True)["epoch"] == 1

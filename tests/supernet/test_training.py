@@ -1,18 +1,20 @@
 """Supernet training: both modes learn, a resumed run equals an uninterrupted one, BN
-recalibration leaves the supernet alone, and the command line refuses bad input in one line."""
+recalibration leaves the supernet alone, settings outside their ranges are refused, a diverging run
+stops keeping its last good checkpoint, and the command line refuses bad input in one line."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from supernet import CheckpointError, Supernet
+from supernet import CheckpointError, Supernet, read_checkpoint
 from supernet.data import load_data
 from supernet.train import PROG, main
-from supernet.training import TrainConfig, Trainer, accuracy, evaluate, recalibrate_bn
+from supernet.training import TrainConfig, Trainer, TrainingDiverged, accuracy, evaluate, recalibrate_bn
 from tests.cli_support import invoke
 
 DATA = "synthetic:96"
@@ -79,6 +81,19 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         other.load(tmp_path / "a.pt")
 
 
+def test_resume_reads_a_config_field_the_checkpoint_predates_as_its_default(tmp_path):
+    bundle = load_data(DATA, 32, seed=0)
+    trainer = Trainer(_config(epochs=1), bundle, tmp_path / "old.pt", progress=False)
+    trainer.run()
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["extra"]["training"]["config"]["train_images"]  # as written before the field existed,
+    del payload["content_sha256"]  # which also predates checkpoint digests
+    torch.save(payload, tmp_path / "old.pt")
+    Trainer(_config(epochs=2), bundle, tmp_path / "old.pt", progress=False).load(tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="trained with train_images=0, this run has train_images=48"):
+        Trainer(_config(epochs=2, train_images=48), bundle, tmp_path / "b.pt", progress=False).load(tmp_path / "old.pt")
+
+
 def test_recalibrate_bn_is_pure_and_evaluate_reports_accuracy(tmp_path):
     bundle = load_data(DATA, 32, seed=0)
     net = Supernet.from_space("edgevit", num_classes=bundle.num_classes, resolution=32)
@@ -117,7 +132,7 @@ def test_command_line_trains_and_writes_checkpoint_and_metrics(tmp_path, capsys)
         (["--space", "mobilenet"], "unknown space 'mobilenet'"),
         (["--data", "imagenet"], "unknown data spec 'imagenet'"),
         (["--data", "imagefolder:/no/such/dir"], "/no/such/dir"),
-        (["--epochs", "0"], "invalid positive integer value"),
+        (["--epochs", "0"], "--epochs: must be an integer in 1..10000"),
         (["--mode", "slimmable"], "invalid choice"),
         (["--label-smoothing", "1.5"], "label-smoothing"),
         (["--resume", "/no/such/checkpoint.pt"], "no such checkpoint"),
@@ -141,3 +156,59 @@ def test_corrupt_resume_checkpoint_is_one_line_exit_2(tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "truncated or corrupt" in err and len(err.strip().splitlines()) == 1
+
+
+# --- settings out of range, divergence ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("weight_decay", float("inf"), "weight_decay: must be a number in [0, 10], got inf"),
+    ("lr", float("nan"), "lr: must be a number in (0, 10]"),
+    ("seed", 10**23, "seed: must be an integer in 0..4294967295"),
+    ("resolution", 100000, "resolution: must be an integer in 16..1024 px"),
+    ("resolution", 48, "resolution: must be a multiple of 32 for edgevit"),
+    ("label_smoothing", 1.0, "label_smoothing"),
+    ("train_images", 10**12, "train_images"),
+    ("tau_end", 9.0, "tau_end: must be at most tau_start"),
+    ("space", "mobilenet", "space: unknown space 'mobilenet'"),
+    ("batch_size", True, "batch_size"),
+])
+def test_train_config_refuses_settings_outside_their_ranges(field, value, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        _config(**{field: value})
+
+
+def _diverge_in_epoch_two(monkeypatch):
+    loss = Trainer._loss
+
+    def poisoned(self, logits, labels):
+        value = loss(self, logits, labels)
+        return value * float("nan") if self.epoch == 1 else value
+
+    monkeypatch.setattr(Trainer, "_loss", poisoned)
+
+
+def test_a_diverging_run_stops_before_the_weights_move_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    bundle = load_data(DATA, 32, seed=0)
+    trainer = Trainer(_config(epochs=2), bundle, tmp_path / "net.pt", progress=False)
+    _diverge_in_epoch_two(monkeypatch)
+    with pytest.raises(TrainingDiverged) as caught:
+        trainer.run()
+    message = str(caught.value)
+    assert "training diverged in epoch 2, step 1 (step 4 of the run): the loss is nan" in message
+    assert "lower learning rate (lr 0.002)" in message and f"{tmp_path / 'net.pt'} keeps epoch 1" in message
+    assert "\n" not in message
+    saved = read_checkpoint(tmp_path / "net.pt")
+    assert saved["extra"]["training"]["epoch"] == 1
+    # no optimizer step on the bad gradients: the parameters are those saved after epoch 1
+    assert all(torch.equal(saved["state_dict"][name], value) for name, value in trainer.supernet.named_parameters())
+
+
+def test_the_command_line_reports_divergence_in_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "net.pt"
+    _diverge_in_epoch_two(monkeypatch)
+    code, _, err = _run(["--space", "edgevit", "--data", "synthetic:64", "--mode", "sandwich", "--epochs", "2",
+                         "--batch-size", "32", "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "training diverged in epoch 2, step 1" in err and "keeps epoch 1" in err
+    assert read_checkpoint(out)["extra"]["training"]["epoch"] == 1
