@@ -34,7 +34,14 @@ from nas.evaluators import EvaluatorSpec, ProxyEvaluation
 from nas.objectives import OBJECTIVES, MobileEfficiencyScore, get_objective
 from nas.problem import Evaluator, LatencyPredictor, SearchProblem, SearchResult, Step, Unreachable
 from nas.strategies import STRATEGIES, GreedySlimming, RandomSearch, RegularizedEvolution, Strategy
-from nas.verify import DEFAULT_ROUNDS, DEFAULT_UNDERSHOOT, Verification, measuring_device, verify_search
+from nas.verify import (
+    DEFAULT_ROUNDS,
+    DEFAULT_UNDERSHOOT,
+    Verification,
+    measuring_device,
+    median_of_sessions,
+    verify_search,
+)
 
 DEFAULT_BUDGET = 200
 SAMPLING_STRATEGIES = ("random", "evolution")
@@ -270,7 +277,7 @@ def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = 
                 return results[-1].arch, results[-1].latency
 
             def measure(found: Architecture) -> float:
-                return device.profile_network(found).p50_ms
+                return median_of_sessions(lambda: device.profile_network(found).p50_ms)
 
             _, _, verification = verify_search(search, predictor, request.target_latency, measure,
                                                    request.verify.rounds, request.verify.undershoot)
