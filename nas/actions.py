@@ -130,15 +130,13 @@ def v1_actions(space: SearchSpace, arch: Architecture, importance: MetaPathImpor
 
 
 def _as_type(space: SearchSpace, stage_index: int, width: int, block: Block, type_name: str) -> Block:
-    """`block` turned into `type_name`, keeping its expansion and heads where the new type has them."""
-    block_type, choices = space.block_type(type_name), space.stages[stage_index]
-    expansion = heads = None
-    if block_type.has_expansion:
-        expansion = block.expansion if block.expansion in choices.expansions else max(choices.expansions)
-    if block_type.has_heads:
-        valid = space.valid_heads(choices, width)
-        heads = block.heads if block.heads in valid else max(valid)
-    return Block(type_name, expansion, heads)
+    """`block` turned into `type_name`, keeping its knobs (expansion, heads, kernel, sample ratio)
+    where the new type has them and they are valid, else taking the largest choice."""
+    choices, knobs = space.stages[stage_index], {}
+    for knob in space.block_type(type_name).knobs():
+        valid = space.knob_choices(choices, width, knob)
+        knobs[knob] = getattr(block, knob) if getattr(block, knob) in valid else max(valid)
+    return Block(type_name, **knobs)
 
 
 def supports_v1_actions(space: SearchSpace) -> bool:

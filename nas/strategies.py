@@ -21,8 +21,9 @@ statistics), so they can be compared with greedy at equal cost.
   is infeasible or already evaluated is a rejected proposal: the cycle is redrawn (a new
   tournament and a new mutation), so one exhausted parent cannot stall the search.
 - `mutate`: one random change drawn from the space's declared choices: a block's type (including
-  identity and back), a block's expansion, a block's head count, or a stage's width one step up or
-  down (head counts fixed to stay valid); only architectures the space contains are returned.
+  identity and back), a block's expansion, head count, kernel or sample ratio (the knobs its type
+  has in its space), or a stage's width one step up or down (head counts fixed to stay valid);
+  only architectures the space contains are returned.
 - Best: the highest score among evaluated (hence feasible) architectures; ties go to the higher
   MES, then the lower latency, then the earlier evaluation.
 - Resumable: with `state_path`, a state file (`nas.state`, schema `latnas/search-state@1`) is
@@ -40,6 +41,7 @@ statistics), so they can be compared with greedy at equal cost.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -57,7 +59,7 @@ from nas.state import StateFile, check_resumed_scores, problem_settings
 from search_spaces import Architecture, ArchitectureError, Block, SearchSpace, Stage
 from search_spaces.architecture import IDENTITY_BLOCK
 
-MUTATION_KINDS = ("type", "expansion", "heads", "width")
+MUTATION_KINDS = ("type", "expansion", "heads", "width", "kernel", "sample_ratio")
 # A draw fails only when the drawn change breaks a family rule (V1: meta4d after meta3d) or the
 # minimum depth; every architecture of a real space has many valid changes, so 1000 failed draws
 # in a row means the architecture has none.
@@ -101,11 +103,9 @@ def _mutation_sites(space: SearchSpace, arch: Architecture) -> dict[str, list[tu
             block = _slot_block(stage, slot)
             if block.is_identity:
                 continue
-            block_type = space.block_type(block.type)
-            if block_type.has_expansion and len(choices.expansions) > 1:
-                sites["expansion"].append((s, slot))
-            if block_type.has_heads and len(space.valid_heads(choices, stage.width)) > 1:
-                sites["heads"].append((s, slot))
+            for knob in space.block_type(block.type).knobs():
+                if len(space.knob_choices(choices, stage.width, knob)) > 1:
+                    sites[knob].append((s, slot))
     return sites
 
 
@@ -113,19 +113,14 @@ def _change_type(space: SearchSpace, arch: Architecture, s: int, slot: int, rng:
     choices, stage = space.stages[s], arch.stages[s]
     old = _slot_block(stage, slot)
     new_type = _pick(rng, [t for t in (*choices.block_types, IDENTITY) if t != old.type])
-    block_type = space.block_type(new_type)
-    expansion = heads = None
-    if block_type.has_expansion:
-        if not choices.expansions:
-            return None
-        expansion = old.expansion if old.expansion in choices.expansions else _pick(rng, choices.expansions)
-    if block_type.has_heads:
-        valid = space.valid_heads(choices, stage.width)
+    values: dict[str, int] = {}
+    for knob in space.block_type(new_type).knobs():  # kept where still valid, else drawn
+        valid = space.knob_choices(choices, stage.width, knob)
         if not valid:
             return None
-        heads = old.heads if old.heads in valid else _pick(rng, valid)
-    block = Block(new_type, expansion, heads)
-    knobs = ", ".join(f"{name} {value}" for name, value in (("expansion", expansion), ("heads", heads)) if value is not None)
+        values[knob] = getattr(old, knob) if getattr(old, knob) in valid else _pick(rng, valid)
+    block = Block(new_type, **values)
+    knobs = ", ".join(f"{name} {value}" for name, value in values.items())
     description = f"stage {s} block {slot}: {old.type} -> {new_type}" + (f" ({knobs})" if knobs else "")
     return Mutation("type", description, _with_block(arch, s, slot, block))
 
@@ -134,14 +129,9 @@ def _change_knob(space: SearchSpace, arch: Architecture, kind: str, s: int, slot
                  rng: np.random.Generator) -> Mutation | None:
     choices, stage = space.stages[s], arch.stages[s]
     block = stage.blocks[slot]
-    if kind == "expansion":
-        value = _pick(rng, [e for e in choices.expansions if e != block.expansion])
-        new = Block(block.type, value, block.heads)
-        old_value = block.expansion
-    else:
-        value = _pick(rng, [h for h in space.valid_heads(choices, stage.width) if h != block.heads])
-        new = Block(block.type, block.expansion, value)
-        old_value = block.heads
+    old_value = getattr(block, kind)
+    value = _pick(rng, [v for v in space.knob_choices(choices, stage.width, kind) if v != old_value])
+    new = dataclasses.replace(block, **{kind: value})
     return Mutation(kind, f"stage {s} block {slot} {kind} {old_value} -> {value}", _with_block(arch, s, slot, new))
 
 

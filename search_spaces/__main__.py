@@ -66,7 +66,7 @@ def command_show(args) -> int:
     print(f"{space.name}: {space.summary}")
     print(f"default resolution {space.default_resolution} (multiple of {space.resolution_multiple}), block types:")
     for block_type in space.block_types.values():
-        knobs = [k for k, has in (("expansion", block_type.has_expansion), ("heads", block_type.has_heads)) if has]
+        knobs = block_type.knobs()
         print(f"  {block_type.name:<13} {block_type.summary}" + (f"  [knobs: {', '.join(knobs)}]" if knobs else ""))
     for index, stage in enumerate(space.stages):
         widths = stage.widths
@@ -75,10 +75,15 @@ def command_show(args) -> int:
             f"depth {stage.min_depth}..{stage.max_depth}, types {', '.join(stage.block_types)}, identity"
             + (f", expansions {list(stage.expansions)}" if stage.expansions else "")
             + (f", heads {list(stage.heads)}" if stage.heads else "")
+            + (f", kernels {list(stage.kernels)}" if stage.kernels else "")
+            + (f", sample ratios {list(stage.sample_ratios)}" if stage.sample_ratios else "")
         )
     print(f"  largest : {_summary_row('', space.largest()).strip()}")
     print(f"  smallest: {_summary_row('', space.smallest()).strip()}")
-    print(f"  references: {', '.join(space.references())}  (show {space.name} --ref NAME)")
+    if space.references():
+        print(f"  references: {', '.join(space.references())}  (show {space.name} --ref NAME)")
+    else:
+        print("  references: none")
     return EXIT_OK
 
 

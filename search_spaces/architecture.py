@@ -29,7 +29,7 @@ IDENTITY = "identity"
 _TOP_KEYS = ("schema", "space", "resolution", "num_classes", "stages", "meta")
 _REQUIRED_TOP_KEYS = ("schema", "space", "resolution", "num_classes", "stages")
 _STAGE_KEYS = ("width", "blocks")
-_BLOCK_KEYS = ("type", "expansion", "heads")
+_BLOCK_KEYS = ("type", "expansion", "heads", "kernel", "sample_ratio")
 
 
 class ArchitectureError(ValueError):
@@ -86,12 +86,17 @@ class Block:
     """One supernet slot: a block type plus the knobs that type has.
 
     `expansion` is the hidden/width ratio of the block's MLP and `heads` its attention head count;
-    each is present exactly when the block type has that knob (the space checks which).
+    `kernel` the depthwise kernel size and `sample_ratio` the attention's subsampling ratio, for
+    spaces where those are per-slot choices rather than fixed per stage (the `hybrid` space: an
+    EdgeNeXt `conv_encoder`'s kernel, an EdgeViT `lgl`'s sample ratio). Each is present exactly
+    when the block type has that knob in the block's space (the space checks which).
     """
 
     type: str
     expansion: int | None = None
     heads: int | None = None
+    kernel: int | None = None
+    sample_ratio: int | None = None
 
     @property
     def is_identity(self) -> bool:
@@ -103,6 +108,10 @@ class Block:
             data["expansion"] = self.expansion
         if self.heads is not None:
             data["heads"] = self.heads
+        if self.kernel is not None:
+            data["kernel"] = self.kernel
+        if self.sample_ratio is not None:
+            data["sample_ratio"] = self.sample_ratio
         return data
 
     @classmethod
@@ -115,13 +124,11 @@ class Block:
         block_type = data["type"]
         if not isinstance(block_type, str) or not block_type:
             raise ArchitectureError(f"{path}.type", f"expected a block type name, got {_describe(block_type)}")
-        expansion = data.get("expansion")
-        if expansion is not None:
-            expansion = _require_int(expansion, f"{path}.expansion", 1)
-        heads = data.get("heads")
-        if heads is not None:
-            heads = _require_int(heads, f"{path}.heads", 1)
-        return cls(block_type, expansion, heads)
+        knobs = {}
+        for knob in ("expansion", "heads", "kernel", "sample_ratio"):
+            value = data.get(knob)
+            knobs[knob] = None if value is None else _require_int(value, f"{path}.{knob}", 1)
+        return cls(block_type, **knobs)
 
 
 IDENTITY_BLOCK = Block(IDENTITY)

@@ -11,6 +11,8 @@ valid by the family's own `repair_sample` or dropped.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from typing import Sequence
 
 from search_spaces.architecture import Architecture, Block, Stage
@@ -25,7 +27,7 @@ def _restage(space: SearchSpace, arch: Architecture, index: int, width: int) -> 
     for block in stage.blocks:
         if block.heads is not None:
             valid = space.valid_heads(choices, width)
-            block = Block(block.type, block.expansion, max(valid) if valid else block.heads)
+            block = dataclasses.replace(block, heads=max(valid) if valid else block.heads)
         blocks.append(block)
     return arch.replace_stage(index, Stage(width, tuple(blocks)))
 
@@ -33,14 +35,19 @@ def _restage(space: SearchSpace, arch: Architecture, index: int, width: int) -> 
 def _fill(space: SearchSpace, arch: Architecture, index: int, type_name: str) -> Architecture:
     """`arch` with every slot of stage `index` holding `type_name` (largest knobs)."""
     choices, width = space.stages[index], arch.stages[index].width
-    block_type = space.block_type(type_name)
-    heads = space.valid_heads(choices, width) if block_type.has_heads else ()
-    block = Block(
-        type_name,
-        max(choices.expansions) if block_type.has_expansion else None,
-        max(heads) if block_type.has_heads and heads else None,
-    )
-    return arch.replace_stage(index, Stage(width, (block,) * choices.max_depth))
+    knobs = {}
+    for knob in space.block_type(type_name).knobs():
+        values = space.knob_choices(choices, width, knob)
+        knobs[knob] = max(values) if values else None
+    return arch.replace_stage(index, Stage(width, (Block(type_name, **knobs),) * choices.max_depth))
+
+
+def _blocks_of(space: SearchSpace, index: int, width: int, type_name: str) -> list[Block]:
+    """Every block of `type_name` stage `index` allows at `width`: each combination of its knobs."""
+    choices = space.stages[index]
+    knobs = space.block_type(type_name).knobs()
+    values = [space.knob_choices(choices, width, knob) for knob in knobs]
+    return [Block(type_name, **dict(zip(knobs, combination))) for combination in itertools.product(*values)]
 
 
 def probe_architectures(
@@ -48,8 +55,8 @@ def probe_architectures(
 ) -> list[Architecture]:
     """Valid architectures that together run every spec the space (restricted to `widths`) can take.
 
-    Start from the largest network, vary one stage at a time over width x block type x expansion
-    x heads, and every pair of neighbouring widths with the previous stage filled by each of its
+    Start from the largest network, vary one stage at a time over width x block type x every
+    combination of the type's knobs (expansion, heads, kernel, sample ratio), and every pair of neighbouring widths with the previous stage filled by each of its
     block types. `widths[i]` restricts stage i (None: all its widths).
     """
     allowed = [tuple(widths[i]) if widths else choices.widths for i, choices in enumerate(space.stages)]
@@ -60,13 +67,8 @@ def probe_architectures(
     for index, choices in enumerate(space.stages):
         for width in allowed[index]:
             for type_name in choices.block_types:
-                block_type = space.block_type(type_name)
-                expansions = choices.expansions if block_type.has_expansion else (None,)
-                heads = space.valid_heads(choices, width) if block_type.has_heads else (None,)
-                for expansion in expansions:
-                    for head_count in heads:
-                        stage = Stage(width, (Block(type_name, expansion, head_count),) * choices.max_depth)
-                        probes.append(base.replace_stage(index, stage))
+                for block in _blocks_of(space, index, width, type_name):
+                    probes.append(base.replace_stage(index, Stage(width, (block,) * choices.max_depth)))
         if index:
             # a downsample depends on both widths and on the layout the previous stage ends in
             # (EfficientFormer V1: tokens after a meta3d block), so each pair meets every fill type

@@ -17,6 +17,7 @@ _SPACE_MODULES = {
     "efficientformer_v2": "search_spaces.families.efficientformer_v2",
     "edgevit": "search_spaces.families.edgevit",
     "edgenext": "search_spaces.families.edgenext",
+    "hybrid": "search_spaces.families.hybrid",
 }
 
 _SPACES: dict[str, SearchSpace] = {}

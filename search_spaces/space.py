@@ -10,6 +10,7 @@ walk that turns an architecture into the ordered layers it runs.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Sequence
@@ -32,13 +33,28 @@ class BlockType:
     """A registered block type and the knobs an architecture must give it.
 
     `has_expansion`: the block has an MLP whose hidden width is `expansion x width`;
-    `has_heads`: the block's attention head count is part of the architecture.
+    `has_heads`: the block's attention head count is part of the architecture;
+    `has_kernel` / `has_sample_ratio`: its depthwise kernel size / its attention's sample ratio is
+    a per-slot choice of the architecture (where a family fixes them per stage, the space passes
+    them as layer options instead and the type has no such knob). A space holds its own
+    `BlockType` records, so one registered block can have a knob in one space and not in another.
     """
 
     name: str
     has_expansion: bool
     has_heads: bool = False
     summary: str = ""
+    has_kernel: bool = False
+    has_sample_ratio: bool = False
+
+    def knobs(self) -> tuple[str, ...]:
+        """The `Block` fields this type needs, in `KNOBS` order."""
+        flags = (self.has_expansion, self.has_heads, self.has_kernel, self.has_sample_ratio)
+        return tuple(knob for knob, has in zip(KNOBS, flags) if has)
+
+
+#: the per-slot knobs a `Block` may carry, in the order they are validated and drawn
+KNOBS = ("expansion", "heads", "kernel", "sample_ratio")
 
 
 IDENTITY_TYPE = BlockType(IDENTITY, has_expansion=False, summary="empty slot (skip connection)")
@@ -49,7 +65,8 @@ class StageChoices:
     """What one stage of a space may be: width choices (ascending), slot count, block types.
 
     `block_types` lists the non-identity types a slot may hold (identity is always allowed);
-    `expansions` and `heads` are the choices of block types that have those knobs.
+    `expansions`, `heads`, `kernels` and `sample_ratios` are the choices of block types that have
+    those knobs.
     """
 
     widths: tuple[int, ...]
@@ -58,6 +75,8 @@ class StageChoices:
     expansions: tuple[int, ...] = ()
     heads: tuple[int, ...] = ()
     min_depth: int = 1
+    kernels: tuple[int, ...] = ()
+    sample_ratios: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if tuple(sorted(set(self.widths))) != tuple(self.widths) or not self.widths:
@@ -179,17 +198,20 @@ class SearchSpace(abc.ABC):
         return self.block_types[name]
 
     def _block(self, type_name: str, stage: StageChoices, width: int, pick: str, rng=None) -> Block:
-        block_type = self.block_type(type_name)
-        expansion = heads = None
-        if block_type.has_expansion:
-            expansion = _pick(stage.expansions, pick, rng)
-        if block_type.has_heads:
-            heads = _pick(self.valid_heads(stage, width), pick, rng)
-        return Block(type_name, expansion, heads)
+        knobs = {knob: _pick(self.knob_choices(stage, width, knob), pick, rng)
+                 for knob in self.block_type(type_name).knobs()}
+        return Block(type_name, **knobs)
 
     @staticmethod
     def valid_heads(stage: StageChoices, width: int) -> tuple[int, ...]:
         return tuple(h for h in stage.heads if width % h == 0)
+
+    @classmethod
+    def knob_choices(cls, stage: StageChoices, width: int, knob: str) -> tuple[int, ...]:
+        """The values `knob` (one of `KNOBS`) may take in `stage` at `width`."""
+        if knob == "heads":
+            return cls.valid_heads(stage, width)
+        return {"expansion": stage.expansions, "kernel": stage.kernels, "sample_ratio": stage.sample_ratios}[knob]
 
     def _arch(self, stages: Sequence[Stage], resolution: int | None, num_classes: int | None) -> Architecture:
         return Architecture(
@@ -239,7 +261,7 @@ class SearchSpace(abc.ABC):
         if block.heads in valid or not valid:
             return block
         below = [heads for heads in valid if heads <= block.heads]
-        return Block(block.type, block.expansion, max(below) if below else min(valid))
+        return dataclasses.replace(block, heads=max(below) if below else min(valid))
 
     def slimming_distance(self) -> int:
         """How many one-step reductions lead from the largest network to the smallest at most: per
@@ -274,8 +296,8 @@ class SearchSpace(abc.ABC):
                 slot = filled[int(rng.integers(0, len(filled)))]
                 block = blocks[slot]
                 if block.expansion in choices.expansions and choices.expansions.index(block.expansion) > 0:
-                    blocks[slot] = Block(block.type, choices.expansions[choices.expansions.index(block.expansion) - 1],
-                                         block.heads)
+                    blocks[slot] = dataclasses.replace(
+                        block, expansion=choices.expansions[choices.expansions.index(block.expansion) - 1])
             candidate = arch.replace_stage(index, Stage(width, tuple(blocks)))
             if candidate != arch and self.contains(candidate):
                 arch = candidate
@@ -326,6 +348,9 @@ class SearchSpace(abc.ABC):
                     f"{block_path}.heads", f"width {stage.width} is not divisible by {block.heads} heads; valid: {_choices(heads)}"
                 )
             self._validate_knob(block_path, "heads", block.heads, block_type.has_heads, block.type, choices.heads)
+            self._validate_knob(block_path, "kernel", block.kernel, block_type.has_kernel, block.type, choices.kernels)
+            self._validate_knob(block_path, "sample_ratio", block.sample_ratio, block_type.has_sample_ratio, block.type,
+                                choices.sample_ratios)
 
     @staticmethod
     def _validate_knob(path: str, knob: str, value, has_knob: bool, type_name: str, options) -> None:

@@ -51,7 +51,10 @@ class PlaceCandidates:
 
 
 def _size_rank(spec: LayerSpec) -> tuple[int, ...]:
-    return (spec.out_channels, spec.in_channels, spec.expansion or 0, spec.heads or 0)
+    # kernel and sample ratio (`sr`: the kernel of EdgeViT's propagation) grow the weights too,
+    # where a space makes them per-slot choices; elsewhere they are constant per place
+    kernel, ratio = spec.option("kernel", 0), spec.option("sr", 0)
+    return (spec.out_channels, spec.in_channels, spec.expansion or 0, spec.heads or 0, int(kernel), int(ratio))
 
 
 @functools.lru_cache(maxsize=32)

@@ -22,11 +22,17 @@ from torch import nn
 from search_spaces.ops import Ops
 
 
+#: a `chunks` entry saying that a dimension is a kernel dimension, sliced around its centre
+CENTRED = 0
+
+
 def prefix_slice(tensor: torch.Tensor, shape: Iterable[int], chunks: tuple[int, ...] | None = None) -> torch.Tensor:
     """The leading `shape` block of `tensor`.
 
     `chunks[d] = k > 1` says dimension `d` is made of `k` equal parts (fused q, k, v): each part is
     prefix-sliced and the parts are concatenated, so part `i` of the slice is part `i` of the max.
+    `chunks[d] = CENTRED` says dimension `d` is a kernel dimension: a smaller kernel is the centre
+    of the largest one (once-for-all's elastic kernel), so the slice is taken around the middle.
     """
     shape = tuple(shape)
     if shape == tuple(tensor.shape):
@@ -36,7 +42,9 @@ def prefix_slice(tensor: torch.Tensor, shape: Iterable[int], chunks: tuple[int, 
         if size == result.shape[dim]:
             continue
         parts = chunks[dim] if chunks is not None and dim < len(chunks) else 1
-        if parts == 1:
+        if parts == CENTRED:
+            result = result.narrow(dim, (result.shape[dim] - size) // 2, size)
+        elif parts == 1:
             result = result.narrow(dim, 0, size)
         else:
             full, part = result.shape[dim] // parts, size // parts
@@ -136,9 +144,12 @@ class ElasticConv2d(ElasticOp):
 
 
 class ElasticDepthwiseConv2d(ElasticOp):
-    """Depthwise convolution: groups and channels follow the input."""
+    """Depthwise convolution: groups and channels follow the input; kernel, stride and padding
+    follow the twin, a smaller kernel being the centre of the largest (where a space makes the
+    kernel a per-slot choice: the `hybrid` space's conv encoders and LGL propagations)."""
 
     transposed = False
+    tensor_chunks = {"weight": (1, 1, CENTRED, CENTRED)}
 
     def __init__(self, channels: int, kernel_size: int, stride: int, padding: int, bias: bool):
         super().__init__()
@@ -147,9 +158,13 @@ class ElasticDepthwiseConv2d(ElasticOp):
         template = make(channels, channels, kernel_size, stride, padding, groups=channels, bias=bias)
         self.weight = template.weight
         self.bias = template.bias
+        self.kernel_size = tuple(self.weight.shape[2:])
+
+    def configure(self, twin: nn.Module) -> None:
+        self.kernel_size, self.stride, self.padding = tuple(twin.kernel_size), twin.stride, twin.padding
 
     def active_shapes(self, input_channels: int) -> dict[str, tuple[int, ...]]:
-        return {"weight": (input_channels, *self.weight.shape[1:]), "bias": (input_channels,)}
+        return {"weight": (input_channels, self.weight.shape[1], *self.kernel_size), "bias": (input_channels,)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tensors = self.sliced_tensors(x.shape[1])

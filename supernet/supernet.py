@@ -310,15 +310,13 @@ class Supernet(Network):
                 _configure(path.module_for(type_name), twin(spec))
 
     def _block_like(self, index: int, width: int, type_name: str, template: Block | None) -> Block:
-        choices = self.space.stages[index]
-        block_type = self.space.block_type(type_name)
-        expansion = heads = None
-        if block_type.has_expansion:
-            expansion = template.expansion if template is not None and template.expansion else max(choices.expansions)
-        if block_type.has_heads:
-            valid = self.space.valid_heads(choices, width)
-            heads = template.heads if template is not None and template.heads in valid else max(valid)
-        return Block(type_name, expansion, heads)
+        """A `type_name` block with `template`'s knobs where it has valid ones, else the largest."""
+        choices, knobs = self.space.stages[index], {}
+        for knob in self.space.block_type(type_name).knobs():
+            valid = self.space.knob_choices(choices, width, knob)
+            value = getattr(template, knob) if template is not None else None
+            knobs[knob] = value if value in valid else max(valid)
+        return Block(type_name, **knobs)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The MetaPath logits α (train them with their own optimizer)."""

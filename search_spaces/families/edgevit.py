@@ -174,16 +174,19 @@ class LGLBlock(nn.Module):
     """EdgeViT's local-global-local block (`lgl`): NCHW in, NCHW out of the same shape.
 
     Local aggregation exists only where `sample_ratio` > 1; the global part always does.
-    `expansion` is the MLP ratio of both MLPs; `heads` the attention head count.
+    `expansion` is the MLP ratio of both MLPs; `heads` the attention head count. The forward reads
+    `sample_ratio`, not whether `local` holds a module, so a supernet block built with r > 1 also
+    runs as r = 1 where a space makes the ratio a per-slot choice (`hybrid`).
     """
 
     def __init__(self, ops: Ops, width: int, heads: int, expansion: int, sample_ratio: int) -> None:
         super().__init__()
+        self.sample_ratio = sample_ratio
         self.local = LocalAggregation(ops, width, expansion) if sample_ratio > 1 else nn.Identity()
         self.attention = GlobalAttentionBlock(ops, width, heads, expansion, sample_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attention(self.local(x))
+        return self.attention(self.local(x) if self.sample_ratio > 1 else x)
 
 
 class PatchEmbedding(nn.Module):

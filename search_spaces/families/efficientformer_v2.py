@@ -199,6 +199,10 @@ class Attention4D(nn.Module):
         self.scale = key_dim**-0.5
         value_channels = heads * key_dim * attention_ratio
         self.stride_conv = _depthwise_norm(ops, width, stride=2) if strided else None
+        # the size the strided output is upsampled back to: the layer is built for one input size
+        # (its bias grid), and a constant target keeps every later shape static in an ONNX export
+        # (a traced one leaves the exporter unable to split or normalise the channels downstream)
+        self.input_size = tuple(input_size)
         grid = _strided_size(input_size, 2) if strided else tuple(input_size)
         self.q = _conv_norm(ops, width, heads * key_dim)
         self.k = _conv_norm(ops, width, heads * key_dim)
@@ -211,7 +215,7 @@ class Attention4D(nn.Module):
         self.proj = nn.Sequential(nn.GELU(), ops.conv2d(value_channels, width, 1), ops.batch_norm2d(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
+        batch = x.shape[0]
         if self.stride_conv is not None:
             x = self.stride_conv(x)
         grid = (x.shape[2], x.shape[3])
@@ -227,7 +231,7 @@ class Attention4D(nn.Module):
         out = (attention @ v).transpose(2, 3).reshape(batch, -1, grid[0], grid[1]) + v_local
         if self.stride_conv is not None:
             # bilinear x2 back to the block's input size (official nn.Upsample(scale_factor=2))
-            out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
+            out = F.interpolate(out, size=self.input_size, mode="bilinear", align_corners=False)
         return self.proj(out)
 
 

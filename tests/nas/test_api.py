@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from search_spaces import Architecture, get_space
+from search_spaces import Architecture, get_space, list_spaces
 
 from nas.api import RequestError, SearchRequest, run_search, validate_request
 from nas.evaluators import EvaluatorSpec
@@ -130,6 +130,20 @@ def test_every_strategy_answers_a_problem_through_the_same_protocol(name):
     assert result.latency <= 0.7 and ToyTable().predict(result.arch) == pytest.approx(result.latency)
     assert result.params == toy_params(result.arch) and steps == list(result.steps)
     assert strategy.settings()["name"] == name
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("space_name", list_spaces())
+def test_every_strategy_searches_every_space_on_the_iphone12_table(space_name, strategy):
+    from lut import get_device
+
+    space = get_space(space_name)
+    table = get_device("iphone12").default_table(space)
+    target = 0.9 * table.predict(space.largest())
+    outcome = run_search(SearchRequest(space_name, table, target, evaluator=CountingEvaluator(), strategy=strategy,
+                                       budget=None if strategy == "greedy" else 12, seed=3))
+    assert outcome.reachable and outcome.result.latency <= target
+    assert space.contains(outcome.arch) and table.predict(outcome.arch) == pytest.approx(outcome.result.latency)
 
 
 def test_run_search_takes_a_built_evaluator_and_a_configured_strategy():

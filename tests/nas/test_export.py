@@ -64,7 +64,8 @@ def write_arch(tmp_path: Path, arch: Architecture, name: str = "found.yaml") -> 
 
 # -- formats --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("space_name", "seed"), [("efficientformer_v2", None), ("edgenext", 3), ("edgevit", 5)], ids=["v2-smallest", "edgenext", "edgevit"]
+    ("space_name", "seed"), [("efficientformer_v2", None), ("edgenext", 3), ("edgevit", 5), ("hybrid", 0)],
+    ids=["v2-smallest", "edgenext", "edgevit", "hybrid"],
 )
 def test_onnx_runs_in_onnxruntime_and_matches_torch(tmp_path, capsys, space_name, seed):
     import onnx

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from search_spaces import get_space
+from search_spaces import get_space, list_spaces
 from search_spaces.command_line import run_command
 
 from nas.actions import v1_actions, v2_actions
@@ -33,7 +33,7 @@ def test_objective_ratio_prefers_small_drop_per_gain_and_refuses_no_gain():
 
 
 # -- actions -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["efficientformer_v1", "efficientformer_v2", "edgevit", "edgenext"])
+@pytest.mark.parametrize("name", list_spaces())
 def test_actions_stay_in_the_space(name):
     space = get_space(name)
     largest = space.largest()

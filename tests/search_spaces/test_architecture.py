@@ -24,10 +24,9 @@ def architectures(draw, space_name: str) -> Architecture:
         blocks = []
         for _ in range(slots):
             type_name = draw(st.sampled_from((*choices.block_types, IDENTITY)))
-            block_type = space.block_type(type_name)
-            expansion = draw(st.sampled_from(choices.expansions)) if block_type.has_expansion else None
-            heads = draw(st.sampled_from(space.valid_heads(choices, width))) if block_type.has_heads else None
-            blocks.append(Block(type_name, expansion, heads))
+            knobs = {knob: draw(st.sampled_from(space.knob_choices(choices, width, knob)))
+                     for knob in space.block_type(type_name).knobs()}  # expansion, heads, kernel, sample ratio
+            blocks.append(Block(type_name, **knobs))
         stages.append(Stage(width, tuple(blocks)))
     meta = draw(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.text(max_size=12), max_size=3))
     resolution = draw(st.sampled_from((32, 64, space.default_resolution)))
@@ -99,7 +98,8 @@ def _set(path, value):
 # (name, document or YAML text, expected field path, words the message must contain)
 BAD_INPUTS = [
     ("unknown top-level key", lambda: _edit(_s0(), _set(["colour"], "blue")), "colour", "unknown key"),
-    ("unknown block key", lambda: _edit(_s0(), _set(["stages", 0, "blocks", 0, "kernel"], 3)), "stages[0].blocks[0].kernel", "unknown key"),
+    ("unknown block key", lambda: _edit(_s0(), _set(["stages", 0, "blocks", 0, "groups"], 3)), "stages[0].blocks[0].groups", "unknown key"),
+    ("kernel on a block without one", lambda: _edit(_s0(), _set(["stages", 0, "blocks", 0, "kernel"], 3)), "stages[0].blocks[0].kernel", "take no kernel"),
     ("unknown stage key", lambda: _edit(_s0(), _set(["stages", 1, "depth"], 2)), "stages[1].depth", "unknown key"),
     ("width of the wrong type", lambda: _edit(_s0(), _set(["stages", 0, "width"], "32")), "stages[0].width", "integer"),
     ("width given as a boolean", lambda: _edit(_s0(), _set(["stages", 0, "width"], True)), "stages[0].width", "integer"),
