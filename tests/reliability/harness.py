@@ -97,3 +97,17 @@ def kill_session(session_id: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool], what: str, timeout_s: float = 180.0) -> None:
+    """SIGKILL `process`'s group once `ready()` holds (it must still be running then), and wait
+    until no process of its session is left; whatever survives is killed on the way out."""
+    try:
+        wait_for(lambda: ready() or process.poll() is not None, timeout_s, what)
+        assert process.poll() is None, f"it ended before {what}: {process.stderr.read()[-2000:] if process.stderr else ''}"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        kill_session(process.pid)
+    assert process.returncode == -signal.SIGKILL
+    wait_for(lambda: not session_processes(process.pid), 10, "the killed session's processes to go")

@@ -14,7 +14,7 @@ from pathlib import Path
 from lut.build import journal_path
 from lut.table import load_table
 from search_spaces.cluster import descendants
-from tests.reliability.harness import kill_session, run_module, session_processes, snapshot, start_module, wait_for
+from tests.reliability.harness import kill_session, run_module, sigkill_when, snapshot, start_module, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EARLIER = ROOT / "lut" / "tables" / "iphone12_efficientformer_v2_r224.json"  # the bytes an earlier build left at --out
@@ -84,15 +84,7 @@ def test_a_killed_build_keeps_the_earlier_table_and_the_next_run_resumes_and_cle
     before = snapshot([out])
     journal = journal_path(out)
     process = start_module("lut.build", [*BUILD, "--out", out], tmp_path)
-    try:
-        wait_for(lambda: _records(journal) >= 1 or process.poll() is not None, 180, "the first journal record")
-        assert process.poll() is None, f"the build ended early: {process.stderr.read()[-2000:]}"
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        kill_session(process.pid)
-    assert process.returncode == -signal.SIGKILL
-    wait_for(lambda: not session_processes(process.pid), 10, "the killed build's processes to go")
+    sigkill_when(process, lambda: _records(journal) >= 1, "the first journal record")
     assert snapshot([out]) == before  # not replaced, not torn
     recorded = _check_journal(journal)
     assert recorded >= 1

@@ -5,7 +5,6 @@ writer leaves behind (`.NAME.<pid>-XXXX.tmp` beside each output)."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
 
 from supernet import Supernet, read_checkpoint
@@ -13,7 +12,7 @@ from supernet.data import load_data
 from supernet.train import PROG, build_parser, config_from_args, main
 from supernet.training import Trainer, metrics_path
 from tests.cli_support import invoke
-from tests.reliability.harness import kill_session, session_processes, start_module, wait_for
+from tests.reliability.harness import sigkill_when, start_module
 
 # EdgeNeXt (the fewest weights) at 32 px; 400 images in batches of 20 make an epoch of 20 steps, so
 # a kill at the first step lands long before the epoch's checkpoint is written.
@@ -44,16 +43,8 @@ def test_sigkill_while_training_keeps_the_checkpoint_and_the_next_run_cleans_up(
     before = out.read_bytes()
 
     process = start_module("supernet.train", argv, cwd=tmp_path)
-    try:
-        stderr = _stderr_reader(process)
-        wait_for(lambda: b"loss=" in stderr or process.poll() is not None, 180, "the first training step")
-        assert process.poll() is None, f"the run ended early: {bytes(stderr).decode(errors='replace')[-2000:]}"
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        kill_session(process.pid)
-    assert process.returncode == -signal.SIGKILL
-    wait_for(lambda: not session_processes(process.pid), 10, "the killed run's processes to go")
+    stderr = _stderr_reader(process)
+    sigkill_when(process, lambda: b"loss=" in stderr, "the first training step")
 
     assert out.read_bytes() == before  # not replaced, not torn
     assert read_checkpoint(out)["extra"]["training"]["epoch"] == 0
