@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from tests.cli_support import invoke
 
@@ -89,6 +89,27 @@ def session_processes(session_id: int) -> list[int]:
         if session == session_id and state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+def live_processes(pids: Iterable[int]) -> list[int]:
+    """The processes of `pids` still running (zombies and vanished ones excluded; a process may
+    exit between two reads of /proc, so every read tolerates its disappearance)."""
+    alive = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+        except (OSError, IndexError):
+            pass
+    return alive
+
+
+def kill_processes(pids: Iterable[int]) -> None:
+    for pid in live_processes(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def kill_session(session_id: int) -> None:

@@ -13,8 +13,8 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -29,7 +29,12 @@ from lut.registry import get_device
 from lut.table import content_sha256
 from search_spaces import get_space
 from search_spaces.limits import MAX_TABLE_BYTES
-from tests.reliability.harness import assert_refused, check_one_line, run_module, snapshot
+from tests.reliability.harness import (
+    assert_refused,
+    check_one_line,
+    run_module,
+    snapshot,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 V224 = ROOT / "lut" / "tables" / "iphone12_edgevit_r224.json"

@@ -14,7 +14,16 @@ from pathlib import Path
 from lut.build import journal_path
 from lut.table import load_table
 from search_spaces.cluster import descendants
-from tests.reliability.harness import kill_session, run_module, sigkill_when, snapshot, start_module, wait_for
+from tests.reliability.harness import (
+    kill_processes,
+    kill_session,
+    live_processes,
+    run_module,
+    sigkill_when,
+    snapshot,
+    start_module,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EARLIER = ROOT / "lut" / "tables" / "iphone12_efficientformer_v2_r224.json"  # the bytes an earlier build left at --out
@@ -35,25 +44,6 @@ def _records(journal: Path) -> int:
         except json.JSONDecodeError:
             pass
     return count
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                alive.append(pid)
-        except (OSError, IndexError):
-            pass
-    return alive
-
-
-def _kill_pids(pids: list[int]) -> None:
-    for pid in _alive(pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _check_journal(journal: Path) -> int:
@@ -105,10 +95,10 @@ def test_a_killed_ray_build_leaves_no_ray_process_and_the_earlier_table(tmp_path
         assert ours, "a local Ray was started: its processes are the command's descendants"
         os.kill(process.pid, signal.SIGKILL)  # the command only: what happens to Ray is the point
         process.wait(timeout=30)
-        wait_for(lambda: not _alive(ours), 60, "Ray's processes to be reaped")
+        wait_for(lambda: not live_processes(ours), 60, "Ray's processes to be reaped")
     finally:
         kill_session(process.pid)
-        _kill_pids(ours)
+        kill_processes(ours)
     assert process.returncode == -signal.SIGKILL
     assert snapshot([out]) == before
     assert _check_journal(journal) >= 1

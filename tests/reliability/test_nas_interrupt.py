@@ -8,10 +8,17 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 from search_spaces.cluster import descendants
-from tests.reliability.harness import kill_session, run_module, snapshot, start_module, wait_for
+from tests.reliability.harness import (
+    kill_processes,
+    kill_session,
+    live_processes,
+    run_module,
+    snapshot,
+    start_module,
+    wait_for,
+)
 
 SEARCH = ["--target-latency", "1.2ms", "--device", "iphone12", "--strategy", "random"]
 
@@ -89,13 +96,9 @@ def test_a_killed_sweep_leaves_no_ray_process_and_no_lost_output(tmp_path):
         assert ours, "a local Ray was started: its processes are the command's descendants"
         os.kill(process.pid, signal.SIGKILL)  # the command only: what happens to Ray is the point
         process.wait(timeout=30)
-
-        def gone() -> bool:
-            return not [pid for pid in ours if Path(f"/proc/{pid}").exists()
-                        and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
-
-        wait_for(gone, 60, "Ray's processes to be reaped")
+        wait_for(lambda: not live_processes(ours), 60, "Ray's processes to be reaped")
     finally:
         kill_session(process.pid)
+        kill_processes(ours)
     assert snapshot([keep]) == before
     assert json.loads((out / "sweep.json").read_text())["schema"] == "latnas/sweep@1"

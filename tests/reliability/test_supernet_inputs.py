@@ -8,8 +8,8 @@ import os
 import pickle
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
