@@ -13,7 +13,8 @@
    drop per ms) with the V1 action set and the learned importance, and the same target with the
    V2 action set for comparison. The trace of every search is kept (its actions show which set
    ran); width-cut candidates, whose BatchNorms a Gumbel supernet never trained, are recalibrated
-   automatically and counted.
+   automatically and counted. A rerun skips the searches the output already holds for the same
+   training (a killed run resumes search by search).
 
 Writes `benchmarks/results/v1_search_digits.json` (partial results after each search) with the
 machine load before and after each phase.
@@ -86,6 +87,20 @@ def search(checkpoint: Path, table, target: float, actions: str) -> dict:
     }
 
 
+def finished_searches(out: Path, config: dict, history: list) -> dict[tuple[float, str], dict]:
+    """The searches an earlier run of this benchmark wrote to `out` for the same training (config
+    and epoch history), keyed by (target ms, action set): a rerun after a kill skips them."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    training = earlier.get("training", {})
+    if training.get("config") != config or training.get("epochs") != json.loads(json.dumps(history)):
+        return {}
+    return {(entry["target_ms"], actions): entry[actions]
+            for entry in earlier.get("targets", []) for actions in ("v1", "v2") if actions in entry}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -107,11 +122,15 @@ def main() -> int:
     largest = table.predict(get_space(SPACE).largest())
     report["largest_ms"] = round(largest, 4)
     report["targets"] = []
+    done = finished_searches(args.out, report["training"]["config"], trainer.history)
     for fraction in (float(f) for f in args.fractions.split(",")):
         target = fraction * largest
         entry = {"fraction_of_largest": fraction, "target_ms": round(target, 4)}
         report["targets"].append(entry)
         for actions in ("v1", "v2"):
+            if (entry["target_ms"], actions) in done:  # a search of the same supernet and target already ran
+                entry[actions] = done[entry["target_ms"], actions]
+                continue
             entry[actions] = search(args.checkpoint, table, target, actions)
             report["load"][f"after_{fraction}_{actions}"] = loadavg()
             write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")  # partial results survive

@@ -125,6 +125,24 @@ class Device(abc.ABC):
         """End-to-end latency of the whole network of `arch`, with the same settings as `profile`."""
         return self.profiler().profile_network(arch)
 
+    def session_loader(self, module: "nn.Module", input_shape: tuple[int, ...]) -> Callable[[], Runnable]:
+        """A function that loads `module` into a fresh runtime session each call; whatever the
+        runtime needs made once (an export) is made here, once."""
+        return lambda: self.load(module, input_shape)
+
+    def profile_network_sessions(self, arch: "Architecture", sessions: int) -> list[LatencyRecord]:
+        """End-to-end records of `arch` in `sessions` freshly loaded sessions, as `profile_network`
+        measures it (seed-0 weights, the image input), the network built and exported once."""
+        import torch
+
+        from search_spaces import build_model
+
+        torch.manual_seed(0)
+        shape = (self.batch, 3, arch.resolution, arch.resolution)
+        load = self.session_loader(build_model(arch).eval(), shape)
+        profiler = self.profiler()
+        return [profiler.profile_runnable(load(), shape) for _ in range(sessions)]
+
     # -- tables --------------------------------------------------------------------------------
     def table_name(self, space: "SearchSpace | str", resolution: int | None = None) -> str:
         space_name = space if isinstance(space, str) else space.name
@@ -275,6 +293,10 @@ class OrtCpuDevice(Device):
 
     def load(self, module: "nn.Module", input_shape: tuple[int, ...]) -> Runnable:
         return self.load_onnx(export_onnx(module, input_shape), input_shape)
+
+    def session_loader(self, module: "nn.Module", input_shape: tuple[int, ...]) -> Callable[[], Runnable]:
+        model = export_onnx(module, input_shape)
+        return lambda: self.load_onnx(model, input_shape)
 
     def load_empty(self, input_shape: tuple[int, ...]) -> Runnable:
         return self.load_onnx(empty_onnx(input_shape), input_shape)

@@ -38,8 +38,8 @@ from nas.verify import (
     DEFAULT_ROUNDS,
     DEFAULT_UNDERSHOOT,
     Verification,
+    measured_latency,
     measuring_device,
-    median_of_sessions,
     verify_search,
 )
 
@@ -277,7 +277,7 @@ def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = 
                 return results[-1].arch, results[-1].latency
 
             def measure(found: Architecture) -> float:
-                return median_of_sessions(lambda: device.profile_network(found).p50_ms)
+                return measured_latency(device, found)
 
             _, _, verification = verify_search(search, predictor, request.target_latency, measure,
                                                    request.verify.rounds, request.verify.undershoot)

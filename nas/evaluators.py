@@ -159,11 +159,19 @@ class SupernetEvaluator:
     widths of a Gumbel-trained supernet) is recalibrated anyway, on `AUTO_RECALIBRATION_BATCHES`
     batches, rather than scored on initial statistics; `settings()` counts how many were.
 
-    Without recalibration, the activations after the stem and after each stage are cached by the
-    architecture prefix that produced them (stage i's output depends on stages 0..i only, and the
-    supernet in eval mode is deterministic): a greedy step's candidates differ from each other in
-    one place, so most of them re-run only the stages from that place on. `prefix_cache` bounds
-    how many prefixes are kept (each holds one activation tensor per batch).
+    The calibration batches are read from `calibration_loader` once, on first need, and reused for
+    every candidate (its images only): every candidate is recalibrated on the same images, so two
+    candidates differ by their architecture and not by which augmented draws they were given.
+
+    The activations after the stem and after each stage are cached by the architecture prefix that
+    produced them (stage i's output depends on stages 0..i only, and the supernet in eval mode is
+    deterministic): a greedy step's candidates differ from each other in one place, so most of them
+    re-run only the stages from that place on. With recalibration the same holds one level down:
+    stage i's re-estimated statistics depend only on what stages 0..i did to the calibration
+    images, so each cached prefix also keeps the calibration activations (train-mode outputs, what
+    the next stage's BatchNorms are estimated on), and a candidate recalibrates and runs only the
+    stages from its first new one on; the scores equal `recalibrate_bn` on the whole network.
+    `prefix_cache` bounds how many prefixes are kept (each holds one activation tensor per batch).
     """
 
     name = "supernet"
@@ -173,7 +181,8 @@ class SupernetEvaluator:
         self.net = net
         self.split = split
         self.test_loader = test_loader
-        self._prefixes: collections.OrderedDict[tuple, list[torch.Tensor]] = collections.OrderedDict()
+        # a prefix's activations: one tensor per batch (with recalibration: calibration and evaluation lists)
+        self._prefixes: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self.prefix_cache = prefix_cache
         self.batches = list(itertools.islice(loader, max_batches))
         if not self.batches:
@@ -181,6 +190,7 @@ class SupernetEvaluator:
         self.max_batches = max_batches
         self.recalibrate = recalibrate
         self.calibration_loader = calibration_loader if calibration_loader is not None else loader
+        self._calibration: list[torch.Tensor] = []  # images of the calibration batches read so far
         self._cache: dict[Architecture, float] = {}
         self.evaluations = 0
         self.auto_recalibrated = 0
@@ -194,20 +204,42 @@ class SupernetEvaluator:
         return value
 
     def _evaluate(self, arch: Architecture) -> float:
-        from supernet.training import accuracy, evaluate, recalibrate_bn
-
-        from supernet.training import untrained_batch_norms
+        from supernet.training import accuracy, evaluate, recalibrate_bn, untrained_batch_norms
 
         batches = self.recalibrate
         if not batches and untrained_batch_norms(self.net, arch):
             batches = AUTO_RECALIBRATION_BATCHES
             self.auto_recalibrated += 1
-        if batches:
-            model = recalibrate_bn(self.net, arch, self.calibration_loader, batches)
+        if batches and not self.prefix_cache:
+            model = recalibrate_bn(self.net, arch, [(images, None) for images in self.calibration(batches)], batches)
             return 100.0 * float(accuracy(model, self.batches))
+        if batches:
+            return self._evaluate_recalibrated_by_stage(arch, batches)
         if not self.prefix_cache:
             return 100.0 * float(evaluate(self.net, arch, self.batches))
         return self._evaluate_by_stage(arch)
+
+    def calibration(self, batches: int) -> list[torch.Tensor]:
+        """The images of the first `batches` calibration batches (read once, then reused)."""
+        if len(self._calibration) < batches:
+            more = itertools.islice(iter(self.calibration_loader), len(self._calibration), batches)
+            self._calibration.extend(images for images, _ in more)
+        return self._calibration[:batches]
+
+    def _evaluate_recalibrated_by_stage(self, arch: Architecture, batches: int) -> float:
+        from supernet.training import recalibrated_outputs
+
+        network = self.net.extract(arch).eval()
+        key: tuple = ("recalibrated", batches, "stem", arch.stages[0].width)
+        calibration = [self.calibration(batches), [images for images, _ in self.batches]]
+        outputs = self._prefix(key, lambda: recalibrated_outputs(network.stem, *calibration))
+        for index, stage in enumerate(network.stages):
+            previous = outputs
+            key = (*key, arch.stages[index])
+            outputs = self._prefix(key, lambda stage=stage, previous=previous: recalibrated_outputs(stage, *previous))
+        _, logits = recalibrated_outputs(network.head, *outputs)
+        correct = sum(int((x.argmax(1) == labels).sum()) for x, (_, labels) in zip(logits, self.batches))
+        return 100.0 * (correct / sum(len(labels) for _, labels in self.batches))  # as `accuracy` rounds
 
     def _evaluate_by_stage(self, arch: Architecture) -> float:
         net = self.net
@@ -227,7 +259,7 @@ class SupernetEvaluator:
             net.train(was_training)
         return 100.0 * (correct / sum(len(labels) for _, labels in self.batches))  # as `evaluate` rounds
 
-    def _prefix(self, key: tuple, compute) -> list[torch.Tensor]:
+    def _prefix(self, key: tuple, compute) -> Any:
         cached = self._prefixes.get(key)
         if cached is None:
             cached = compute()
@@ -250,6 +282,7 @@ class SupernetEvaluator:
             return None
         held_out = SupernetEvaluator(self.net, self.test_loader, None, self.recalibrate, self.calibration_loader,
                                      prefix_cache=0, split="test")
+        held_out._calibration = self._calibration  # recalibrated on the images the search's scores were
         return held_out.score(arch)
 
     def report(self) -> dict[str, Any]:

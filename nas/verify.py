@@ -18,7 +18,7 @@ the middle of the window, `(1 - undershoot / 2) × target`, not at its top: a se
 under the latency it aims at, and a network measured again in another session differs by a few
 percent either way (up to ±5% on the 2-core test machine), so aiming at the top lands about half
 of the re-searches over the target. Each measurement is the median of `MEASURE_SESSIONS` fresh
-sessions (`median_of_sessions`), since the session, not the timing loop, is where that spread comes
+sessions (`measured_latency`; the network is exported once), since the session, not the timing loop, is where that spread comes
 from (an ONNX Runtime session's memory placement).
 """
 
@@ -40,9 +40,10 @@ DEFAULT_UNDERSHOOT = 0.05
 MEASURE_SESSIONS = 3
 
 
-def median_of_sessions(measure_once: Callable[[], float], sessions: int = MEASURE_SESSIONS) -> float:
-    """The median of `sessions` calls of `measure_once` (each in a fresh session)."""
-    return statistics.median(measure_once() for _ in range(sessions))
+def measured_latency(device, arch: Architecture, sessions: int = MEASURE_SESSIONS) -> float:
+    """The median p50 (ms) of `arch` over `sessions` fresh sessions of `device`, the network built
+    and exported once (`lut.devices.Device.profile_network_sessions`)."""
+    return statistics.median(record.p50_ms for record in device.profile_network_sessions(arch, sessions))
 
 
 @dataclass(frozen=True)

@@ -274,19 +274,29 @@ def recalibrate_bn(supernet: Supernet, arch: Architecture, loader: Iterable, bat
     computed on the extracted network, as exact averages over the batches (momentum None).
     """
     network = supernet.extract(supernet.fit(arch))
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    recalibrated_outputs(network, [images for _, (images, _) in zip(range(batches), loader)], [])
+    return network.eval()
+
+
+def recalibrated_outputs(module: nn.Module, calibration: list[torch.Tensor], inputs: list[torch.Tensor]
+                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Re-estimate `module`'s BatchNorm statistics on the `calibration` inputs (exact averages, in
+    train mode), then run `inputs` in eval mode; no gradients. Returns both sets of outputs: the
+    train-mode outputs of the calibration inputs are what a following module's statistics are
+    estimated on, so a network recalibrated module by module (stem, each stage, head) gets the
+    statistics `recalibrate_bn` gives the whole network. Leaves `module` in eval mode."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over every batch seen
-    network.train()
+    module.train()
     with torch.no_grad():
-        for index, (images, _) in enumerate(loader):
-            if index >= batches:
-                break
-            network(images)
-    for norm in norms:
-        norm.momentum = 0.1
-    return network.eval()
+        calibrated = [module(x) for x in calibration]
+        for norm in norms:
+            norm.momentum = 0.1
+        module.eval()
+        outputs = [module(x) for x in inputs]
+    return calibrated, outputs
 
 
 def untrained_batch_norms(supernet: Supernet, arch: Architecture) -> list[str]:

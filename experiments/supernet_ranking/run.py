@@ -4,7 +4,8 @@
     python experiments/supernet_ranking/run.py --phase supernet        # train the V2 supernet (resumable)
     python experiments/supernet_ranking/run.py --phase standalone [--shard 1/2]   # train each network alone
     python experiments/supernet_ranking/run.py --phase budget          # a few networks at twice the epochs
-    python experiments/supernet_ranking/run.py --phase evaluate        # score, correlate, plot
+    python experiments/supernet_ranking/run.py --phase seeds           # the same few again with another seed
+    python experiments/supernet_ranking/run.py --phase evaluate [--partial]   # score, correlate, plot
     python experiments/supernet_ranking/run.py --phase all             # everything, in that order
 
 1. select: networks spread over the `iphone12` latency range of the V2 space: `strata` equal-width
@@ -17,15 +18,20 @@
    `--shard i/n` trains every n-th network, so two processes share two cores.
 4. budget: the same recipe at twice the epochs for a few networks spread over the range, to show
    whether the ranking at the chosen budget holds with more training.
-5. evaluate: each network's accuracy inside the supernet on a fixed part of val (with the
+5. seeds: the same networks with the same recipe and another seed: how far a network's accuracy
+   moves between two runs, against how far apart the networks are (the ranking cannot be read
+   more finely than the seed spread).
+6. evaluate: each network's accuracy inside the supernet on a fixed part of val (with the
    supernet's shared BN statistics and after recalibrating BN on 2 and 10 training batches), the
    SynFlow proxy, params, MACs and latency predicted by today's table, against the standalone
    accuracy: Kendall τ and Spearman ρ with bootstrap 95% intervals, one scatter plot per
    predictor. The BN handling is chosen on the standalone val accuracy; the test accuracy only
-   reports.
+   reports. `--partial` evaluates while phases are still running: over the networks trained so
+   far and the supernet's latest epoch, written to the `*_partial` outputs, never to the final ones.
 
 Outputs (this folder): networks.json, supernet_training.json, standalone/<id>.json,
-budget/<id>.json, results.json, ranking.csv, ranking.png.
+budget/<id>.json, seeds/<id>.json, results.json, ranking.csv, ranking.png (and results_partial.json,
+ranking_partial.csv, ranking_partial.png from `--partial`).
 """
 
 from __future__ import annotations
@@ -57,9 +63,11 @@ from lut import get_device  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from supernet.data import load_data, stratified_subset  # noqa: E402
 from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
-from supernet.training import TrainConfig, Trainer  # noqa: E402
+from supernet.training import TrainConfig, Trainer, metrics_path  # noqa: E402
 
-PHASES = ("select", "supernet", "standalone", "budget", "evaluate")
+PHASES = ("select", "supernet", "standalone", "budget", "seeds", "evaluate")
+#: the keys of `standalone` that are checks run with the recipe, not part of it
+CHECKS = ("budget_check", "seed_check")
 KEYS = ("space", "data", "resolution", "num_classes", "device", "threads", "checkpoints", "selection", "supernet",
         "standalone", "evaluation")
 
@@ -150,10 +158,15 @@ def train_supernet(config: dict[str, Any]) -> None:
 
 # -- 3./4. standalone ----------------------------------------------------------------------------
 def recipe_of(config: dict[str, Any], epochs: int | None = None) -> StandaloneRecipe:
-    settings = {key: value for key, value in config["standalone"].items() if key != "budget_check"}
+    settings = {key: value for key, value in config["standalone"].items() if key not in CHECKS}
     if epochs is not None:
         settings["epochs"] = epochs
     return StandaloneRecipe(**settings)
+
+
+def seed_recipe(config: dict[str, Any]) -> StandaloneRecipe:
+    """The study's recipe with the seed check's seed (weights, data order and augmentation)."""
+    return dataclasses.replace(recipe_of(config), seed=int(config["standalone"]["seed_check"]["seed"]))
 
 
 def train_networks(config: dict[str, Any], networks: list[dict[str, Any]], recipe: StandaloneRecipe,
@@ -184,10 +197,11 @@ def shard(items: list, text: str | None) -> list:
     return items[index - 1::count]
 
 
-def budget_networks(config: dict[str, Any], networks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`budget_check.networks` networks evenly spread over the latency order."""
+def check_networks(config: dict[str, Any], networks: list[dict[str, Any]], check: str = "budget_check"
+                   ) -> list[dict[str, Any]]:
+    """`standalone.<check>.networks` networks evenly spread over the latency order."""
     ordered = sorted(networks, key=lambda network: network["latency_ms"])
-    count = config["standalone"]["budget_check"]["networks"]
+    count = config["standalone"][check]["networks"]
     picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
     return [ordered[index] for index in sorted(set(picks.tolist()))]
 
@@ -240,16 +254,39 @@ def supernet_scores(config: dict[str, Any], networks: list[dict[str, Any]]) -> d
     return scores
 
 
-def evaluate(config: dict[str, Any]) -> dict[str, Any]:
+def seed_spread(config: dict[str, Any], networks: list[dict[str, Any]], standalone: dict[str, Any]) -> dict | None:
+    """Test accuracy of the seed-check networks at the study's seed and at the check's seed: the
+    per-network change, and its standard deviation as one run's (differences / sqrt 2)."""
+    pairs = {}
+    for network in check_networks(config, networks, "seed_check"):
+        path = HERE / "seeds" / f"{network['id']}.json"
+        if path.is_file() and network["id"] in standalone:
+            pairs[network["id"]] = (standalone[network["id"]]["accuracy"]["test"], read_json(path)["accuracy"]["test"])
+    if len(pairs) < 2:
+        return None
+    differences = np.asarray([second - first for first, second in pairs.values()])
+    spread = [first for first, _ in pairs.values()]
+    return {"networks": sorted(pairs), "seed": config["standalone"]["seed_check"]["seed"],
+            "test_at_study_seed": [pairs[i][0] for i in sorted(pairs)],
+            "test_at_other_seed": [pairs[i][1] for i in sorted(pairs)],
+            "mean_abs_difference": round(float(np.abs(differences).mean()), 5),
+            "one_run_std": round(float(np.sqrt(np.mean(differences ** 2) / 2.0)), 5),
+            "range_of_these_networks": round(float(max(spread) - min(spread)), 5)}
+
+
+def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     from nas.synflow import SynFlowEvaluator
 
-    networks = networks_of()
     standalone = {}
-    for network in networks:
+    for network in networks_of():
         path = HERE / "standalone" / f"{network['id']}.json"
-        if not path.is_file():
-            raise SystemExit(f"{path.relative_to(ROOT)} is missing: run --phase standalone first")
-        standalone[network["id"]] = read_json(path)
+        if path.is_file():
+            standalone[network["id"]] = read_json(path)
+        elif not partial:
+            raise SystemExit(f"{path.relative_to(ROOT)} is missing: run --phase standalone first (or --partial)")
+    networks = [network for network in networks_of() if network["id"] in standalone]
+    if len(networks) < 3:
+        raise SystemExit(f"{len(networks)} standalone networks trained: a ranking needs at least 3")
     space = get_space(config["space"])
     proxy = SynFlowEvaluator.from_space(space, seed=config["evaluation"]["proxy_seed"])
     predictors: dict[str, dict[str, float]] = supernet_scores(config, networks)
@@ -272,7 +309,7 @@ def evaluate(config: dict[str, Any]) -> dict[str, Any]:
     # only then are all predictors reported against their test accuracy
     val_correlations, correlations = correlations_with("val"), correlations_with("test")
     budget = {}
-    for network in budget_networks(config, networks):
+    for network in check_networks(config, networks):
         path = HERE / "budget" / f"{network['id']}.json"
         if path.is_file():
             budget[network["id"]] = read_json(path)["accuracy"]["test"]
@@ -284,6 +321,8 @@ def evaluate(config: dict[str, Any]) -> dict[str, Any]:
                         "test_at_twice_the_epochs": [budget[i] for i in budget_ids],
                         **rank_correlations([budget[i] for i in budget_ids],
                                             [standalone[i]["accuracy"]["test"] for i in budget_ids], 0, 0)}
+    # the epochs the scored checkpoint holds (its metrics file is rewritten with each checkpoint)
+    supernet_epochs = len(metrics_path(supernet_path(config)).read_text(encoding="utf-8").splitlines())
     rows = [{"id": n["id"], "name": n["name"], "latency_ms": round(predictors["latency"][n["id"]], 5),
              "params": n["params"], "macs": n["macs"],
              "standalone_test": standalone[n["id"]]["accuracy"]["test"], "standalone_val": standalone[n["id"]]["accuracy"]["val"],
@@ -294,6 +333,8 @@ def evaluate(config: dict[str, Any]) -> dict[str, Any]:
                         key=lambda name: val_correlations[name]["kendall_tau"])
     result = {
         "study": "supernet_ranking",
+        "complete": not partial,
+        "supernet_epochs_trained": supernet_epochs,
         "config": config,
         "machine": {"cpu": host_cpu(), "platform": platform.platform(), "load_at_evaluation": loadavg()},
         "versions": versions("torch", "numpy"),
@@ -308,22 +349,26 @@ def evaluate(config: dict[str, Any]) -> dict[str, Any]:
                      correlations[best_supernet]["kendall_tau"] > correlations[name]["kendall_tau"] for name in baselines)},
         "best_baseline": max(baselines, key=lambda name: correlations[name]["kendall_tau"]),
         "budget_check": budget_check,
+        "seed_check": seed_spread(config, networks, standalone),
         "standalone_seconds_total": round(sum(s["seconds"] for s in standalone.values()), 1),
         "rows": rows,
     }
-    write_json(HERE / "results.json", result)
+    suffix = "_partial" if partial else ""
+    write_json(HERE / f"results{suffix}.json", result)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(HERE / "ranking.csv", buffer.getvalue())
-    plot(rows, predictors, correlations, ids, HERE / "ranking.png")
+    write_text_atomic(HERE / f"ranking{suffix}.csv", buffer.getvalue())
+    title = (f"{len(networks)} networks, supernet after {supernet_epochs} of {config['supernet']['epochs']} epochs"
+             if partial else "")
+    plot(rows, predictors, correlations, ids, HERE / f"ranking{suffix}.png", title)
     for name, values in correlations.items():
         log(f"{name:<22} τ {values['kendall_tau']:+.3f} {values['kendall_tau_95']}  ρ {values['spearman_rho']:+.3f}")
     return result
 
 
-def plot(rows, predictors, correlations, ids, path: Path) -> None:
+def plot(rows, predictors, correlations, ids, path: Path, note: str = "") -> None:
     import matplotlib.pyplot as plt
 
     names = list(predictors)
@@ -346,8 +391,8 @@ def plot(rows, predictors, correlations, ids, path: Path) -> None:
         axis.grid(True, linewidth=0.3)
     for axis in list(axes.flat)[len(names):]:
         axis.axis("off")
-    figure.suptitle("Fashion-MNIST, EfficientFormerV2 space at 64 px: each predictor against standalone training",
-                    fontsize=10)
+    figure.suptitle("Fashion-MNIST, EfficientFormerV2 space at 64 px: each predictor against standalone training"
+                    + (f" (partial: {note})" if note else ""), fontsize=10)
     figure.tight_layout()
     write_bytes_atomic(path, png_bytes(figure, colours=256))
 
@@ -356,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
     parser.add_argument("--phase", choices=(*PHASES, "all"), required=True)
-    parser.add_argument("--shard", help="standalone/budget: train every n-th network (i/n), for parallel processes")
+    parser.add_argument("--shard", help="standalone/budget/seeds: train every n-th network (i/n), for parallel processes")
+    parser.add_argument("--partial", action="store_true",
+                        help="evaluate: over the networks trained so far and the supernet's latest epoch (*_partial outputs)")
     args = parser.parse_args(argv)
     import matplotlib
 
@@ -372,10 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         elif phase == "standalone":
             train_networks(config, shard(networks_of(), args.shard), recipe_of(config), "standalone")
         elif phase == "budget":
-            chosen = shard(budget_networks(config, networks_of()), args.shard)
+            chosen = shard(check_networks(config, networks_of()), args.shard)
             train_networks(config, chosen, recipe_of(config, config["standalone"]["budget_check"]["epochs"]), "budget")
+        elif phase == "seeds":
+            chosen = shard(check_networks(config, networks_of(), "seed_check"), args.shard)
+            train_networks(config, chosen, seed_recipe(config), "seeds")
         else:
-            evaluate(config)
+            evaluate(config, partial=args.partial)
     return 0
 
 

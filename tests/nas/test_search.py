@@ -388,3 +388,46 @@ def test_stage_prefix_cache_gives_the_same_accuracies_as_full_forwards():
     archs += [space.sample(np.random.default_rng(seed)) for seed in range(4)]
     assert [cached.score(a) for a in archs] == [plain.score(a) for a in archs]
     assert len(cached._prefixes) <= 8
+
+
+def test_recalibrated_scores_are_the_same_with_the_prefix_cache_and_reuse_one_set_of_calibration_images():
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nas.actions import v2_actions
+    from nas.evaluators import SupernetEvaluator
+    from supernet import Supernet
+    from supernet.data import load_data
+
+    torch.manual_seed(0)
+    net = Supernet.from_space("edgevit", num_classes=4, resolution=32)
+    data = load_data("synthetic:64", 32)
+
+    class CountedLoader:
+        """The training split, reshuffled and re-augmented on every pass; counts the passes."""
+
+        def __init__(self) -> None:
+            self.passes = 0
+            self.loader = DataLoader(data.train, batch_size=8, shuffle=True)
+
+        def __iter__(self):
+            self.passes += 1
+            return iter(self.loader)
+
+    calibration = CountedLoader()
+    plain = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), recalibrate=2, calibration_loader=calibration,
+                              prefix_cache=0)
+    cached = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), recalibrate=2, calibration_loader=calibration,
+                               prefix_cache=8)
+    cached._calibration = plain.calibration(2)  # both recalibrate on the same images
+    space = net.space
+    archs = [a.apply(space.largest()) for a in v2_actions(space, space.largest())][:10]
+    archs += [space.sample(np.random.default_rng(seed)) for seed in range(3)]
+    scores = [plain.score(a) for a in archs]
+    assert [cached.score(a) for a in archs] == scores and len(set(scores)) > 1
+    assert calibration.passes == 1  # read once, reused by every candidate
+    assert any(key[0] == "recalibrated" for key in cached._prefixes) and len(cached._prefixes) <= 8
+    # the same candidate scored again from scratch gets the same statistics, hence the same score
+    plain._cache.clear()
+    assert plain.score(archs[0]) == cached.score(archs[0])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from search_spaces import Architecture, get_space
 
 from nas.search import main
-from nas.verify import median_of_sessions, scaled, table_error, verify_search
+from nas.verify import measured_latency, scaled, table_error, verify_search
 from tests.cli_support import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,9 +86,18 @@ def test_rounds_are_bounded_and_the_best_round_under_the_target_is_kept(table):
     assert record.chosen == 3 and chosen == SPACE.reference("s2") and record.met and not record.in_window
 
 
-def test_a_measurement_is_the_median_of_fresh_sessions():
-    sessions = iter([5.0, 9.0, 6.0])
-    assert median_of_sessions(lambda: next(sessions), 3) == 6.0
+def test_a_measurement_is_the_median_of_fresh_sessions_of_one_export(monkeypatch):
+    import lut.devices
+    from lut import get_device
+
+    exports, sessions = [], iter([5.0, 9.0, 6.0])
+    monkeypatch.setattr(lut.devices, "export_onnx", lambda module, shape: exports.append(shape) or b"model")
+    device = get_device("ort-cpu")
+    monkeypatch.setattr(device, "load_onnx", lambda model, shape: ("runnable", model))
+    monkeypatch.setattr(device, "profiler", lambda: SimpleNamespace(
+        profile_runnable=lambda runnable, shape: SimpleNamespace(p50_ms=next(sessions))))
+    assert measured_latency(device, SPACE.smallest(resolution=64), 3) == 6.0
+    assert exports == [(1, 3, 64, 64)]  # one export, three sessions
 
 
 def test_verify_refuses_a_modelled_device(capsys):
