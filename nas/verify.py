@@ -16,8 +16,10 @@ to three points, a single factor is all the data can pin down, and the table's r
 (which layers cost more than which) is what the search needs from it. A corrected search aims at
 the middle of the window, `(1 - undershoot / 2) × target`, not at its top: a search ends just
 under the latency it aims at, and a network measured again in another session differs by a few
-percent either way (up to ±5% on the 2-core test machine), so aiming at the top lands about half
-of the re-searches over the target. Each measurement is the median of `MEASURE_SESSIONS` fresh
+percent either way, so aiming at the top lands about half of the re-searches over the target. How
+far the window can be hit is a property of the host: on the 2-core test machine, two medians of 3
+sessions of one network minutes apart agree within ±2.5% in only a quarter of pairs
+(`benchmarks/measurement_repeatability.py`), so no table makes a window 5% wide land 9 times in 10. Each measurement is the median of `MEASURE_SESSIONS` fresh
 sessions (`measured_latency`; the network is exported once), since the session, not the timing loop, is where that spread comes
 from (an ONNX Runtime session's memory placement).
 """

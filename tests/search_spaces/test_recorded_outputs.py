@@ -3,7 +3,8 @@
 Rewriting a block for a faster export (latnas issue 14: channels-first LayerNorm through
 `F.layer_norm`, EdgeNeXt's MLP as 1x1 convolutions) must not change the function or the weights a
 checkpoint holds. `data/recorded_outputs.json` was written by the code *before* such a change
-(`python -m tests.search_spaces.test_recorded_outputs --write`, at the commit named in the file);
+(`python -m tests.search_spaces.test_recorded_outputs --write`, at the commit named in the file;
+`--add-missing` records a space added later, each such entry naming its own commit);
 these tests check that every reference network and every supernet built now from the same seed
 has the same parameter and buffer names and shapes (so checkpoints written then load now) and the
 same logits (relative difference ≤ 1e-5).
@@ -114,7 +115,27 @@ def write_record(commit: str) -> None:
     RECORD.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
+def add_missing(commit: str) -> list[str]:
+    """Record the networks and supernets the record lacks (a space added after it was written),
+    each entry naming the commit it was recorded at; what is recorded already is left untouched."""
+    record = _recorded()
+    added = []
+    for s, r in _references():
+        if f"{s}/{r}" not in record["references"]:
+            record["references"][f"{s}/{r}"] = {**reference_outputs(s, r), "commit": commit}
+            added.append(f"{s}/{r}")
+    for name in list_spaces():
+        if name not in record["supernets"]:
+            record["supernets"][name] = {**supernet_outputs(name), "commit": commit}
+            added.append(name)
+    RECORD.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return added
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--write"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m tests.search_spaces.test_recorded_outputs --write COMMIT")
-    write_record(sys.argv[2])
+    if sys.argv[1:2] not in (["--write"], ["--add-missing"]) or len(sys.argv) != 3:
+        sys.exit("usage: python -m tests.search_spaces.test_recorded_outputs --write|--add-missing COMMIT")
+    if sys.argv[1] == "--write":
+        write_record(sys.argv[2])
+    else:
+        print("recorded:", ", ".join(add_missing(sys.argv[2])) or "nothing (the record is complete)")
