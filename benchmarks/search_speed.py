@@ -1,6 +1,7 @@
-"""How long a search takes: the default command end to end, and a supernet-evaluator search on digits.
+"""How long a search takes: the default command end to end, and supernet-evaluator searches.
 
     python benchmarks/search_speed.py [--repeats 3] [--supernet runs/v2_digits.pt] [--target 2.0ms]
+        [--study-supernet runs/supernet_ranking/supernet.pt] [--study-minutes 12] [--only default,digits,study]
 
 1. The default command, `python -m nas.search --target-latency 1.5ms --device iphone12`, run as a
    fresh process `--repeats` times: wall time including interpreter start-up and imports (target:
@@ -10,13 +11,21 @@
    time per evaluation (each one is top-1 accuracy on the 359 held-out digits through the
    supernet), on the `iphone12` table at `--target`. Skipped, and said so, when the checkpoint is
    missing.
+3. Issue 16's speed check: a greedy search (`nas.api.run_search`) whose evaluator is the Fashion-MNIST
+   V2 supernet of `experiments/supernet_ranking` at that study's settings (64 px, `--study-eval-batches`
+   batches of 256 val images, BN recalibrated on `--study-recalibrate` training batches), on the
+   `iphone12` table at `--study-target`, stopped after `--study-minutes` if it has not finished:
+   steps taken, evaluations, seconds per evaluation and per step, and whether the search finished
+   inside the limit (issue 16: under 10 minutes on 2 cores). Skipped when the checkpoint is missing.
 
+`--only` runs some parts and keeps the others' results from the existing JSON.
 Writes `benchmarks/results/search_speed.json` with the machine load before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -24,7 +33,10 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,7 +44,10 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture  # noqa: E402
 from search_spaces.files import write_text_atomic  # noqa: E402
 
+from lut import get_device  # noqa: E402
 from lut.devices import loadavg  # noqa: E402
+from nas.api import SearchRequest, run_search  # noqa: E402
+from nas.evaluators import SupernetEvaluation  # noqa: E402
 
 DEFAULT_COMMAND = [sys.executable, "-m", "nas.search", "--target-latency", "1.5ms", "--device", "iphone12"]
 
@@ -46,25 +61,77 @@ def timed_run(argv: list[str], out: Path) -> tuple[float, str]:
     return wall, completed.stderr.strip().splitlines()[-1]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--supernet", default=str(ROOT / "runs" / "v2_digits.pt"))
-    parser.add_argument("--target", default="2.0ms", help="target of the supernet-evaluator search (iphone12)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_speed.json"))
-    args = parser.parse_args()
-    scratch = ROOT / "runs" / "search_speed"
-    scratch.mkdir(parents=True, exist_ok=True)
-    report: dict = {"benchmark": "search_speed", "what": __doc__.split("\n\n")[2].strip(),
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": loadavg()}}
+class TimeUp(Exception):
+    """The study-settings search ran past its time limit."""
 
+
+#: the evaluators the study-settings search built (read afterwards for its counts)
+BUILT: list = []
+
+
+@dataclass(frozen=True)
+class CountedSupernetEvaluation(SupernetEvaluation):
+    """`SupernetEvaluation` that keeps the evaluator it builds, so its counts can be read after a
+    search that was stopped part-way."""
+
+    def build(self, space, seed: int):
+        evaluator, net = super().build(space, seed)
+        BUILT.append(evaluator)
+        return evaluator, net
+
+
+def study_search(checkpoint: Path, data: str, recalibrate: int, eval_batches: int, target_ms: float,
+                 minutes: float) -> dict:
+    """Greedy search at the ranking study's evaluator settings, stopped after `minutes`."""
+    table = get_device("iphone12").default_table("efficientformer_v2")
+    spec = CountedSupernetEvaluation(checkpoint, data, recalibrate=recalibrate, eval_batches=eval_batches)
+    steps: list[float] = []
+    started = time.perf_counter()
+
+    def on_step(step) -> None:
+        steps.append(time.perf_counter() - started)
+        if steps[-1] > 60.0 * minutes:
+            raise TimeUp
+
+    finished = True
+    try:
+        outcome = run_search(SearchRequest("efficientformer_v2", table, target_ms, evaluator=spec), on_step=on_step)
+    except TimeUp:
+        finished, outcome = False, None
+    wall = time.perf_counter() - started
+    evaluator = BUILT[-1]
+    # the first on_step comes after the evaluator is built and the start is scored
+    setup = steps[0] if steps else wall
+    per_step = [b - a for a, b in itertools.pairwise(steps)]
+    report = {
+        "settings": {"checkpoint": str(checkpoint.relative_to(ROOT)) if checkpoint.is_relative_to(ROOT) else str(checkpoint),
+                     "data": data, "recalibrate_batches": recalibrate, "eval_batches": eval_batches,
+                     "images_per_evaluation": evaluator.settings()["images"], "target_ms": target_ms,
+                     "time_limit_minutes": minutes},
+        "finished": finished,
+        "meets_target_10_minutes": finished and wall <= 600.0,
+        "wall_s": round(wall, 1),
+        "setup_s": round(setup, 1),
+        "steps_taken": max(len(steps) - 1, 0),
+        "evaluations": evaluator.evaluations,
+        "auto_recalibrated": evaluator.auto_recalibrated,
+        "seconds_per_evaluation": round((wall - setup) / max(evaluator.evaluations - 1, 1), 3),
+        "seconds_per_step": [round(t, 1) for t in per_step],
+    }
+    if outcome is not None and outcome.reachable:
+        report["result"] = {k: outcome.arch.meta[k] for k in ("predicted_latency_ms", "params", "mes", "score")}
+    return report
+
+
+def default_command(repeats: int, scratch: Path) -> dict:
     walls, lines = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         wall, line = timed_run(DEFAULT_COMMAND, scratch / "default.yaml")
         walls.append(wall)
         lines.append(line)
     found = Architecture.from_yaml(scratch / "default.yaml")
-    report["default_command"] = {
+    print(f"default command: median {statistics.median(walls):.2f} s over {repeats} runs", file=sys.stderr)
+    return {
         "command": "python -m nas.search --target-latency 1.5ms --device iphone12",
         "wall_s": [round(w, 3) for w in walls],
         "median_wall_s": round(statistics.median(walls), 3),
@@ -75,30 +142,71 @@ def main() -> int:
         "result": {k: found.meta[k] for k in ("predicted_latency_ms", "params", "mes", "score")},
         "stderr_summary": lines[-1],
     }
-    print(f"default command: median {statistics.median(walls):.2f} s over {args.repeats} runs", file=sys.stderr)
 
-    if Path(args.supernet).is_file():
-        trace = scratch / "supernet.jsonl"
-        argv = [sys.executable, "-m", "nas.search", "--target-latency", args.target, "--device", "iphone12",
-                "--supernet", args.supernet, "--data", "digits", "--trace", str(trace)]
-        wall, line = timed_run(argv, scratch / "supernet.yaml")
-        found = Architecture.from_yaml(scratch / "supernet.yaml")
-        evaluations = found.meta["evaluations"]
-        report["supernet_search"] = {
-            "command": " ".join(["python -m nas.search", *argv[3:]]).replace(str(ROOT) + "/", ""),
-            "wall_s": round(wall, 2),
-            "evaluations": evaluations,
-            "steps": found.meta["steps"],
-            "seconds_per_evaluation_upper_bound": round(wall / evaluations, 4),
-            "note": "wall time includes loading the checkpoint and the data; seconds per evaluation is wall/evaluations",
-            "result": {k: found.meta[k] for k in ("predicted_latency_ms", "params", "mes", "score")},
-            "images_per_evaluation": found.meta["evaluator_settings"]["images"],
-        }
-        print(f"supernet search: {wall:.1f} s, {evaluations} evaluations", file=sys.stderr)
-    else:
-        report["supernet_search"] = {"skipped": f"no checkpoint at {args.supernet}; run benchmarks/train_digits.py"}
+
+def digits_search(supernet: Path, target: str, scratch: Path) -> dict:
+    if not supernet.is_file():
+        return {"skipped": f"no checkpoint at {supernet}; run benchmarks/train_digits.py"}
+    trace = scratch / "supernet.jsonl"
+    argv = [sys.executable, "-m", "nas.search", "--target-latency", target, "--device", "iphone12",
+            "--supernet", str(supernet), "--data", "digits", "--trace", str(trace)]
+    wall, _ = timed_run(argv, scratch / "supernet.yaml")
+    found = Architecture.from_yaml(scratch / "supernet.yaml")
+    evaluations = found.meta["evaluations"]
+    print(f"supernet search: {wall:.1f} s, {evaluations} evaluations", file=sys.stderr)
+    return {
+        "command": " ".join(["python -m nas.search", *argv[3:]]).replace(str(ROOT) + "/", ""),
+        "wall_s": round(wall, 2),
+        "evaluations": evaluations,
+        "steps": found.meta["steps"],
+        "seconds_per_evaluation_upper_bound": round(wall / evaluations, 4),
+        "note": "wall time includes loading the checkpoint and the data; seconds per evaluation is wall/evaluations",
+        "result": {k: found.meta[k] for k in ("predicted_latency_ms", "params", "mes", "score")},
+        "images_per_evaluation": found.meta["evaluator_settings"]["images"],
+    }
+
+
+PARTS = ("default", "digits", "study")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--supernet", type=Path, default=ROOT / "runs" / "v2_digits.pt")
+    parser.add_argument("--target", default="2.0ms", help="target of the digits supernet-evaluator search (iphone12)")
+    parser.add_argument("--study-supernet", type=Path, default=ROOT / "runs" / "supernet_ranking" / "supernet.pt")
+    parser.add_argument("--study-data", default="fashion-mnist")
+    parser.add_argument("--study-recalibrate", type=int, default=2)
+    parser.add_argument("--study-eval-batches", type=int, default=8)
+    parser.add_argument("--study-target", type=float, default=1.1, help="ms on iphone12 (EfficientFormerV2-S1)")
+    parser.add_argument("--study-minutes", type=float, default=12.0)
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)}")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_speed.json")
+    args = parser.parse_args()
+    parts = [part for part in args.only.split(",") if part]
+    if not parts or any(part not in PARTS for part in parts):
+        parser.error(f"--only: comma-separated parts of {','.join(PARTS)}")
+    scratch = ROOT / "runs" / "search_speed"
+    scratch.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() and len(parts) < len(PARTS) else {}
+    report: dict = {**earlier, "benchmark": "search_speed", "what": __doc__.split("\n\n")[2].strip()}
+    report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": loadavg(),
+                         "parts_run": parts}
+    if "default" in parts:
+        report["default_command"] = default_command(args.repeats, scratch)
+    if "digits" in parts:
+        report["supernet_search"] = digits_search(args.supernet, args.target, scratch)
+    if "study" in parts:
+        if args.study_supernet.is_file():
+            torch.set_num_threads(1)
+            report["study_settings_search"] = study_search(args.study_supernet, args.study_data, args.study_recalibrate,
+                                                           args.study_eval_batches, args.study_target,
+                                                           args.study_minutes)
+            print(f"study-settings search: {json.dumps(report['study_settings_search'])}", file=sys.stderr)
+        else:
+            report["study_settings_search"] = {"skipped": f"no checkpoint at {args.study_supernet}"}
     report["machine"]["loadavg_after"] = loadavg()
-    write_text_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     return 0
 
 
