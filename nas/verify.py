@@ -18,7 +18,7 @@ the middle of the window, `(1 - undershoot / 2) × target`, not at its top: a se
 under the latency it aims at, and a network measured again in another session differs by a few
 percent either way, so aiming at the top lands about half of the re-searches over the target. How
 far the window can be hit is a property of the host: on the 2-core test machine, two medians of 3
-sessions of one network minutes apart agree within ±2.5% in only a quarter of pairs
+sessions of one network minutes apart agree within ±2.5% in only 15-25% of pairs
 (`benchmarks/measurement_repeatability.py`), so no table makes a window 5% wide land 9 times in 10. Each measurement is the median of `MEASURE_SESSIONS` fresh
 sessions (`measured_latency`; the network is exported once), since the session, not the timing loop, is where that spread comes
 from (an ONNX Runtime session's memory placement).
