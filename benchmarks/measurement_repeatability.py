@@ -79,7 +79,7 @@ def shares(ratios: list[float]) -> dict[str, float]:
 def summarise(sessions: list[float]) -> dict:
     values = np.asarray(sessions)
     ratios = np.asarray(group_pairs(sessions, MEASURE_SESSIONS))
-    deviation = np.abs(ratios - 1.0)
+    agreement = shares(ratios.tolist())
     return {
         "sessions_p50_ms": [round(v, 4) for v in sessions],
         "median_ms": round(float(np.median(values)), 4),
@@ -87,8 +87,8 @@ def summarise(sessions: list[float]) -> dict:
         "coefficient_of_variation": round(float(values.std(ddof=1) / values.mean()), 4),
         "median_of_3_pairs": int(ratios.size),
         "median_of_3_ratio_range": [round(float(ratios.min()), 4), round(float(ratios.max()), 4)],
-        "share_of_pairs_within_2.5_percent": round(float(np.mean(deviation <= HALF_WINDOW)), 4),
-        "share_of_pairs_within_5_percent": round(float(np.mean(deviation <= 2 * HALF_WINDOW)), 4),
+        "share_of_pairs_within_2.5_percent": agreement["within_2.5_percent"],
+        "share_of_pairs_within_5_percent": agreement["within_5_percent"],
     }
 
 
