@@ -1,7 +1,8 @@
 """How long a search takes: the default command end to end, and supernet-evaluator searches.
 
     python benchmarks/search_speed.py [--repeats 3] [--supernet runs/v2_digits.pt] [--target 2.0ms]
-        [--study-supernet runs/supernet_ranking/supernet.pt] [--study-minutes 12] [--only default,digits,study]
+        [--study-supernet runs/supernet_ranking/supernet.pt] [--study-minutes 12]
+        [--study-screen-batches 1 --study-shortlist 3] [--only default,digits,study,study-screened]
 
 1. The default command, `python -m nas.search --target-latency 1.5ms --device iphone12`, run as a
    fresh process `--repeats` times: wall time including interpreter start-up and imports (target:
@@ -17,6 +18,10 @@
    `iphone12` table at `--study-target`, stopped after `--study-minutes` if it has not finished:
    steps taken, evaluations, seconds per evaluation and per step, and whether the search finished
    inside the limit (issue 16: under 10 minutes on 2 cores). Skipped when the checkpoint is missing.
+4. `study-screened`: the same search with screening greedy steps (`nas.greedy`): every candidate
+   is screened on the first `--study-screen-batches` batches and `--study-shortlist` per step are
+   scored on all of them; also reports screenings, and seconds per candidate (a step's time over
+   its candidates). What screening keeps of the unscreened choices: `benchmarks/greedy_screening.py`.
 
 `--only` runs some parts and keeps the others' results from the existing JSON.
 Writes `benchmarks/results/search_speed.json` with the machine load before and after.
@@ -33,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,41 +70,46 @@ class TimeUp(Exception):
     """The study-settings search ran past its time limit."""
 
 
-#: the evaluators the study-settings search built (read afterwards for its counts)
-BUILT: list = []
-
-
 @dataclass(frozen=True)
 class CountedSupernetEvaluation(SupernetEvaluation):
-    """`SupernetEvaluation` that keeps the evaluator it builds, so its counts can be read after a
-    search that was stopped part-way."""
+    """`SupernetEvaluation` that keeps the evaluators it builds (in `built`), so their counts can be
+    read after a search that was stopped part-way."""
+
+    built: list = field(default_factory=list, compare=False)
 
     def build(self, space, seed: int):
         evaluator, net = super().build(space, seed)
-        BUILT.append(evaluator)
+        self.built.append(evaluator)
         return evaluator, net
 
 
 def study_search(checkpoint: Path, data: str, recalibrate: int, eval_batches: int, target_ms: float,
-                 minutes: float) -> dict:
-    """Greedy search at the ranking study's evaluator settings, stopped after `minutes`."""
+                 minutes: float, screen_batches: int = 0, shortlist: int = 0) -> dict:
+    """Greedy search at the ranking study's evaluator settings (screening each step's candidates on
+    `screen_batches` batches and scoring `shortlist` of them fully, when given), stopped after
+    `minutes`."""
     table = get_device("iphone12").default_table("efficientformer_v2")
-    spec = CountedSupernetEvaluation(checkpoint, data, recalibrate=recalibrate, eval_batches=eval_batches)
+    spec = CountedSupernetEvaluation(checkpoint, data, recalibrate=recalibrate, eval_batches=eval_batches,
+                                     screen_batches=screen_batches)
     steps: list[float] = []
     started = time.perf_counter()
 
+    last_latency: list[float] = []
+
     def on_step(step) -> None:
         steps.append(time.perf_counter() - started)
+        last_latency.append(step.latency)
         if steps[-1] > 60.0 * minutes:
             raise TimeUp
 
     finished = True
     try:
-        outcome = run_search(SearchRequest("efficientformer_v2", table, target_ms, evaluator=spec), on_step=on_step)
+        outcome = run_search(SearchRequest("efficientformer_v2", table, target_ms, evaluator=spec, shortlist=shortlist),
+                             on_step=on_step)
     except TimeUp:
         finished, outcome = False, None
     wall = time.perf_counter() - started
-    evaluator = BUILT[-1]
+    evaluator = spec.built[-1]
     # the first on_step comes after the evaluator is built and the start is scored
     setup = steps[0] if steps else wall
     per_step = [b - a for a, b in itertools.pairwise(steps)]
@@ -107,17 +117,24 @@ def study_search(checkpoint: Path, data: str, recalibrate: int, eval_batches: in
         "settings": {"checkpoint": str(checkpoint.relative_to(ROOT)) if checkpoint.is_relative_to(ROOT) else str(checkpoint),
                      "data": data, "recalibrate_batches": recalibrate, "eval_batches": eval_batches,
                      "images_per_evaluation": evaluator.settings()["images"], "target_ms": target_ms,
-                     "time_limit_minutes": minutes},
+                     "time_limit_minutes": minutes,
+                     **({"screen_images": evaluator.settings()["screen_images"], "shortlist": shortlist}
+                        if shortlist else {})},
         "finished": finished,
         "meets_target_10_minutes": finished and wall <= 600.0,
         "wall_s": round(wall, 1),
         "setup_s": round(setup, 1),
         "steps_taken": max(len(steps) - 1, 0),
         "evaluations": evaluator.evaluations,
-        "auto_recalibrated": evaluator.auto_recalibrated,
-        "seconds_per_evaluation": round((wall - setup) / max(evaluator.evaluations - 1, 1), 3),
+        **({"screenings": evaluator.screenings} if shortlist else {}),
+        "auto_recalibrated": evaluator.report()["auto_recalibrated"],
+        # without screening: seconds per candidate evaluation; with it, per candidate (screened, and
+        # scored if shortlisted): what a step of C candidates costs divided by C
+        "seconds_per_candidate": round((wall - setup) / max(max(evaluator.evaluations, evaluator.screenings) - 1, 1), 3),
         "seconds_per_step": [round(t, 1) for t in per_step],
     }
+    if outcome is None:  # where the stopped search had got to: the last step taken
+        report["last_step_latency_ms"] = round(last_latency[-1], 4) if last_latency else None
     if outcome is not None and outcome.reachable:
         report["result"] = {k: outcome.arch.meta[k] for k in ("predicted_latency_ms", "params", "mes", "score")}
     return report
@@ -166,7 +183,7 @@ def digits_search(supernet: Path, target: str, scratch: Path) -> dict:
     }
 
 
-PARTS = ("default", "digits", "study")
+PARTS = ("default", "digits", "study", "study-screened")
 
 
 def main() -> int:
@@ -180,6 +197,8 @@ def main() -> int:
     parser.add_argument("--study-eval-batches", type=int, default=8)
     parser.add_argument("--study-target", type=float, default=1.1, help="ms on iphone12 (EfficientFormerV2-S1)")
     parser.add_argument("--study-minutes", type=float, default=12.0)
+    parser.add_argument("--study-screen-batches", type=int, default=1, help="part study-screened: batches screened on")
+    parser.add_argument("--study-shortlist", type=int, default=3, help="part study-screened: candidates scored per step")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_speed.json")
     args = parser.parse_args()
@@ -205,6 +224,16 @@ def main() -> int:
             print(f"study-settings search: {json.dumps(report['study_settings_search'])}", file=sys.stderr)
         else:
             report["study_settings_search"] = {"skipped": f"no checkpoint at {args.study_supernet}"}
+    if "study-screened" in parts:
+        if args.study_supernet.is_file():
+            torch.set_num_threads(1)
+            report["study_settings_screened_search"] = study_search(
+                args.study_supernet, args.study_data, args.study_recalibrate, args.study_eval_batches,
+                args.study_target, args.study_minutes, args.study_screen_batches, args.study_shortlist)
+            print(f"screened study-settings search: {json.dumps(report['study_settings_screened_search'])}",
+                  file=sys.stderr)
+        else:
+            report["study_settings_screened_search"] = {"skipped": f"no checkpoint at {args.study_supernet}"}
     report["machine"]["loadavg_after"] = loadavg()
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     return 0

@@ -205,6 +205,8 @@ class CoreMLDevice(Device):
             return False, str(error)
         return True, f"coremltools {ct.__version__}, compute units {self.compute_units}"
 
+    timed_runtime = ("macos", "compute_units")  # Core ML ships with the OS
+
     def runtime_versions(self) -> dict[str, str]:
         versions = {**super().runtime_versions(), "coreml_target": DEPLOYMENT_TARGET, "compute_units": self.compute_units}
         try:

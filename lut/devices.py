@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from lut.profiler import Profiler, Runnable, TimingSettings, empty_onnx, export_onnx
 from lut.table import LatencyRecord, LatencyTable, TableError, load_table
@@ -92,6 +92,17 @@ class Device(abc.ABC):
 
         return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
 
+    #: the `runtime_versions` components that run the timed models (whose version moves latencies)
+    timed_runtime: tuple[str, ...] = ("torch",)
+
+    def runtime_differences(self, recorded: "Mapping[str, str]") -> list[str]:
+        """How this host's timing runtime differs from a table's `recorded` runtime versions, one
+        phrase per component ("onnxruntime 1.20.1 in the table, 1.32.0 here"); empty when the same.
+        A table measured under another version prices networks this host does not run."""
+        here = self.runtime_versions()
+        return [f"{name} {recorded.get(name, 'unrecorded')} in the table, {here.get(name, 'none')} here"
+                for name in self.timed_runtime if recorded.get(name) != here.get(name)]
+
     def metadata_fields(self) -> dict[str, Any]:
         """Device-side metadata of a table: runtime versions, host, threads, precision, batch."""
         return {
@@ -133,13 +144,10 @@ class Device(abc.ABC):
     def profile_network_sessions(self, arch: "Architecture", sessions: int) -> list[LatencyRecord]:
         """End-to-end records of `arch` in `sessions` freshly loaded sessions, as `profile_network`
         measures it (seed-0 weights, the image input), the network built and exported once."""
-        import torch
+        from lut.profiler import network_under_test
 
-        from search_spaces import build_model
-
-        torch.manual_seed(0)
-        shape = (self.batch, 3, arch.resolution, arch.resolution)
-        load = self.session_loader(build_model(arch).eval(), shape)
+        module, shape = network_under_test(arch, self.batch)
+        load = self.session_loader(module, shape)
         profiler = self.profiler()
         return [profiler.profile_runnable(load(), shape) for _ in range(sessions)]
 
@@ -264,6 +272,8 @@ class OrtCpuDevice(Device):
 
         return {**super().runtime_versions(), "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
 
+    timed_runtime = ("onnxruntime",)
+
     def session(self, model: bytes, profile_prefix: str | None = None):
         """An onnxruntime session of a serialised model with this device's settings; with
         `profile_prefix`, onnxruntime's per-node profiler writes `<prefix>*.json` (`end_profiling`)."""
@@ -365,6 +375,8 @@ class TorchCudaDevice(TorchDevice):
         if torch.cuda.is_available():
             versions["gpu"] = torch.cuda.get_device_name(0)
         return versions
+
+    timed_runtime = ("torch", "cuda", "gpu")
 
 
 # -- iphone12: analytic model (issue 6) ------------------------------------------------------------

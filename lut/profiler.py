@@ -170,6 +170,17 @@ def empty_onnx(input_shape: tuple[int, ...]) -> bytes:
     return model.SerializeToString()
 
 
+def network_under_test(arch: "Architecture", batch: int) -> tuple["nn.Module", tuple[int, ...]]:
+    """The network every end-to-end measurement of `arch` times (built from seed 0, in eval mode)
+    and its image input shape at `batch`."""
+    import torch
+
+    from search_spaces import build_model
+
+    torch.manual_seed(0)
+    return build_model(arch).eval(), (batch, 3, arch.resolution, arch.resolution)
+
+
 class Profiler:
     """Measures specs and whole networks on one backend with one set of timing settings.
 
@@ -210,11 +221,5 @@ class Profiler:
         return self.profile_module(build_layer(spec), spec.input_shape(self.batch))
 
     def profile_network(self, arch: "Architecture") -> LatencyRecord:
-        import torch
-
-        from search_spaces import build_model
-
-        torch.manual_seed(0)
-        shape = (self.batch, 3, arch.resolution, arch.resolution)
-        return self.profile_module(build_model(arch), shape)
+        return self.profile_module(*network_under_test(arch, self.batch))
 

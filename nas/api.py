@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from search_spaces import Architecture, ArchitectureError, SearchSpace, count_macs, count_params, get_space, list_spaces
-from search_spaces.limits import EVALUATION_BUDGET, SEED, VERIFY_ROUNDS
+from search_spaces.limits import EVALUATION_BUDGET, SEED, SHORTLIST, VERIFY_ROUNDS
 
 import nas
 from nas.actions import ACTION_SET_NAMES, V1Actions, supports_v1_actions, v2_actions
-from nas.evaluators import EvaluatorSpec, ProxyEvaluation
+from nas.evaluators import EvaluatorSpec, ProxyEvaluation, SupernetEvaluation
 from nas.objectives import OBJECTIVES, MobileEfficiencyScore, get_objective
 from nas.problem import Evaluator, LatencyPredictor, SearchProblem, SearchResult, Step, Unreachable
 from nas.strategies import STRATEGIES, GreedySlimming, RandomSearch, RegularizedEvolution, Strategy
@@ -71,8 +71,9 @@ class VerifySettings:
 @dataclass(frozen=True)
 class SearchRequest:
     """Everything one search needs (see the module docstring). `table_name` is what provenance
-    calls the predictor (a file or table name); `start` and `actions` are greedy's; `budget` and
-    `seed` the sampling strategies' (the seed also seeds the proxy's random weights). `strategy`
+    calls the predictor (a file or table name); `start`, `actions` and `shortlist` (0: score every
+    candidate; K: screen them and score K, with an evaluator that screens) are greedy's; `budget`
+    and `seed` the sampling strategies' (the seed also seeds the proxy's random weights). `strategy`
     is a name (`nas.strategies.STRATEGIES`) or a configured `Strategy` (e.g. an evolution with
     its own population size), which then carries its own budget, seed, start and actions."""
 
@@ -92,6 +93,7 @@ class SearchRequest:
     seed: int = 0
     state_path: Path | None = None
     actions: str | None = None
+    shortlist: int = 0
     start: Architecture | None = None
     start_name: str | None = None
     verify: VerifySettings | None = None
@@ -146,9 +148,10 @@ def validate_request(request: SearchRequest) -> SearchSpace:
     configured = not isinstance(request.strategy, str)
     if request.strategy_name not in STRATEGIES or (configured and not callable(getattr(request.strategy, "search", None))):
         raise RequestError("strategy", f"unknown strategy {request.strategy!r}; choose from {', '.join(STRATEGIES)}")
-    if configured and (request.budget is not None or request.start is not None or request.actions is not None):
-        raise RequestError("strategy", "a configured strategy carries its own budget, start and actions; leave "
-                                       "those fields of the request empty")
+    if configured and (request.budget is not None or request.start is not None or request.actions is not None
+                       or request.shortlist):
+        raise RequestError("strategy", "a configured strategy carries its own budget, start, actions and shortlist; "
+                                       "leave those fields of the request empty")
     if not callable(getattr(request.predictor, "predict", None)):
         raise RequestError("predictor", "is not a latency predictor (a table with predict(arch))")
     table_space = getattr(getattr(request.predictor, "metadata", None), "space", space.name)
@@ -188,6 +191,7 @@ def validate_request(request: SearchRequest) -> SearchSpace:
                                           f"{', '.join(ACTION_SET_NAMES)}")
         if request.actions == "v1":
             _check_v1_possible(space, request.evaluator)
+    _check_screening(request)
     if request.state_path is not None and Path(request.state_path).is_dir():
         raise RequestError("state_path", f"{request.state_path} is a directory; give a state file path")
     if isinstance(request.evaluator, EvaluatorSpec):
@@ -207,6 +211,24 @@ def validate_request(request: SearchRequest) -> SearchSpace:
         except ValueError as error:
             raise RequestError("verify", _first_line(error)) from None
     return space
+
+
+def _check_screening(request: SearchRequest) -> None:
+    """A shortlist needs greedy and an evaluator that screens; screening batches need a shortlist."""
+    evaluator = request.evaluator
+    screens = (evaluator.screen_batches > 0 if isinstance(evaluator, SupernetEvaluation)
+               else not isinstance(evaluator, EvaluatorSpec) and callable(getattr(evaluator, "screen", None))
+               and getattr(evaluator, "screen_batches", 1) > 0)
+    if request.shortlist:
+        if not (isinstance(request.shortlist, int) and request.shortlist in SHORTLIST):
+            raise RequestError("shortlist", f"{request.shortlist!r} is not {SHORTLIST.describe()}")
+        if request.strategy_name != "greedy":
+            raise RequestError("shortlist", "applies to --strategy greedy only")
+        if not screens:
+            raise RequestError("shortlist", "needs an evaluator that screens: the supernet evaluator with "
+                                            "screen_batches > 0")
+    elif isinstance(evaluator, SupernetEvaluation) and evaluator.screen_batches:
+        raise RequestError("screen_batches", "screens for a greedy shortlist; give the shortlist too")
 
 
 def _check_coverage(request: SearchRequest, space: SearchSpace) -> None:
@@ -296,6 +318,7 @@ def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = 
         mes=round(result.mes, 4),
         score=round(result.score, 6),
         evaluations=result.evaluations,
+        **({"screenings": result.screenings} if result.screenings else {}),
         **counts,
         **meta,
         **({"accuracy_percent": {"val": round(result.score, 4), "test": round(held_out, 4)}}
@@ -351,7 +374,7 @@ def _strategy(request: SearchRequest, actions_name: str, actions) -> Strategy:
     if not isinstance(request.strategy, str):
         return request.strategy
     if request.strategy == "greedy":
-        return GreedySlimming(actions, request.start, actions_name)
+        return GreedySlimming(actions, request.start, actions_name, shortlist=request.shortlist)
     budget = request.budget or DEFAULT_BUDGET
     if request.strategy == "random":
         return RandomSearch(budget, request.seed)
@@ -375,6 +398,8 @@ def _provenance(request: SearchRequest, strategy: Strategy, evaluator: Evaluator
     }
     if strategy.name == "greedy":
         provenance["actions"] = actions_name
+        if getattr(strategy, "shortlist", 0):
+            provenance["shortlist"] = strategy.shortlist
     return provenance
 
 

@@ -101,7 +101,8 @@ class ProxyEvaluation(EvaluatorSpec):
 class SupernetEvaluation(EvaluatorSpec):
     """Top-1 accuracy through a trained supernet on split `split` of data `data`
     (`supernet.data`), optionally after re-estimating BN statistics on `recalibrate` training
-    batches, on at most `eval_batches` batches of `batch_size` images."""
+    batches, on at most `eval_batches` batches of `batch_size` images; `screen_batches` > 0 also
+    screens on the first that many of them (`SupernetEvaluator.screen`)."""
 
     checkpoint: Path
     data: str
@@ -109,6 +110,7 @@ class SupernetEvaluation(EvaluatorSpec):
     recalibrate: int = 0
     eval_batches: int | None = None
     batch_size: int = 256
+    screen_batches: int = 0
     name = "supernet"
 
     def validate(self, space: SearchSpace) -> None:
@@ -120,9 +122,12 @@ class SupernetEvaluation(EvaluatorSpec):
         if self.split not in ("train", "val"):
             raise EvaluatorError("split", f"unknown split {self.split!r}; a search selects on val (or train)")
         for name, value, lowest in (("recalibrate", self.recalibrate, 0), ("eval_batches", self.eval_batches, 1),
-                                    ("batch_size", self.batch_size, 1)):
+                                    ("batch_size", self.batch_size, 1), ("screen_batches", self.screen_batches, 0)):
             if value is not None and not (isinstance(value, int) and lowest <= value <= MAX_BATCHES):
                 raise EvaluatorError(name, f"{value!r} is not an integer from {lowest} to {MAX_BATCHES}")
+        if self.screen_batches and self.eval_batches is not None and self.screen_batches >= self.eval_batches:
+            raise EvaluatorError("screen_batches", f"{self.screen_batches} is not fewer than the {self.eval_batches} "
+                                                   "evaluation batches (screening would cost as much as scoring)")
 
     def load_data(self, resolution: int, seed: int):
         from supernet.data import load_data
@@ -143,8 +148,12 @@ class SupernetEvaluation(EvaluatorSpec):
         loader = DataLoader(bundle.split(self.split), batch_size=self.batch_size, shuffle=False)
         calibration = DataLoader(bundle.train, batch_size=64, shuffle=False)
         test = DataLoader(bundle.test, batch_size=self.batch_size, shuffle=False) if bundle.test is not None else None
+        available = min(len(loader), self.eval_batches or len(loader))
+        if self.screen_batches and self.screen_batches >= available:
+            raise EvaluatorError("screen_batches", f"{self.screen_batches} is not fewer than the {available} evaluation "
+                                                   f"batches of {self.data}'s {self.split} split")
         evaluator = SupernetEvaluator(net, loader, self.eval_batches, self.recalibrate, calibration, split=self.split,
-                                      test_loader=test)
+                                      test_loader=test, screen_batches=self.screen_batches)
         return evaluator, net
 
 
@@ -172,12 +181,20 @@ class SupernetEvaluator:
     the next stage's BatchNorms are estimated on), and a candidate recalibrates and runs only the
     stages from its first new one on; the scores equal `recalibrate_bn` on the whole network.
     `prefix_cache` bounds how many prefixes are kept (each holds one activation tensor per batch).
+
+    `screen_batches` > 0 also offers `screen(arch)`: the same accuracy with the same BN handling on
+    only the first `screen_batches` evaluation batches, a cheaper and noisier estimate of `score`
+    that a greedy step can rank its candidates by before scoring a shortlist on all of them
+    (`nas.greedy`). Screening and scoring keep separate caches and counts (`screenings`).
+    `calibration_images` shares the calibration images read by another evaluator (a list both keep
+    extending), so that both recalibrate every candidate on the same images.
     """
 
     name = "supernet"
 
     def __init__(self, net, loader, max_batches: int | None = None, recalibrate: int = 0,
-                 calibration_loader=None, prefix_cache: int = 256, split: str = "val", test_loader=None) -> None:
+                 calibration_loader=None, prefix_cache: int = 256, split: str = "val", test_loader=None,
+                 screen_batches: int = 0, calibration_images: list[torch.Tensor] | None = None) -> None:
         self.net = net
         self.split = split
         self.test_loader = test_loader
@@ -190,10 +207,18 @@ class SupernetEvaluator:
         self.max_batches = max_batches
         self.recalibrate = recalibrate
         self.calibration_loader = calibration_loader if calibration_loader is not None else loader
-        self._calibration: list[torch.Tensor] = []  # images of the calibration batches read so far
+        # images of the calibration batches read so far (shared with `calibration_images`' owner)
+        self._calibration: list[torch.Tensor] = calibration_images if calibration_images is not None else []
         self._cache: dict[Architecture, float] = {}
         self.evaluations = 0
         self.auto_recalibrated = 0
+        self.screen_batches = screen_batches
+        if screen_batches and screen_batches >= len(self.batches):
+            raise ValueError(f"screen_batches {screen_batches} is not fewer than the {len(self.batches)} evaluation "
+                             "batches, so screening would cost as much as scoring")
+        self._screener = (SupernetEvaluator(net, self.batches[:screen_batches], None, recalibrate,
+                                            self.calibration_loader, prefix_cache, split,
+                                            calibration_images=self._calibration) if screen_batches else None)
 
     def score(self, arch: Architecture) -> float:
         value = self._cache.get(arch)
@@ -203,15 +228,27 @@ class SupernetEvaluator:
             self._cache[arch] = value
         return value
 
+    def screen(self, arch: Architecture) -> float:
+        """`arch`'s accuracy (%) on the first `screen_batches` evaluation batches (cached); raises
+        `ValueError` when the evaluator was built without them."""
+        if self._screener is None:
+            raise ValueError("this evaluator screens nothing: build it with screen_batches > 0")
+        return self._screener.score(arch)
+
+    @property
+    def screenings(self) -> int:
+        """How many distinct architectures `screen` evaluated."""
+        return self._screener.evaluations if self._screener is not None else 0
+
     def _evaluate(self, arch: Architecture) -> float:
-        from supernet.training import accuracy, evaluate, recalibrate_bn, untrained_batch_norms
+        from supernet.training import accuracy, evaluate, recalibrated_network, untrained_batch_norms
 
         batches = self.recalibrate
         if not batches and untrained_batch_norms(self.net, arch):
             batches = AUTO_RECALIBRATION_BATCHES
             self.auto_recalibrated += 1
         if batches and not self.prefix_cache:
-            model = recalibrate_bn(self.net, arch, [(images, None) for images in self.calibration(batches)], batches)
+            model = recalibrated_network(self.net, arch, self.calibration(batches))
             return 100.0 * float(accuracy(model, self.batches))
         if batches:
             return self._evaluate_recalibrated_by_stage(arch, batches)
@@ -271,8 +308,11 @@ class SupernetEvaluator:
         return cached
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "recalibrate_batches": self.recalibrate,
-                "images": sum(len(y) for _, y in self.batches)}
+        settings = {"name": self.name, "split": self.split, "recalibrate_batches": self.recalibrate,
+                    "images": sum(len(y) for _, y in self.batches)}
+        if self._screener is not None:
+            settings["screen_images"] = sum(len(y) for _, y in self._screener.batches)
+        return settings
 
     def test_accuracy(self, arch: Architecture) -> float | None:
         """`arch`'s accuracy (%) on the whole test split (None without one), with the same BN
@@ -280,12 +320,16 @@ class SupernetEvaluator:
         may read it, and `score` never does."""
         if self.test_loader is None:
             return None
+        # recalibrated on the images the search's scores were
         held_out = SupernetEvaluator(self.net, self.test_loader, None, self.recalibrate, self.calibration_loader,
-                                     prefix_cache=0, split="test")
-        held_out._calibration = self._calibration  # recalibrated on the images the search's scores were
+                                     prefix_cache=0, split="test", calibration_images=self._calibration)
         return held_out.score(arch)
 
     def report(self) -> dict[str, Any]:
         """What happened during the search (not a setting): candidates recalibrated because they
         ran untrained BatchNorm statistics."""
-        return {"evaluations": self.evaluations, "auto_recalibrated": self.auto_recalibrated}
+        report = {"evaluations": self.evaluations, "auto_recalibrated": self.auto_recalibrated}
+        if self._screener is not None:
+            report.update(screenings=self.screenings, auto_recalibrated=report["auto_recalibrated"]
+                          + self._screener.auto_recalibrated)
+        return report

@@ -14,6 +14,15 @@ ratio-best action may overshoot the target by a wide margin while a gentler one 
 it with more accuracy). A feasible candidate of an earlier step is not taken: a drastic action
 that reaches the target at once usually scores below the end of the gentler path.
 
+With `shortlist` K > 0 and an evaluator that screens (`nas.problem.ScreeningEvaluator`: the
+supernet's accuracy on a fixed part of its images), a step first ranks all its candidates by the
+ratio of their screened scores (against the current network's screened score), then scores only
+the shortlist on all images and decides among it as above: the K best screened ratios, and the K
+most accurate screened candidates that meet the budget (the candidates the last step chooses
+from). A step then costs K to 2K full evaluations plus one screening per candidate instead of a
+full evaluation per candidate; `benchmarks/greedy_screening.py` measures what it keeps of the
+unscreened choices.
+
 Deterministic: actions come in a fixed order and ties keep the first. That makes the search
 resumable by replay: with a state file, every score is recorded as it is computed; a resumed run
 starts from the beginning with those scores known, so it retraces the recorded path without
@@ -41,40 +50,56 @@ MID_STEP_SAVE_INTERVAL_S = 1.0
 class _Scored:
     arch: Architecture
     score: float
+    screened: bool = False  # a screening estimate (`ScreeningEvaluator.screen`), not a score
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arch": self.arch.to_dict(), "score": self.score}
+        return {"arch": self.arch.to_dict(), "score": self.score, **({"screened": True} if self.screened else {})}
 
 
 class _RecordedScores:
-    """The evaluator's scores of one search, in evaluation order, persisted after each new one.
+    """The evaluator's scores (and screenings) of one search, in evaluation order, persisted
+    after each new one.
 
-    Scores recorded in the state file (a resumed search) are answered without asking the
-    evaluator; `evaluations` counts every distinct architecture scored for this search.
+    Values recorded in the state file (a resumed search) are answered without asking the
+    evaluator; `evaluations` counts every distinct architecture scored for this search,
+    `screenings` every one screened.
     """
 
     def __init__(self, evaluator: Evaluator, state: StateFile, body: Callable[[], dict[str, Any]]) -> None:
         self.evaluator, self.state, self.body = evaluator, state, body
         self.records: list[_Scored] = []
-        self.known: dict[Architecture, float] = {}
+        self.known: dict[tuple[Architecture, bool], float] = {}
 
     def restore(self, history: list[dict[str, Any]]) -> None:
         try:
             for item in history:
-                self._add(_Scored(Architecture.from_dict(item["arch"]), float(item["score"])))
+                self._add(_Scored(Architecture.from_dict(item["arch"]), float(item["score"]),
+                                  bool(item.get("screened", False))))
         except (KeyError, TypeError, ValueError, ArchitectureError) as error:
             raise ValueError(f"{self.state.path}: corrupt search state: {_first_line(error)}") from None
-        check_resumed_scores([(record.arch, record.score) for record in self.records], self.evaluator, self.state.path)
+        check_resumed_scores([(r.arch, r.score) for r in self.records if not r.screened], self.evaluator,
+                             self.state.path)
+        screened = [(r.arch, r.score) for r in self.records if r.screened]
+        if screened:
+            if not callable(getattr(self.evaluator, "screen", None)):
+                raise ValueError(f"{self.state.path}: the state records screenings and this evaluator screens nothing")
+            check_resumed_scores(screened, self.evaluator, self.state.path, rescore=self.evaluator.screen)
 
     def _add(self, record: _Scored) -> None:
         self.records.append(record)
-        self.known[record.arch] = record.score
+        self.known[record.arch, record.screened] = record.score
 
     def score(self, arch: Architecture) -> float:
-        value = self.known.get(arch)
+        return self._value(arch, False)
+
+    def screen(self, arch: Architecture) -> float:
+        return self._value(arch, True)
+
+    def _value(self, arch: Architecture, screened: bool) -> float:
+        value = self.known.get((arch, screened))
         if value is None:
-            value = float(self.evaluator.score(arch))
-            self._add(_Scored(arch, value))
+            value = float(self.evaluator.screen(arch) if screened else self.evaluator.score(arch))
+            self._add(_Scored(arch, value, screened))
             # every step ends with a save; within a step, at most one a second: a slow (supernet)
             # evaluator loses at most a second of work to a kill, a fast one no time to rewriting
             self.state.save(self.body(), self.records, _Scored.to_dict, min_interval_s=MID_STEP_SAVE_INTERVAL_S)
@@ -82,7 +107,11 @@ class _RecordedScores:
 
     @property
     def evaluations(self) -> int:
-        return len(self.records)
+        return sum(not record.screened for record in self.records)
+
+    @property
+    def screenings(self) -> int:
+        return sum(record.screened for record in self.records)
 
 
 def greedy_search(
@@ -92,19 +121,23 @@ def greedy_search(
     max_steps: int = 10_000,
     on_step: Callable[[Step], None] | None = None,
     state_path: str | Path | None = None,
+    shortlist: int = 0,
 ) -> SearchResult:
     """Slim from `start` (default the largest network) until `problem` is met, one action a step as
     the module says; return the end and the path.
 
-    Each distinct candidate is scored once. `on_step` sees every step as it is taken (on resume,
-    only the steps the state file did not already hold). Raises `Unreachable` when no action
-    gains anything before the target is met, or after `max_steps`; `ValueError` for a state file
-    of another search.
+    Each distinct candidate is scored once (with `shortlist` > 0: screened once, and scored once
+    if it makes a shortlist). `on_step` sees every step as it is taken (on resume, only the steps
+    the state file did not already hold). Raises `Unreachable` when no action gains anything
+    before the target is met, or after `max_steps`; `ValueError` for a state file of another
+    search, or a shortlist with an evaluator that cannot screen.
     """
+    if shortlist and not callable(getattr(problem.evaluator, "screen", None)):
+        raise ValueError(f"a shortlist needs an evaluator that screens; {problem.evaluator.name!r} does not")
     space = problem.space
     arch = space.validate(start) if start is not None else space.largest()
     settings = {**problem_settings(problem), "start": arch.to_dict(), "actions": actions_settings(actions),
-                "max_steps": max_steps}
+                "max_steps": max_steps, **({"shortlist": shortlist} if shortlist else {})}
     state = StateFile(state_path, STRATEGY_NAME, settings)
     steps: list[Step] = []
     scores = _RecordedScores(problem.evaluator, state, lambda: {"steps": len(steps) - 1})
@@ -127,7 +160,7 @@ def greedy_search(
         if problem.met(latency, params):
             break
         latency_met = latency <= problem.target_latency
-        best = best_feasible = None
+        candidates = []
         for action in actions(space, arch):
             candidate = action.apply(arch)
             cand_latency, cand_params = problem.price(candidate)
@@ -135,8 +168,12 @@ def greedy_search(
                 gain = (params - cand_params) / 1e6
             else:
                 gain = problem.objective.gain(latency, params, cand_latency, cand_params)
-            if not gain > 0:
-                continue
+            if gain > 0:
+                candidates.append((action, candidate, cand_latency, cand_params, gain))
+        if shortlist:
+            candidates = _shortlisted(candidates, problem, scores, arch, shortlist)
+        best = best_feasible = None
+        for action, candidate, cand_latency, cand_params, gain in candidates:
             cand_score = scores.score(candidate)
             ratio = problem.objective.ratio(score - cand_score, gain)
             if ratio == NO_GAIN:
@@ -159,7 +196,21 @@ def greedy_search(
     else:
         raise Unreachable(latency, f"no solution within {max_steps} steps")
     return SearchResult(arch, latency, params, score, problem.mes(params, latency), tuple(steps), tuple(path),
-                        scores.evaluations)
+                        scores.evaluations, screenings=scores.screenings)
+
+
+def _shortlisted(candidates: list, problem: SearchProblem, scores: _RecordedScores, arch: Architecture,
+                 shortlist: int) -> list:
+    """The candidates (in action order) worth a full score: the `shortlist` best ratios of their
+    screened scores, and the `shortlist` most accurate screened ones that meet the budget."""
+    reference = scores.screen(arch)
+    screened = [scores.screen(candidate) for _, candidate, *_ in candidates]
+    ratios = [problem.objective.ratio(reference - value, gain) for value, (*_, gain) in zip(screened, candidates)]
+    by_ratio = sorted(range(len(candidates)), key=lambda i: ratios[i])  # stable: ties keep the first
+    feasible = [i for i, (_, _, lat, par, _) in enumerate(candidates) if problem.met(lat, par)]
+    by_accuracy = sorted(feasible, key=lambda i: -screened[i])
+    kept = set(by_ratio[:shortlist]) | set(by_accuracy[:shortlist])
+    return [candidate for i, candidate in enumerate(candidates) if i in kept]
 
 
 def actions_settings(actions: ActionSet) -> Any:

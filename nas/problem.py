@@ -40,6 +40,16 @@ class Evaluator(Protocol):
         """Name and settings for the output's provenance."""
 
 
+@runtime_checkable
+class ScreeningEvaluator(Evaluator, Protocol):
+    """An evaluator that also gives a cheaper, noisier estimate of `score` (the supernet's accuracy
+    on a fixed part of its images), which a greedy step ranks its candidates by before it scores a
+    shortlist of them (`nas.greedy`)."""
+
+    def screen(self, arch: Architecture) -> float:
+        """An estimate of `score(arch)` on the same scale, deterministic and cached per architecture."""
+
+
 class Unreachable(Exception):
     """The target cannot be met; `smallest_latency` is the lowest latency the search reaches."""
 
@@ -74,7 +84,8 @@ class SearchResult:
     """The architecture a strategy chose (`arch` with its latency, params, score and MES) and how it
     got there: `steps[i]` describes `path[i]` (greedy: the slimming path from the start; sampling
     strategies: every evaluated architecture in evaluation order). `evaluations` counts distinct
-    architectures the evaluator scored for this search."""
+    architectures the evaluator scored for this search, `screenings` those a screening greedy
+    search only estimated (`ScreeningEvaluator.screen`)."""
 
     arch: Architecture
     latency: float
@@ -84,6 +95,7 @@ class SearchResult:
     steps: tuple[Step, ...]
     path: tuple[Architecture, ...]
     evaluations: int
+    screenings: int = field(default=0, kw_only=True)
 
     def front(self) -> list[dict[str, Any]]:
         """(latency, params, score) of every architecture on the path, start first."""

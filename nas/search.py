@@ -2,7 +2,8 @@
 
     python -m nas.search --target-latency 1.5ms --device iphone12 [--space S] [--objective mes|latency]
         [--mes-params-unit 3M --mes-latency-unit 1ms --mes-alpha-params 0.5 --mes-alpha-latency 1.0]
-        [--max-params 6M] [--supernet CKPT --data SPEC [--recalibrate N] [--eval-batches N]]
+        [--max-params 6M] [--supernet CKPT --data SPEC [--recalibrate N] [--eval-batches N]
+        [--screen-batches N --shortlist K]]
         [--evaluator supernet|proxy] [--strategy greedy|random|evolution] [--budget N] [--state FILE]
         [--actions v1|v2] [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl]
         [--front FILE.yaml] [--lut FILE] [--verify [--verify-rounds N] [--verify-undershoot 5%]]
@@ -48,6 +49,7 @@ from search_spaces.limits import (
     MAX_TABLE_BYTES,
     RECALIBRATION_BATCHES,
     SEED,
+    SHORTLIST,
     VERIFY_ROUNDS,
 )
 
@@ -82,6 +84,7 @@ OPTION_OF_FIELD = {
     "start": "--start", "actions": "--actions", "state_path": "--state", "verify": "--verify",
     "evaluator": "--evaluator", "supernet": "--supernet", "data": "--data", "split": "--data",
     "recalibrate": "--recalibrate", "eval_batches": "--eval-batches", "batch_size": "--eval-batches",
+    "screen_batches": "--screen-batches", "shortlist": "--shortlist",
     "mes": "--mes-*",
 }
 
@@ -155,6 +158,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--recalibrate", type=integer_in(RECALIBRATION_BATCHES), default=0,
                         help="re-estimate BN statistics on N training batches before each supernet evaluation")
     parser.add_argument("--eval-batches", type=integer_in(EVALUATION_BATCHES), help="supernet evaluator: at most N validation batches")
+    parser.add_argument("--screen-batches", type=integer_in(EVALUATION_BATCHES), default=0,
+                        help="supernet evaluator, greedy: rank each step's candidates on the first N validation "
+                             "batches, then score the --shortlist best on all of them")
+    parser.add_argument("--shortlist", type=integer_in(SHORTLIST), default=0,
+                        help="greedy with --screen-batches: candidates per step scored on all validation batches")
     parser.add_argument("--seed", type=integer_in(SEED), default=0,
                         help="seed of the proxy's weights and the random strategies")
     parser.add_argument("--out", help="output YAML (default stdout)")
@@ -232,14 +240,25 @@ def _evaluator(args):
         raise UsageError("--evaluator supernet needs --supernet CKPT and --data SPEC")
     if args.supernet and name == "supernet" and not args.data:
         raise UsageError("--supernet needs --data SPEC (the held-out images it is evaluated on)")
-    if (args.recalibrate or args.eval_batches) and name != "supernet":
-        raise UsageError("--recalibrate and --eval-batches apply to the supernet evaluator only")
+    if (args.recalibrate or args.eval_batches or args.screen_batches) and name != "supernet":
+        raise UsageError("--recalibrate, --eval-batches and --screen-batches apply to the supernet evaluator only")
     if args.data and name != "supernet":
         raise UsageError("--data applies to the supernet evaluator only (give --supernet CKPT)")
     if name == "proxy":
         return ProxyEvaluation(Path(args.supernet) if args.supernet else None)
     return SupernetEvaluation(Path(args.supernet), args.data, recalibrate=args.recalibrate,
-                              eval_batches=args.eval_batches)
+                              eval_batches=args.eval_batches, screen_batches=args.screen_batches)
+
+
+def _warn_about_runtime(table) -> None:
+    """One stderr line when the table was measured under another runtime version than the one
+    `--verify` measures with here: its prices then describe another runtime."""
+    from nas.verify import measuring_device
+
+    differences = measuring_device(table).runtime_differences(table.metadata.runtime)
+    if differences:
+        print(f"{PROG}: warning: --verify measures under another runtime than the table's ({'; '.join(differences)}); "
+              "rebuild the table here for prices of this runtime", file=sys.stderr)
 
 
 def request_from_args(args) -> SearchRequest:
@@ -259,7 +278,8 @@ def request_from_args(args) -> SearchRequest:
     return SearchRequest(
         space=args.space, predictor=table, target_latency=target, evaluator=_evaluator(args), objective=args.objective,
         mes=mes, max_params=max_params, strategy=args.strategy, budget=args.budget, seed=args.seed,
-        state_path=Path(args.state) if args.state else None, actions=args.actions, start=_start(args),
+        state_path=Path(args.state) if args.state else None, actions=args.actions, shortlist=args.shortlist,
+        start=_start(args),
         start_name=Path(args.start).name if args.start else None, verify=verify, table_name=table_name,
     )
 
@@ -304,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs = check_outputs({"--out": args.out, "--front": args.front, "--trace": args.trace, "--state": args.state})
         request = request_from_args(args)
         validate_request(request)  # before the trace file is opened
+        if request.verify is not None:
+            _warn_about_runtime(request.predictor)
         outcome = run_request(request, outputs.get("--trace"))
     except RequestError as error:
         raise UsageError(f"{OPTION_OF_FIELD.get(error.field, '--' + error.field)}: {error}") from None
@@ -329,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: --verify round {row.round}: predicted {row.predicted_ms:.4f} ms, measured "
                   f"{row.measured_ms:.4f} ms", file=sys.stderr)
     print(f"{PROG}: {result.latency:.4f} ms, {result.params} params, MES {result.mes:.2f}, score "
-          f"{result.score:.3f} ({outcome.evaluator_name}), {result.evaluations} evaluations", file=sys.stderr)
+          f"{result.score:.3f} ({outcome.evaluator_name}), {result.evaluations} evaluations"
+          + (f", {result.screenings} screenings" if result.screenings else ""), file=sys.stderr)
     return EXIT_OK
 
 

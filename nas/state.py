@@ -108,9 +108,11 @@ class StateFile:
         write_text_atomic(self.path, f'{head[:-1]},"history":[{",".join(self._history)}]}}\n')
 
 
-def check_resumed_scores(records: Sequence[tuple[Architecture, float]], evaluator: Any, path: Path | None) -> None:
-    """Refuse a resumed history whose scores are not finite, or which the evaluator does not give
-    again for the best, the last and one randomly drawn record (`ValueError` naming the file)."""
+def check_resumed_scores(records: Sequence[tuple[Architecture, float]], evaluator: Any, path: Path | None,
+                         rescore: Callable[[Architecture], float] | None = None) -> None:
+    """Refuse a resumed history whose scores are not finite, or which the evaluator (its `score`,
+    or `rescore` when given) does not give again for the best, the last and one randomly drawn record
+    (`ValueError` naming the file)."""
     if not records:
         return
     for index, (_, score) in enumerate(records, start=1):
@@ -120,7 +122,7 @@ def check_resumed_scores(records: Sequence[tuple[Architecture, float]], evaluato
     drawn = int(np.random.default_rng(len(records)).integers(len(records)))
     for index in sorted({best, len(records) - 1, drawn})[:RESCORED_RECORDS]:
         arch, stored = records[index]
-        fresh = float(evaluator.score(arch))
+        fresh = float((rescore or evaluator.score)(arch))
         if not math.isclose(fresh, stored, rel_tol=SCORE_TOLERANCE, abs_tol=SCORE_TOLERANCE):
             raise ValueError(f"{path}: the state records score {stored:.6g} for evaluation {index + 1}, the evaluator "
                              f"gives {fresh:.6g}: the state was edited or comes from another evaluator")

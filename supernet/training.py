@@ -273,8 +273,14 @@ def recalibrate_bn(supernet: Supernet, arch: Architecture, loader: Iterable, bat
     BNs by width with networks of other depths). The supernet is not touched: the statistics are
     computed on the extracted network, as exact averages over the batches (momentum None).
     """
+    return recalibrated_network(supernet, arch, [images for _, (images, _) in zip(range(batches), loader)])
+
+
+def recalibrated_network(supernet: Supernet, arch: Architecture, images: list[torch.Tensor]) -> Network:
+    """`recalibrate_bn` on given image batches (no labels): a static copy of `arch` whose BatchNorm
+    statistics are exact averages over `images`, in eval mode."""
     network = supernet.extract(supernet.fit(arch))
-    recalibrated_outputs(network, [images for _, (images, _) in zip(range(batches), loader)], [])
+    recalibrated_outputs(network, images, [])
     return network.eval()
 
 

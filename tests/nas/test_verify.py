@@ -119,3 +119,23 @@ def test_verify_measures_on_ort_cpu_and_corrects_a_table_that_underestimates(tab
     first = record["rounds"][0]
     assert first["measured_ms"] > 1.3 * first["predicted_ms"]  # a 2x underestimate, whatever the load
     assert record["rounds"][1]["table_factor"] > 1.3
+
+
+def test_a_table_measured_under_another_runtime_is_named_before_verifying(table, capsys):
+    """`--verify` measures with this host's onnxruntime; a table measured under another version
+    prices another runtime, and the search says so in one stderr line (and still runs)."""
+    import dataclasses
+
+    from lut import get_device
+    from nas.search import _warn_about_runtime
+
+    device = get_device("ort-cpu")
+    assert device.runtime_differences(device.runtime_versions()) == []
+    older = {**device.runtime_versions(), "onnxruntime": "1.0.0"}
+    assert device.runtime_differences(older) == [f"onnxruntime 1.0.0 in the table, {device.runtime_versions()['onnxruntime']} here"]
+    assert get_device("torch-cpu").runtime_differences(older) == []  # torch times torch-cpu, not onnxruntime
+    _warn_about_runtime(SimpleNamespace(metadata=dataclasses.replace(table.metadata, runtime=older)))
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "onnxruntime 1.0.0 in the table" in err
+    _warn_about_runtime(SimpleNamespace(metadata=dataclasses.replace(table.metadata, runtime=device.runtime_versions())))
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,247 @@
+"""Screening greedy steps (`nas.greedy` with a shortlist): each step ranks its candidates by a cheap
+estimate, scores only a shortlist fully, and stays deterministic and resumable; the supernet
+evaluator screens on a prefix of its own images; bad combinations are refused before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from search_spaces import get_space
+
+from nas.api import RequestError, SearchRequest, run_search, validate_request
+from nas.evaluators import SupernetEvaluation
+from nas.greedy import greedy_search
+from nas.objectives import LatencyObjective, MESObjective
+from nas.search import main
+from tests.cli_support import invoke
+from tests.nas.toys import ToyTable, toy_problem
+
+SPACE = get_space("efficientformer_v2")
+
+
+def _toy_accuracy(arch) -> float:
+    expansions = sum(b.expansion or 0 for s in arch.stages for b in s.blocks if not b.is_identity)
+    return 10 * sum(arch.depths) + sum(arch.widths) / 1000 + 1e-4 * expansions
+
+
+class ScreeningToy:
+    """`score` is the toy accuracy; `screen` is `distortion(arch, score)`; both count their calls."""
+
+    name = "screening-toy"
+
+    def __init__(self, distortion=lambda arch, value: value) -> None:
+        self.distortion = distortion
+        self.evaluations = 0
+        self.screenings = 0
+        self.scored: list = []
+
+    def score(self, arch) -> float:
+        self.evaluations += 1
+        self.scored.append(arch)
+        return _toy_accuracy(arch)
+
+    def screen(self, arch) -> float:
+        self.screenings += 1
+        return self.distortion(arch, _toy_accuracy(arch))
+
+    def settings(self) -> dict:
+        return {"name": self.name}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_faithful_screen_keeps_the_path_and_scores_only_the_shortlist():
+    plain = greedy_search(toy_problem(ScreeningToy(), MESObjective(), 0.8))
+    evaluator = ScreeningToy()
+    screened = greedy_search(toy_problem(evaluator, MESObjective(), 0.8), shortlist=2)
+    assert screened.path == plain.path and [s.score for s in screened.steps] == [s.score for s in plain.steps]
+    assert len(plain.steps) > 4
+    steps = len(screened.steps) - 1
+    # the start, then per step at most the 2 best ratios and the 2 most accurate feasible candidates
+    assert screened.evaluations <= 1 + 4 * steps < plain.evaluations
+    assert screened.screenings == evaluator.screenings and screened.screenings >= plain.evaluations - 1
+
+
+def test_a_misleading_screen_changes_the_path_unless_the_shortlist_holds_every_candidate():
+    inverted = lambda arch, value: -value  # noqa: E731  (ranks the worst candidates first)
+    plain = greedy_search(toy_problem(ScreeningToy(), LatencyObjective(), 0.8))
+    fooled = greedy_search(toy_problem(ScreeningToy(inverted), LatencyObjective(), 0.8), shortlist=1)
+    assert fooled.path != plain.path and fooled.score < plain.score
+    wide = greedy_search(toy_problem(ScreeningToy(inverted), LatencyObjective(), 0.8), shortlist=1000)
+    assert wide.path == plain.path and wide.score == plain.score
+
+
+def test_a_screened_greedy_resumed_from_its_state_equals_an_uninterrupted_run(tmp_path):
+    noisy = lambda arch, value: value + (hash(arch) % 7) * 0.3  # noqa: E731  (a deterministic, imperfect screen)
+    straight = greedy_search(toy_problem(ScreeningToy(noisy), MESObjective(), 0.85), shortlist=2)
+    state, seen = tmp_path / "greedy.json", []
+
+    def stop_after_three(step):
+        seen.append(step)
+        if len(seen) == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        greedy_search(toy_problem(ScreeningToy(noisy), MESObjective(), 0.85), on_step=stop_after_three,
+                      state_path=state, shortlist=2)
+    saved = json.loads(state.read_text())
+    assert any(item.get("screened") for item in saved["history"]) and saved["settings"]["shortlist"] == 2
+    evaluator = ScreeningToy(noisy)
+    resumed = greedy_search(toy_problem(evaluator, MESObjective(), 0.85), state_path=state, shortlist=2)
+    assert resumed == straight  # same path, scores, evaluation and screening counts
+    assert evaluator.screenings < straight.screenings  # the recorded screenings were not asked again
+    with pytest.raises(ValueError, match="shortlist"):  # another shortlist is another search
+        greedy_search(toy_problem(ScreeningToy(noisy), MESObjective(), 0.85), state_path=state, shortlist=3)
+
+
+def test_a_shortlist_needs_an_evaluator_that_screens():
+    class Plain:
+        name, evaluations = "plain", 0
+
+        def score(self, arch):
+            return 1.0
+
+        def settings(self):
+            return {}
+
+    with pytest.raises(ValueError, match="screens"):
+        greedy_search(toy_problem(Plain(), MESObjective(), 0.8), shortlist=2)
+
+
+def _trained_supernet():
+    from supernet import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet.from_space("edgevit", num_classes=4, resolution=32)
+    for module in net.modules():  # BN statistics that matter (and count as trained)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("recalibrate", [0, 2])
+def test_the_supernet_screens_on_the_first_batches_with_the_same_bn_handling(recalibrate):
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from nas.evaluators import SupernetEvaluator
+    from supernet.data import load_data
+
+    net = _trained_supernet()
+    data = load_data("synthetic:96", 32)
+    val, train = DataLoader(data.val, batch_size=8), DataLoader(data.train, batch_size=8)
+    evaluator = SupernetEvaluator(net, val, recalibrate=recalibrate, calibration_loader=train, screen_batches=1)
+    first = SupernetEvaluator(net, list(val)[:1], recalibrate=recalibrate, calibration_loader=train,
+                              calibration_images=evaluator._calibration)
+    archs = [net.space.sample(np.random.default_rng(seed)) for seed in range(4)]
+    screened = [evaluator.screen(a) for a in archs]
+    assert screened == [first.score(a) for a in archs]
+    assert evaluator.screenings == 4 and evaluator.evaluations == 0  # screening is not scoring
+    assert [evaluator.score(a) for a in archs] != screened  # all the images, not the first batch
+    assert evaluator.settings()["screen_images"] == 8 < evaluator.settings()["images"]
+    with pytest.raises(ValueError, match="fewer"):
+        SupernetEvaluator(net, val, screen_batches=len(list(val)))
+    with pytest.raises(ValueError, match="screens nothing"):
+        SupernetEvaluator(net, val).screen(archs[0])
+
+
+def _request(tmp_path, **fields):
+    checkpoint = tmp_path / "net.pt"
+    checkpoint.write_bytes(b"")  # validation checks that it exists, and reads nothing
+    evaluator = fields.pop("evaluator", SupernetEvaluation(checkpoint, "synthetic:64", screen_batches=1))
+    return SearchRequest("efficientformer_v2", ToyTable(), 0.8, evaluator=evaluator, **fields)
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({}, "screen_batches"),  # screening without a shortlist
+    ({"shortlist": 2, "strategy": "random"}, "shortlist"),
+    ({"shortlist": 0.5}, "shortlist"),
+    ({"shortlist": 10_000}, "shortlist"),
+    ({"shortlist": 2, "evaluator": ScreeningToy.__new__(ScreeningToy)}, None),  # accepted: it screens
+])
+def test_screening_requests_are_validated_before_any_work(tmp_path, fields, field):
+    request = _request(tmp_path, **fields)
+    if field is None:
+        validate_request(request)
+        return
+    with pytest.raises(RequestError) as caught:
+        validate_request(request)
+    assert caught.value.field == field
+
+
+def test_a_shortlist_without_a_screening_evaluator_is_refused(tmp_path):
+    plain = SupernetEvaluation(tmp_path / "net.pt", "synthetic:64")
+    (tmp_path / "net.pt").write_bytes(b"")
+    with pytest.raises(RequestError) as caught:
+        validate_request(_request(tmp_path, shortlist=2, evaluator=plain))
+    assert caught.value.field == "shortlist"
+    with pytest.raises(RequestError) as caught:
+        validate_request(_request(tmp_path, evaluator=SupernetEvaluation(tmp_path / "net.pt", "synthetic:64",
+                                                                         eval_batches=2, screen_batches=2),
+                                  shortlist=2))
+    assert caught.value.field == "screen_batches"
+
+
+def test_a_screened_search_records_its_shortlist_and_screenings():
+    from lut import get_device
+
+    table = get_device("iphone12").default_table("efficientformer_v2")
+    outcome = run_search(SearchRequest("efficientformer_v2", table, 2.0, evaluator=ScreeningToy(), shortlist=3))
+    meta = outcome.arch.meta
+    assert meta["shortlist"] == 3 and meta["screenings"] == outcome.result.screenings > meta["evaluations"]
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--shortlist", "3"], "--shortlist"),
+    (["--screen-batches", "1"], "--screen-batches"),
+    (["--screen-batches", "1", "--shortlist", "0"], "--shortlist"),
+    (["--shortlist", "x"], "--shortlist"),
+])
+def test_screening_options_on_the_command_line_are_one_line_each(tmp_path, capsys, argv, option):
+    out = tmp_path / "a.yaml"
+    out.write_text("kept\n")
+    code, _, err = invoke(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12",
+                                                "--out", str(out), *argv], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and option in err, err
+    assert out.read_text() == "kept\n"
+
+
+def test_the_command_line_builds_a_screening_request(tmp_path):
+    from nas.search import build_parser, request_from_args
+
+    checkpoint = tmp_path / "net.pt"
+    checkpoint.write_bytes(b"")
+    args = build_parser().parse_args(["--target-latency", "1.5ms", "--device", "iphone12", "--supernet",
+                                      str(checkpoint), "--data", "synthetic:64", "--screen-batches", "1",
+                                      "--shortlist", "2"])
+    request = request_from_args(args)
+    assert request.shortlist == 2 and request.evaluator.screen_batches == 1
+    validate_request(request)
+
+
+def test_a_screened_supernet_search_runs_end_to_end():
+    """A (random) EdgeViT supernet screens on one batch of 8 held-out images and scores the
+    shortlist on all 24; the search meets the target and reports both counts."""
+    from torch.utils.data import DataLoader
+
+    from lut import get_device
+    from nas.evaluators import SupernetEvaluator
+    from supernet.data import load_data
+
+    net = _trained_supernet()
+    space = get_space("edgevit")
+    table = get_device("iphone12").default_table(space)
+    target = 0.97 * table.predict(space.largest())
+    evaluator = SupernetEvaluator(net, DataLoader(load_data("synthetic:96", 32).val, batch_size=8), screen_batches=1)
+    outcome = run_search(SearchRequest("edgevit", table, target, evaluator=evaluator, shortlist=2))
+    meta = outcome.arch.meta
+    assert meta["predicted_latency_ms"] <= target and meta["shortlist"] == 2
+    assert meta["evaluator_settings"]["screen_images"] == 8 < meta["evaluator_settings"]["images"] == 24
+    assert meta["screenings"] == evaluator.screenings > meta["evaluations"] == evaluator.evaluations
