@@ -19,7 +19,12 @@ first m batches for every m, so for every m and shortlist size K the benchmark r
 - `rank_of_decision`: where the full decision ranks among the screened ratios (1 = first);
 - the Spearman correlation of screened and full ratios;
 - `cost`: the step's price in full evaluations (m/M of one per screened candidate, plus K to 2K
-  full ones) against one per candidate unscreened.
+  full ones) against one per candidate unscreened;
+- and, because the full decision is itself a measurement on a finite set of images, how far the
+  candidate the screened step takes is from it on all images: the difference of their accuracy
+  drops with its paired standard error over the evaluation batches (`indistinguishable` when
+  within two of them), next to the step's noise (the median paired standard error of a
+  candidate's drop) and the spread of the candidates' drops.
 
 Each state's per-batch counts are written to `runs/greedy_screening/` as they are computed, so a
 killed run resumes. Writes `benchmarks/results/greedy_screening.json` with the machine load.
@@ -133,13 +138,28 @@ def full_decision(scores: list[float], ratios: list[float], feasible: list[bool]
     return best
 
 
+def paired_drop(data: dict, a: int, b: int | None = None) -> tuple[float, float]:
+    """Candidate `a`'s accuracy drop (points) from the start, or its difference from candidate
+    `b`'s when given, over all batches, and the paired standard error of it over the batches."""
+    sizes = np.array(data["batch_sizes"], dtype=float)
+    base = np.array(data["start_counts"] if b is None else data["candidates"][b]["counts"], dtype=float)
+    # (start - a) for a's drop; (b - a) = (start - a) - (start - b) for a's drop minus b's
+    per_batch = 100.0 * (base - np.array(data["candidates"][a]["counts"], dtype=float)) / sizes
+    mean = float(np.average(per_batch, weights=sizes))
+    return mean, float(per_batch.std(ddof=1) / np.sqrt(len(per_batch)))
+
+
 def agreement(data: dict, objective) -> dict:
     full_scores, full_ratios, feasible = decisions(data, objective, None)
     decision = full_decision(full_scores, full_ratios, feasible)
     candidates = len(full_ratios)
     batches = len(data["batch_sizes"])
+    drops = [paired_drop(data, i) for i in range(candidates)]
     result = {"state": data["state"], "target_ms": data["target_ms"], "candidates": candidates,
               "decision": data["candidates"][decision]["action"], "finish_step": bool(feasible[decision]),
+              "decision_drop_points": round(drops[decision][0], 4),
+              "drop_range_points": [round(min(d for d, _ in drops), 4), round(max(d for d, _ in drops), 4)],
+              "median_drop_se_points": round(float(np.median([se for _, se in drops])), 4),
               "seconds_per_candidate": round(data["seconds_per_candidate"], 2), "screens": []}
     for screen in SCREEN_BATCHES:
         if screen >= batches:
@@ -151,10 +171,14 @@ def agreement(data: dict, objective) -> dict:
         shortlists = []
         for k in SHORTLISTS:
             kept = set(by_ratio[:k]) | set(by_accuracy[:k])
-            taken = full_decision([full_scores[i] for i in sorted(kept)], [full_ratios[i] for i in sorted(kept)],
-                                  [feasible[i] for i in sorted(kept)])
+            taken = sorted(kept)[full_decision([full_scores[i] for i in sorted(kept)],
+                                               [full_ratios[i] for i in sorted(kept)],
+                                               [feasible[i] for i in sorted(kept)])]
+            difference, se = paired_drop(data, taken, decision)
             shortlists.append({"shortlist": k, "kept": decision in kept, "scored": len(kept),
-                               "takes": data["candidates"][sorted(kept)[taken]]["action"],
+                               "takes": data["candidates"][taken]["action"],
+                               "drop_minus_decision_points": round(difference, 4), "paired_se_points": round(se, 4),
+                               "indistinguishable": abs(difference) <= 2 * se,
                                "cost_full_evaluations": round(candidates * screen / batches + len(kept), 2)})
         result["screens"].append({"screen_batches": screen, "rank_of_decision": by_ratio.index(decision) + 1,
                                   "spearman_ratio": round(float(rho), 4), "shortlists": shortlists})
@@ -200,6 +224,7 @@ def main() -> int:
             if rows:
                 summary[f"m{screen}_k{k}"] = {
                     "kept": sum(row["kept"] for row in rows), "states": len(rows),
+                    "indistinguishable": sum(row["indistinguishable"] for row in rows),
                     "cost_ratio": round(float(np.mean([row["cost_full_evaluations"] / r["cost_unscreened_full_evaluations"]
                                                        for row, r in zip(rows, results)])), 3)}
     report = {
