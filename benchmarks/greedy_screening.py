@@ -14,7 +14,8 @@ per batch. That gives, from one pass, each candidate's full score and its screen
 first m batches for every m, so for every m and shortlist size K the benchmark reports:
 
 - `kept`: whether the shortlist (the K best screened ratios and the K most accurate screened
-  candidates that meet the target, as `nas.greedy` forms it) holds the full-scoring decision, in
+  candidates that meet the target, as `nas.greedy` forms it) holds the full-scoring decision
+  (`nas.greedy.choose` over every candidate's full score), in
   which case the screened step takes exactly the unscreened step's action;
 - `rank_of_decision`: where the full decision ranks among the screened ratios (1 = first);
 - the Spearman correlation of screened and full ratios;
@@ -55,6 +56,7 @@ from lut import get_device  # noqa: E402
 from lut.devices import loadavg  # noqa: E402
 from nas.actions import v2_actions  # noqa: E402
 from nas.evaluators import SupernetEvaluation  # noqa: E402
+from nas.greedy import choose  # noqa: E402
 from nas.objectives import get_objective  # noqa: E402
 from supernet.training import recalibrated_network  # noqa: E402
 
@@ -129,15 +131,6 @@ def decisions(data: dict, objective, screen: int | None) -> tuple[list[float], l
     return scores, ratios, feasible
 
 
-def full_decision(scores: list[float], ratios: list[float], feasible: list[bool]) -> int:
-    """The candidate an unscreened greedy step takes (`nas.greedy`: ratio-best; at the finish, the
-    most accurate candidate that meets the target); ties keep the first."""
-    best = min(range(len(ratios)), key=lambda i: ratios[i])
-    if feasible[best]:
-        best = max((i for i in range(len(scores)) if feasible[i]), key=lambda i: (scores[i], -i))
-    return best
-
-
 def paired_drop(data: dict, a: int, b: int | None = None) -> tuple[float, float]:
     """Candidate `a`'s accuracy drop (points) from the start, or its difference from candidate
     `b`'s when given, over all batches, and the paired standard error of it over the batches."""
@@ -151,7 +144,7 @@ def paired_drop(data: dict, a: int, b: int | None = None) -> tuple[float, float]
 
 def agreement(data: dict, objective) -> dict:
     full_scores, full_ratios, feasible = decisions(data, objective, None)
-    decision = full_decision(full_scores, full_ratios, feasible)
+    decision = choose(full_ratios, full_scores, feasible)
     candidates = len(full_ratios)
     batches = len(data["batch_sizes"])
     drops = [paired_drop(data, i) for i in range(candidates)]
@@ -171,9 +164,9 @@ def agreement(data: dict, objective) -> dict:
         shortlists = []
         for k in SHORTLISTS:
             kept = set(by_ratio[:k]) | set(by_accuracy[:k])
-            taken = sorted(kept)[full_decision([full_scores[i] for i in sorted(kept)],
-                                               [full_ratios[i] for i in sorted(kept)],
-                                               [feasible[i] for i in sorted(kept)])]
+            shortlisted = sorted(kept)
+            taken = shortlisted[choose([full_ratios[i] for i in shortlisted], [full_scores[i] for i in shortlisted],
+                                       [feasible[i] for i in shortlisted])]
             difference, se = paired_drop(data, taken, decision)
             shortlists.append({"shortlist": k, "kept": decision in kept, "scored": len(kept),
                                "takes": data["candidates"][taken]["action"],

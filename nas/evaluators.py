@@ -33,6 +33,13 @@ MAX_BATCHES = 100_000
 AUTO_RECALIBRATION_BATCHES = 10
 
 
+def check_screen_batches(screen_batches: int, evaluation_batches: int) -> None:
+    """Screening must read fewer batches than scoring (else it would cost as much); `ValueError`."""
+    if screen_batches and screen_batches >= evaluation_batches:
+        raise ValueError(f"screen_batches {screen_batches} is not fewer than the {evaluation_batches} evaluation "
+                         "batches (screening would cost as much as scoring)")
+
+
 class EvaluatorError(ValueError):
     """An evaluator that cannot be built; `field` names the request field at fault."""
 
@@ -125,9 +132,11 @@ class SupernetEvaluation(EvaluatorSpec):
                                     ("batch_size", self.batch_size, 1), ("screen_batches", self.screen_batches, 0)):
             if value is not None and not (isinstance(value, int) and lowest <= value <= MAX_BATCHES):
                 raise EvaluatorError(name, f"{value!r} is not an integer from {lowest} to {MAX_BATCHES}")
-        if self.screen_batches and self.eval_batches is not None and self.screen_batches >= self.eval_batches:
-            raise EvaluatorError("screen_batches", f"{self.screen_batches} is not fewer than the {self.eval_batches} "
-                                                   "evaluation batches (screening would cost as much as scoring)")
+        if self.eval_batches is not None:  # the split's own size is checked when the data is read
+            try:
+                check_screen_batches(self.screen_batches, self.eval_batches)
+            except ValueError as error:
+                raise EvaluatorError("screen_batches", str(error)) from None
 
     def load_data(self, resolution: int, seed: int):
         from supernet.data import load_data
@@ -148,10 +157,10 @@ class SupernetEvaluation(EvaluatorSpec):
         loader = DataLoader(bundle.split(self.split), batch_size=self.batch_size, shuffle=False)
         calibration = DataLoader(bundle.train, batch_size=64, shuffle=False)
         test = DataLoader(bundle.test, batch_size=self.batch_size, shuffle=False) if bundle.test is not None else None
-        available = min(len(loader), self.eval_batches or len(loader))
-        if self.screen_batches and self.screen_batches >= available:
-            raise EvaluatorError("screen_batches", f"{self.screen_batches} is not fewer than the {available} evaluation "
-                                                   f"batches of {self.data}'s {self.split} split")
+        try:
+            check_screen_batches(self.screen_batches, min(len(loader), self.eval_batches or len(loader)))
+        except ValueError as error:
+            raise EvaluatorError("screen_batches", f"{error}, in {self.data}'s {self.split} split") from None
         evaluator = SupernetEvaluator(net, loader, self.eval_batches, self.recalibrate, calibration, split=self.split,
                                       test_loader=test, screen_batches=self.screen_batches)
         return evaluator, net
@@ -213,9 +222,7 @@ class SupernetEvaluator:
         self.evaluations = 0
         self.auto_recalibrated = 0
         self.screen_batches = screen_batches
-        if screen_batches and screen_batches >= len(self.batches):
-            raise ValueError(f"screen_batches {screen_batches} is not fewer than the {len(self.batches)} evaluation "
-                             "batches, so screening would cost as much as scoring")
+        check_screen_batches(screen_batches, len(self.batches))
         self._screener = (SupernetEvaluator(net, self.batches[:screen_batches], None, recalibrate,
                                             self.calibration_loader, prefix_cache, split,
                                             calibration_images=self._calibration) if screen_batches else None)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from search_spaces import Architecture, ArchitectureError
 
@@ -172,21 +172,16 @@ def greedy_search(
                 candidates.append((action, candidate, cand_latency, cand_params, gain))
         if shortlist:
             candidates = _shortlisted(candidates, problem, scores, arch, shortlist)
-        best = best_feasible = None
+        options = []
         for action, candidate, cand_latency, cand_params, gain in candidates:
             cand_score = scores.score(candidate)
             ratio = problem.objective.ratio(score - cand_score, gain)
-            if ratio == NO_GAIN:
-                continue
-            option = (ratio, action, candidate, cand_latency, cand_params, cand_score)
-            if best is None or ratio < best[0]:
-                best = option
-            if problem.met(cand_latency, cand_params) and (best_feasible is None or cand_score > best_feasible[5]):
-                best_feasible = option
-        if best is None:
+            if ratio != NO_GAIN:
+                options.append((ratio, action, candidate, cand_latency, cand_params, cand_score))
+        if not options:
             raise Unreachable(min(latency, problem.smallest_latency()))
-        if problem.met(best[3], best[4]):  # the last step: the most accurate finish
-            best = best_feasible
+        best = options[choose([o[0] for o in options], [o[5] for o in options],
+                              [problem.met(o[3], o[4]) for o in options])]
         ratio, action, candidate, cand_latency, cand_params, cand_score = best
         take(Step(action.name, action.description, cand_score - score, cand_latency - latency, cand_params - params,
                   cand_latency, cand_params, problem.mes(cand_params, cand_latency), cand_score, ratio))
@@ -197,6 +192,16 @@ def greedy_search(
         raise Unreachable(latency, f"no solution within {max_steps} steps")
     return SearchResult(arch, latency, params, score, problem.mes(params, latency), tuple(steps), tuple(path),
                         scores.evaluations, screenings=scores.screenings)
+
+
+def choose(ratios: Sequence[float], scores: Sequence[float], feasible: Sequence[bool]) -> int:
+    """The index of the candidate a greedy step takes (the module's rule): the smallest ratio;
+    when that candidate meets every constraint (the last step), the most accurate candidate that
+    does. Ties keep the first."""
+    best = min(range(len(ratios)), key=ratios.__getitem__)
+    if feasible[best]:
+        best = max((i for i in range(len(scores)) if feasible[i]), key=lambda i: (scores[i], -i))
+    return best
 
 
 def _shortlisted(candidates: list, problem: SearchProblem, scores: _RecordedScores, arch: Architecture,
