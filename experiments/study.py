@@ -42,6 +42,21 @@ def require_keys(config: Mapping[str, Any], keys: Iterable[str], path: Path) -> 
             raise KeyError(f"{path}: missing key {key!r}")
 
 
+def load_settings(path: Path, keys: Sequence[str]) -> dict[str, Any]:
+    """A study's YAML settings with exactly the top-level `keys`; a missing or unknown key, or a
+    file that is not a mapping, ends the run with one line naming it."""
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise SystemExit(f"{path}: not a mapping of settings")
+    missing = [key for key in keys if key not in config]
+    unknown = sorted(set(config) - set(keys))
+    if missing or unknown:
+        raise SystemExit(f"{path}: " + (f"missing key {missing[0]!r}" if missing else f"unknown key(s) {unknown}"))
+    return config
+
+
 def versions(*modules: str) -> dict[str, str]:
     """`module.__version__` of each named module, in the order given."""
     return {name: importlib.import_module(name).__version__ for name in modules}

@@ -31,6 +31,8 @@ MAX_BATCHES = 100_000
 #: BN recalibration batches for a candidate whose statistics were never trained (64 images each:
 #: enough for stable per-channel means at these widths; see supernet.training.recalibrate_bn)
 AUTO_RECALIBRATION_BATCHES = 10
+#: torch's RNG seed while calibration batches are read (see `SupernetEvaluator.calibration`)
+CALIBRATION_SEED = 0
 
 
 def check_screen_batches(screen_batches: int, evaluation_batches: int) -> None:
@@ -264,10 +266,17 @@ class SupernetEvaluator:
         return self._evaluate_by_stage(arch)
 
     def calibration(self, batches: int) -> list[torch.Tensor]:
-        """The images of the first `batches` calibration batches (read once, then reused)."""
+        """The images of the first `batches` calibration batches (read once, then reused).
+
+        Read under torch's RNG seeded with `CALIBRATION_SEED` (and the caller's RNG state restored
+        afterwards): a training loader's shuffling and augmentation draw from that RNG, so without
+        the seed another process (a resumed search, a second shard) would recalibrate on other
+        images and score the same architecture differently."""
         if len(self._calibration) < batches:
-            more = itertools.islice(iter(self.calibration_loader), len(self._calibration), batches)
-            self._calibration.extend(images for images, _ in more)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(CALIBRATION_SEED)
+                read = [images for images, _ in itertools.islice(iter(self.calibration_loader), batches)]
+            self._calibration.extend(read[len(self._calibration):])
         return self._calibration[:batches]
 
     def _evaluate_recalibrated_by_stage(self, arch: Architecture, batches: int) -> float:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import platform
@@ -49,7 +50,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -58,14 +58,14 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture, count_macs, count_params, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
-from experiments.study import log, png_bytes, require_keys, versions  # noqa: E402
+from experiments.study import load_settings, log, png_bytes, versions  # noqa: E402
 from lut import get_device  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from supernet.data import load_data, stratified_subset  # noqa: E402
 from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
 from supernet.training import TrainConfig, Trainer, metrics_path  # noqa: E402
 
-PHASES = ("select", "supernet", "standalone", "budget", "seeds", "evaluate")
+PHASES = ("select", "supernet", "standalone", "budget", "seeds", "evaluate", "attempts")
 #: the keys of `standalone` that are checks run with the recipe, not part of it
 CHECKS = ("budget_check", "seed_check")
 KEYS = ("space", "data", "resolution", "num_classes", "device", "threads", "checkpoints", "selection", "supernet",
@@ -73,12 +73,7 @@ KEYS = ("space", "data", "resolution", "num_classes", "device", "threads", "chec
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    require_keys(config, KEYS, path)
-    unknown = sorted(set(config) - set(KEYS))
-    if unknown:
-        raise KeyError(f"{path}: unknown key(s) {unknown}")
-    return config
+    return load_settings(path, KEYS)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -229,27 +224,51 @@ def rank_correlations(truth: list[float], predictor: list[float], resamples: int
             "spearman_rho_95": interval(rhos), "networks": len(truth_array)}
 
 
-def supernet_scores(config: dict[str, Any], networks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def supernet_scores(config: dict[str, Any], networks: list[dict[str, Any]],
+                    settings: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
     """Each network's accuracy (%) inside the supernet on the evaluation part of val, per BN handling,
-    with the seconds each evaluation took."""
+    with the seconds each evaluation took; `settings` replaces the config's `evaluation` section.
+
+    The scores are kept in `<checkpoints>/supernet_scores.json`, keyed by everything they depend on
+    (the supernet file's size and modification time, the evaluation settings, the networks), so
+    `evaluate` reruns in seconds when only the standalone results changed."""
     from torch.utils.data import DataLoader
 
     from nas.evaluators import SupernetEvaluator
     from supernet import Supernet
 
-    settings = config["evaluation"]
-    net = Supernet.load(supernet_path(config), space=config["space"])
-    bundle = load_data(config["data"], config["resolution"], config["supernet"]["seed"])
-    val = DataLoader(stratified_subset(bundle.val, settings["val_images"]), batch_size=250)
-    train = DataLoader(stratified_subset(bundle.train, config["supernet"]["train_images"]),
-                       batch_size=settings["recalibration_batch_size"], shuffle=False)
+    settings = config["evaluation"] if settings is None else settings
+    checkpoint = supernet_path(config)
+    cache_path = checkpoint.with_name("supernet_scores.json")
+    cache = read_json(cache_path) if cache_path.is_file() else {}
+    loaded: dict[str, Any] = {}
+
+    def inputs():  # the supernet and the images, read only when a score is missing
+        if not loaded:
+            bundle = load_data(config["data"], config["resolution"], config["supernet"]["seed"])
+            loaded["net"] = Supernet.load(checkpoint, space=config["space"])
+            loaded["val"] = DataLoader(stratified_subset(bundle.val, settings["val_images"]), batch_size=250)
+            loaded["train"] = DataLoader(stratified_subset(bundle.train, config["supernet"]["train_images"]),
+                                         batch_size=settings["recalibration_batch_size"], shuffle=False)
+        return loaded["net"], loaded["val"], loaded["train"]
+
+    stat = checkpoint.stat()
     scores: dict[str, dict[str, float]] = {}
     for batches in settings["recalibration_batches"]:
         name = f"supernet_bn{batches}" if batches else "supernet_shared_bn"
-        evaluator = SupernetEvaluator(net, val, recalibrate=batches, calibration_loader=train)
-        started = time.perf_counter()
-        scores[name] = {network["id"]: evaluator.score(Architecture.from_dict(network["arch"])) for network in networks}
-        scores[name]["_seconds_per_evaluation"] = (time.perf_counter() - started) / len(networks)
+        key = json.dumps({"supernet": [stat.st_size, stat.st_mtime_ns], "recalibrate": batches,
+                          "val_images": settings["val_images"], "batch_size": settings["recalibration_batch_size"],
+                          "train_images": config["supernet"]["train_images"],
+                          "networks": {n["id"]: n["arch"] for n in networks}}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        if digest not in cache:
+            net, val, train = inputs()
+            evaluator = SupernetEvaluator(net, val, recalibrate=batches, calibration_loader=train)
+            started = time.perf_counter()
+            values = {network["id"]: evaluator.score(Architecture.from_dict(network["arch"])) for network in networks}
+            cache[digest] = {"scores": values, "seconds_per_evaluation": (time.perf_counter() - started) / len(networks)}
+            write_json(cache_path, cache)
+        scores[name] = {**cache[digest]["scores"], "_seconds_per_evaluation": cache[digest]["seconds_per_evaluation"]}
         log(f"{name}: {scores[name]['_seconds_per_evaluation']:.2f} s per network")
     return scores
 
@@ -272,6 +291,31 @@ def seed_spread(config: dict[str, Any], networks: list[dict[str, Any]], standalo
             "mean_abs_difference": round(float(np.abs(differences).mean()), 5),
             "one_run_std": round(float(np.sqrt(np.mean(differences ** 2) / 2.0)), 5),
             "range_of_these_networks": round(float(max(spread) - min(spread)), 5)}
+
+
+def noise_ceiling(test_accuracy: list[float], one_run_std: float, resamples: int, seed: int) -> dict[str, Any]:
+    """The Kendall τ a perfect predictor could reach against one run of the recipe.
+
+    A predictor is judged against one training run per network, and a run differs from the recipe's
+    expected accuracy by about `one_run_std`. The spread of the expected accuracies is estimated by
+    shrinking the observed ones towards their mean (observed variance = true variance + run variance);
+    then one run is simulated `resamples` times and τ(expected, expected + noise) is summarised. No
+    predictor can be expected to beat this ceiling; a τ goal above it cannot be met by any evaluator."""
+    from scipy.stats import kendalltau
+
+    observed = np.asarray(test_accuracy, dtype=float)
+    observed_variance = float(observed.var(ddof=1))
+    true_variance = max(observed_variance - one_run_std ** 2, 0.0)
+    shrink = float(np.sqrt(true_variance / observed_variance)) if observed_variance > 0 else 0.0
+    expected = observed.mean() + (observed - observed.mean()) * shrink
+    rng = np.random.default_rng(seed)
+    taus = np.asarray([kendalltau(expected, expected + rng.normal(0.0, one_run_std, expected.size)).statistic
+                       for _ in range(resamples)], dtype=float)
+    return {"one_run_std": one_run_std, "observed_std": round(float(np.sqrt(observed_variance)), 5),
+            "estimated_true_std": round(float(np.sqrt(true_variance)), 5),
+            "kendall_tau_median": round(float(np.nanmedian(taus)), 4),
+            "kendall_tau_90": [round(float(np.nanpercentile(taus, 5)), 4), round(float(np.nanpercentile(taus, 95)), 4)],
+            "resamples": resamples}
 
 
 def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
@@ -329,6 +373,7 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
              **{name: round(values[n["id"]], 6) for name, values in predictors.items() if name not in ("params", "macs", "latency")}}
             for n in networks]
     baselines = ("synflow", "params", "macs", "latency")
+    seeds = seed_spread(config, networks, standalone)
     best_supernet = max((name for name in predictors if name.startswith("supernet")),
                         key=lambda name: val_correlations[name]["kendall_tau"])
     result = {
@@ -349,7 +394,10 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
                      correlations[best_supernet]["kendall_tau"] > correlations[name]["kendall_tau"] for name in baselines)},
         "best_baseline": max(baselines, key=lambda name: correlations[name]["kendall_tau"]),
         "budget_check": budget_check,
-        "seed_check": seed_spread(config, networks, standalone),
+        "seed_check": seeds,
+        "noise_ceiling": None if seeds is None else noise_ceiling(
+            [standalone[i]["accuracy"]["test"] for i in ids], seeds["one_run_std"],
+            settings["bootstrap"], settings["bootstrap_seed"]),
         "standalone_seconds_total": round(sum(s["seconds"] for s in standalone.values()), 1),
         "rows": rows,
     }
@@ -365,7 +413,45 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     plot(rows, predictors, correlations, ids, HERE / f"ranking{suffix}.png", title)
     for name, values in correlations.items():
         log(f"{name:<22} τ {values['kendall_tau']:+.3f} {values['kendall_tau_95']}  ρ {values['spearman_rho']:+.3f}")
+    if result["noise_ceiling"]:
+        log(f"noise ceiling: a perfect predictor reaches τ {result['noise_ceiling']['kendall_tau_median']:+.3f} "
+            f"{result['noise_ceiling']['kendall_tau_90']} against one run (one-run std "
+            f"{100 * result['noise_ceiling']['one_run_std']:.2f} pts)")
     return result
+
+
+def attempts(config: dict[str, Any]) -> dict[str, Any]:
+    """The improvement attempts of `evaluation.attempts`: the supernet scored as `evaluation` says
+    with each attempt's changes (e.g. more val images), correlated with the standalone val and test
+    accuracy like `evaluate`. Each finished attempt is kept in attempts.json; a rerun skips it."""
+    standalone = {n["id"]: read_json(HERE / "standalone" / f"{n['id']}.json") for n in networks_of()
+                  if (HERE / "standalone" / f"{n['id']}.json").is_file()}
+    networks = [network for network in networks_of() if network["id"] in standalone]
+    path = HERE / "attempts.json"
+    done = read_json(path) if path.is_file() else {}
+    settings = config["evaluation"]
+    for name, changes in settings.get("attempts", {}).items():
+        variant = {**{k: v for k, v in settings.items() if k != "attempts"}, **changes}
+        if name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks):
+            continue
+        log(f"attempt {name}: {changes} (load {loadavg()})")
+        scores = supernet_scores(config, networks, variant)
+        ids = [network["id"] for network in networks]
+        record: dict[str, Any] = {"settings": variant, "changes": changes, "networks": len(networks),
+                                  "load": loadavg(), "handlings": {}}
+        for handling, values in scores.items():
+            seconds = values.pop("_seconds_per_evaluation")
+            record["handlings"][handling] = {
+                "seconds_per_evaluation": round(seconds, 3),
+                **{f"correlations_with_standalone_{split}_accuracy": rank_correlations(
+                    [standalone[i]["accuracy"][split] for i in ids], [values[i] for i in ids],
+                    settings["bootstrap"], settings["bootstrap_seed"]) for split in ("val", "test")},
+                "scores": {i: round(values[i], 4) for i in ids}}
+            test = record["handlings"][handling]["correlations_with_standalone_test_accuracy"]
+            log(f"attempt {name} {handling}: τ vs test {test['kendall_tau']:+.3f} {test['kendall_tau_95']}")
+        done[name] = record
+        write_json(path, done)
+    return done
 
 
 def plot(rows, predictors, correlations, ids, path: Path, note: str = "") -> None:
@@ -424,8 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         elif phase == "seeds":
             chosen = shard(check_networks(config, networks_of(), "seed_check"), args.shard)
             train_networks(config, chosen, seed_recipe(config), "seeds")
-        else:
+        elif phase == "evaluate":
             evaluate(config, partial=args.partial)
+        else:
+            attempts(config)
     return 0
 
 

@@ -431,3 +431,30 @@ def test_recalibrated_scores_are_the_same_with_the_prefix_cache_and_reuse_one_se
     # the same candidate scored again from scratch gets the same statistics, hence the same score
     plain._cache.clear()
     assert plain.score(archs[0]) == cached.score(archs[0])
+
+
+def test_calibration_images_do_not_depend_on_the_callers_rng_so_another_process_scores_the_same():
+    """A resumed search (another process) re-checks recorded scores; with a shuffled, augmented
+    training loader the calibration images must be the same whatever torch's RNG did before."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nas.evaluators import SupernetEvaluator
+    from supernet import Supernet
+    from supernet.data import load_data
+
+    torch.manual_seed(0)
+    net = Supernet.from_space("efficientformer_v2", num_classes=10, resolution=32)
+    data = load_data("digits", 32)  # train is augmented (random shifts) from torch's RNG
+    archs = [net.space.sample(np.random.default_rng(seed)) for seed in range(3)]
+    scores, images = [], []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # what else the process drew before differs
+        evaluator = SupernetEvaluator(net, DataLoader(data.val, batch_size=64), max_batches=2, recalibrate=2,
+                                      calibration_loader=DataLoader(data.train, batch_size=16, shuffle=True))
+        scores.append([evaluator.score(arch) for arch in archs])
+        images.append(torch.cat(evaluator.calibration(2)))
+    assert torch.equal(images[0], images[1]) and scores[0] == scores[1]
+    first_batch = images[0][:16]
+    assert not torch.equal(first_batch, torch.cat([x for x, _ in list(DataLoader(data.train, batch_size=16))[:1]]))

@@ -1,0 +1,556 @@
+"""Study `search_fashion`: does greedy slimming find better networks than random search and
+regularized evolution at equal budgets, and than the EfficientFormerV2 references?
+
+    python experiments/search_fashion/run.py --phase search [--shard 1/2] [--only iphone12]
+    python experiments/search_fashion/run.py --phase rescore      # every pick on the test split
+    python experiments/search_fashion/run.py --phase standalone [--shard 1/2]
+    python experiments/search_fashion/run.py --phase evaluate     # tables, verdicts, plots
+    python experiments/search_fashion/run.py --phase all
+
+1. search: for every table and target (`targets_ms` and `target_fractions` x the largest network's
+   predicted latency), every strategy of the config, through `nas.api.run_search`, with the ranking
+   study's supernet as the evaluator (val split only). Greedy runs first at each target; its cost
+   sets the sampling strategies' budgets: a greedy search scores some candidates fully and only
+   screens the others on `screen_batches` of the `eval_batches` batches, so its budget in full
+   evaluations is `evaluations + ceil(screenings x screen_batches / eval_batches)`, and random
+   search and evolution get `budget_multiple` x that many evaluations. Scores are a deterministic
+   function of the architecture, so one score cache (a file) serves every search: sharing it changes
+   no result, only the wall time (each result records the evaluations it paid for, and the seconds
+   it took with the cache it found). Each search keeps a state file (a killed search resumes where
+   it stopped) and writes `searches/<table>/<target>/<run>.json` when it is done.
+2. rescore: every distinct pick's accuracy inside the supernet on the whole test split (nothing any
+   search decided read it), and for tables with `measure`, its latency measured on that device.
+3. standalone: per table and reference target, the most accurate pick on val (over every strategy
+   and seed: a decision, so it is made on val) and the reference network, trained from scratch with
+   the ranking study's recipe at each seed of `standalone.seeds` (checkpoints; a killed run resumes).
+4. evaluate: per target the strategies' val/test accuracy (mean and spread over seeds), latency,
+   params, MES, evaluations and wall time; the must-hold checks (greedy vs random at equal and at 5x
+   budget; found vs reference standalone, beyond the seed spread); plots of accuracy vs latency.
+
+Outputs (this folder): searches/, rescored.json, standalone/, results.json, results.csv, *.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from search_spaces import Architecture, get_space  # noqa: E402
+from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
+
+from experiments.study import load_settings, log, png_bytes, versions  # noqa: E402
+from lut import get_device, load_table  # noqa: E402
+from lut.devices import host_cpu, loadavg  # noqa: E402
+from nas.api import SearchRequest, run_search  # noqa: E402
+from nas.evaluators import SupernetEvaluation, SupernetEvaluator  # noqa: E402
+from nas.objectives import MobileEfficiencyScore  # noqa: E402
+from nas.strategies import RandomSearch, RegularizedEvolution  # noqa: E402
+from supernet.data import load_data  # noqa: E402
+from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
+
+PHASES = ("search", "rescore", "standalone", "evaluate")
+KEYS = ("space", "data", "threads", "supernet", "runs", "results", "evaluator", "tables", "strategies", "mes", "standalone")
+STRATEGY_KEYS = {"greedy": {"strategy", "objective"},
+                 "random": {"strategy", "objective", "seeds", "budget_multiple"},
+                 "evolution": {"strategy", "objective", "seeds", "budget_multiple", "population_size", "sample_size"}}
+
+
+# -- configuration -------------------------------------------------------------------------------
+def load_config(path: Path) -> dict[str, Any]:
+    config = load_settings(path, KEYS)
+    for name, settings in config["strategies"].items():
+        kind = settings.get("strategy")
+        if kind not in STRATEGY_KEYS:
+            raise SystemExit(f"{path}: strategies.{name}.strategy: {kind!r}; choose from {', '.join(STRATEGY_KEYS)}")
+        if set(settings) != STRATEGY_KEYS[kind]:
+            raise SystemExit(f"{path}: strategies.{name}: keys {sorted(settings)}; a {kind} run takes "
+                             f"{sorted(STRATEGY_KEYS[kind])}")
+    greedy = [name for name, settings in config["strategies"].items() if settings["strategy"] == "greedy"]
+    if not greedy or list(config["strategies"])[:len(greedy)] != greedy:
+        raise SystemExit(f"{path}: strategies: the greedy runs come first (they set the budgets)")
+    return config
+
+
+def results_of(config: dict[str, Any]) -> Path:
+    """The folder the study's outputs go to (`results`, relative to the repository root)."""
+    return ROOT / config["results"]
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def arch_key(arch: Architecture) -> str:
+    """A stable text key of an architecture (its dict, keys sorted)."""
+    return json.dumps(arch.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One search question: a table (by its config name) and a target latency in ms."""
+
+    table: str
+    latency_ms: float
+    label: str  # e.g. "1.1ms" or "0.45x"
+
+    def folder(self, results: Path) -> Path:
+        return results / "searches" / self.table / self.label
+
+
+def tables_of(config: dict[str, Any], space) -> dict[str, Any]:
+    tables = {}
+    for name, settings in config["tables"].items():
+        if "file" in settings:
+            tables[name] = load_table(ROOT / settings["file"])
+        else:
+            tables[name] = get_device(settings["device"]).default_table(space)
+    return tables
+
+
+def targets_of(config: dict[str, Any], space, tables: dict[str, Any]) -> list[Target]:
+    targets = []
+    for name, settings in config["tables"].items():
+        largest = float(tables[name].predict(space.largest()))
+        targets += [Target(name, float(ms), f"{ms:g}ms") for ms in settings["targets_ms"]]
+        targets += [Target(name, round(fraction * largest, 5), f"{fraction:g}x") for fraction in settings["target_fractions"]]
+    return targets
+
+
+def shard(items: list, text: str | None) -> list:
+    if not text:
+        return items
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise SystemExit(f"--shard {text}: give i/n with 1 <= i <= n")
+    return items[int(index) - 1::int(count)]
+
+
+# -- the shared, persistent score cache ----------------------------------------------------------
+class StoredScores:
+    """A `ScreeningEvaluator` in front of a `SupernetEvaluator` whose scores and screenings are kept
+    in a JSON file, so that every search of the study (and a resumed one) reuses what any search
+    computed. `computed` counts the scores this process had to compute."""
+
+    name = "supernet"
+
+    def __init__(self, evaluator: SupernetEvaluator, path: Path) -> None:
+        self.evaluator, self.path = evaluator, path
+        stored = read_json(path) if path.is_file() else {}
+        if stored and stored.get("settings") != evaluator.settings():
+            raise SystemExit(f"{path.relative_to(ROOT)}: scores of other evaluator settings "
+                             f"({stored.get('settings')}); remove it or change `runs`")
+        self.scores: dict[str, float] = dict(stored.get("scores", {}))
+        self.screened: dict[str, float] = dict(stored.get("screenings", {}))
+        self.computed = 0
+        self._unsaved = 0
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.scores)
+
+    @property
+    def screenings(self) -> int:
+        return len(self.screened)
+
+    def settings(self) -> dict[str, Any]:
+        return self.evaluator.settings()
+
+    def _lookup(self, store: dict[str, float], arch: Architecture, compute) -> float:
+        key = arch_key(arch)
+        if key not in store:
+            store[key] = float(compute(arch))
+            self.computed += 1
+            self._unsaved += 1
+            if self._unsaved >= 10:
+                self.save()
+        return store[key]
+
+    def score(self, arch: Architecture) -> float:
+        return self._lookup(self.scores, arch, self.evaluator.score)
+
+    def screen(self, arch: Architecture) -> float:
+        return self._lookup(self.screened, arch, self.evaluator.screen)
+
+    def save(self) -> None:
+        """Write the cache, merged with what another process (a second shard) wrote meanwhile."""
+        if self.path.is_file():
+            stored = read_json(self.path)
+            self.scores = {**stored.get("scores", {}), **self.scores}
+            self.screened = {**stored.get("screenings", {}), **self.screened}
+        write_json(self.path, {"settings": self.evaluator.settings(), "scores": self.scores,
+                               "screenings": self.screened})
+        self._unsaved = 0
+
+
+def evaluation_spec(config: dict[str, Any]) -> SupernetEvaluation:
+    settings = config["evaluator"]
+    return SupernetEvaluation(ROOT / config["supernet"], config["data"], split="val",
+                              recalibrate=settings["recalibrate"], eval_batches=settings["eval_batches"],
+                              batch_size=settings["batch_size"], screen_batches=settings["screen_batches"])
+
+
+def build_evaluator(config: dict[str, Any], space) -> StoredScores:
+    evaluator, _ = evaluation_spec(config).build(space, seed=0)
+    return StoredScores(evaluator, ROOT / config["runs"] / "scores.json")
+
+
+# -- 1. search -----------------------------------------------------------------------------------
+def runs_of(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], int | None]]:
+    """(run name, strategy settings, seed) in config order; greedy runs have no seed."""
+    for name, settings in config["strategies"].items():
+        if settings["strategy"] == "greedy":
+            yield name, settings, None
+        else:
+            for seed in settings["seeds"]:
+                yield f"{name}_seed{seed}", settings, int(seed)
+
+
+def greedy_budget(config: dict[str, Any], target: Target) -> int:
+    """The target's largest greedy cost in full evaluations (screenings at their share of a full one)."""
+    share = config["evaluator"]["screen_batches"] / config["evaluator"]["eval_batches"]
+    costs = []
+    for name, settings in config["strategies"].items():
+        if settings["strategy"] == "greedy":
+            path = target.folder(results_of(config)) / f"{name}.json"
+            if not path.is_file():
+                raise SystemExit(f"{path.relative_to(ROOT)} is missing: the greedy runs set the budgets")
+            result = read_json(path)
+            costs.append(result["evaluations"] + math.ceil(result["screenings"] * share))
+    return max(costs)
+
+
+def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, target: Target, run: str,
+               settings: dict[str, Any], seed: int | None) -> None:
+    out = target.folder(results_of(config)) / f"{run}.json"
+    if out.is_file():
+        return
+    mes = MobileEfficiencyScore(**config["mes"])
+    state = ROOT / config["runs"] / "state" / target.table / target.label / f"{run}.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    budget = None
+    if settings["strategy"] == "greedy":
+        strategy: Any = "greedy"
+    else:
+        budget = greedy_budget(config, target) * int(settings["budget_multiple"])
+        if settings["strategy"] == "random":
+            strategy = RandomSearch(budget=budget, seed=seed)
+        else:
+            strategy = RegularizedEvolution(budget=budget, seed=seed, population_size=settings["population_size"],
+                                            sample_size=settings["sample_size"])
+    shortlist = config["evaluator"]["shortlist"] if settings["strategy"] == "greedy" else 0
+    request = SearchRequest(space.name, table, target.latency_ms, evaluator=evaluator, objective=settings["objective"],
+                            mes=mes, strategy=strategy, seed=seed or 0, state_path=state, shortlist=shortlist)
+    log(f"{target.table} {target.label} ({target.latency_ms:.3f} ms) {run}: searching (budget {budget}, load {loadavg()})")
+    started, computed = time.perf_counter(), evaluator.computed
+    outcome = run_search(request, progress=True)
+    evaluator.save()
+    seconds = time.perf_counter() - started
+    if not outcome.reachable:
+        raise SystemExit(f"{target.table} {target.label}: unreachable (smallest {outcome.smallest_latency:.4f} ms)")
+    result = outcome.result
+    write_json(out, {
+        "table": target.table, "target_ms": target.latency_ms, "target": target.label, "run": run,
+        "strategy": settings["strategy"], "objective": settings["objective"], "seed": seed, "budget": budget,
+        "evaluations": result.evaluations, "screenings": result.screenings,
+        "seconds": round(seconds, 1), "computed_this_run": evaluator.computed - computed, "load_at_end": loadavg(),
+        "pick": {"arch": result.arch.to_dict(), "val_accuracy": result.score, "latency_ms": result.latency,
+                 "params": result.params, "mes": result.mes},
+        "steps": len(result.steps) if settings["strategy"] == "greedy" else None,
+        "path": [step.to_dict() for step in result.steps] if settings["strategy"] == "greedy" else None,
+        "evaluated": None if settings["strategy"] == "greedy" else
+        [{"latency": step.latency, "params": step.params, "score": step.score} for step in result.steps],
+    })
+    log(f"{target.table} {target.label} {run}: {result.score:.2f}% val at {result.latency:.3f} ms, "
+        f"{result.evaluations} evaluations + {result.screenings} screenings, {seconds:.0f} s")
+
+
+def search_phase(config: dict[str, Any], shard_text: str | None, only: str | None) -> None:
+    space = get_space(config["space"])
+    tables = tables_of(config, space)
+    targets = [t for t in targets_of(config, space, tables) if only is None or t.table == only]
+    evaluator = build_evaluator(config, space)
+    # greedy first everywhere (the budgets), then the sampling runs; sharded by target
+    for target in shard(targets, shard_text):
+        for run, settings, seed in runs_of(config):
+            search_one(config, space, tables[target.table], evaluator, target, run, settings, seed)
+
+
+def search_results(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [read_json(path) for path in sorted((results_of(config) / "searches").glob("*/*/*.json"))]
+
+
+# -- 2. rescore ----------------------------------------------------------------------------------
+def rescore_phase(config: dict[str, Any]) -> None:
+    path = results_of(config) / "rescored.json"
+    rescored = read_json(path) if path.is_file() else {"test_accuracy": {}, "measured_ms": {}}
+    space = get_space(config["space"])
+    stored = build_evaluator(config, space)
+    evaluator = stored.evaluator
+    rescored.setdefault("reference_val_accuracy", {})
+    for name in space.references():  # the references as a search would have scored them (val)
+        rescored["reference_val_accuracy"][name] = stored.score(space.reference(name))
+    stored.save()
+    picks = {}
+    for result in search_results(config):
+        picks[arch_key(Architecture.from_dict(result["pick"]["arch"]))] = result["table"]
+    for name in space.references():
+        picks.setdefault(arch_key(space.reference(name)), "")
+    for index, (key, table) in enumerate(sorted(picks.items())):
+        arch = Architecture.from_dict(json.loads(key))
+        if key not in rescored["test_accuracy"]:
+            rescored["test_accuracy"][key] = evaluator.test_accuracy(arch)
+            log(f"rescore {index + 1}/{len(picks)}: test {rescored['test_accuracy'][key]:.2f}%")
+            write_json(path, rescored)
+        device_name = config["tables"].get(table, {}).get("measure") if table else None
+        if device_name and f"{device_name}|{key}" not in rescored["measured_ms"]:
+            record = get_device(device_name, threads=config["threads"]).profile_network(arch)
+            rescored["measured_ms"][f"{device_name}|{key}"] = record.p50_ms
+            write_json(path, rescored)
+
+
+# -- 3. standalone -------------------------------------------------------------------------------
+def comparisons(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per reference target: the most accurate pick on val (any strategy, any seed) and the reference."""
+    space = get_space(config["space"])
+    results = search_results(config)
+    compared = []
+    for table, settings in config["tables"].items():
+        for reference, target_ms in settings["references"].items():
+            label = f"{float(target_ms):g}ms"
+            candidates = [r for r in results if r["table"] == table and r["target"] == label]
+            if not candidates:
+                continue
+            best = max(candidates, key=lambda r: r["pick"]["val_accuracy"])
+            compared.append({"table": table, "target": label, "reference": reference,
+                             "found": {"run": best["run"], "arch": best["pick"]["arch"]},
+                             "reference_arch": space.reference(reference).to_dict()})
+    return compared
+
+
+def recipe_of(config: dict[str, Any], seed: int) -> StandaloneRecipe:
+    settings = {key: value for key, value in config["standalone"].items() if key != "seeds"}
+    return StandaloneRecipe(**settings, seed=seed)
+
+
+def standalone_phase(config: dict[str, Any], shard_text: str | None) -> None:
+    jobs = []
+    for comparison in comparisons(config):
+        for role in ("found", "reference"):
+            arch = comparison["found"]["arch"] if role == "found" else comparison["reference_arch"]
+            name = f"{comparison['table']}_{comparison['target']}_{role}"
+            jobs += [(name, arch, int(seed)) for seed in config["standalone"]["seeds"]]
+    for name, arch_dict, seed in shard(jobs, shard_text):
+        out = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
+        recipe = recipe_of(config, seed)
+        if out.is_file() and read_json(out)["arch"] == arch_dict and read_json(out)["recipe"] == dataclasses.asdict(recipe):
+            continue
+        bundle = load_data(config["data"], get_resolution(config), seed)
+        digest = hashlib.sha256(arch_key(Architecture.from_dict(arch_dict)).encode()).hexdigest()[:12]
+        checkpoint = ROOT / config["runs"] / "standalone" / f"{name}_seed{seed}_{digest}.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        log(f"standalone {name} seed {seed}: training (load {loadavg()})")
+        result = train_standalone(Architecture.from_dict(arch_dict), bundle, recipe, checkpoint, label=name)
+        write_json(out, {"name": name, "seed": seed, "arch": arch_dict, "recipe": dataclasses.asdict(recipe),
+                         **result.to_dict()})
+        log(f"standalone {name} seed {seed}: test {100 * result.accuracy['test']:.2f}%")
+
+
+def get_resolution(config: dict[str, Any]) -> int:
+    """The supernet's training resolution (what every searched network is trained and scored at)."""
+    from supernet.supernet import read_checkpoint
+
+    return int(read_checkpoint(ROOT / config["supernet"])["resolution"])
+
+
+# -- 4. evaluate ---------------------------------------------------------------------------------
+def spread(values: list[float]) -> dict[str, Any]:
+    array = np.asarray(values, dtype=float)
+    return {"mean": round(float(array.mean()), 4), "std": round(float(array.std(ddof=1)), 4) if len(array) > 1 else None,
+            "min": round(float(array.min()), 4), "max": round(float(array.max()), 4), "n": len(array)}
+
+
+def group_of(run: str) -> str:
+    return run.split("_seed")[0]
+
+
+def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
+    results = search_results(config)
+    if not results:
+        raise SystemExit("no search results: run --phase search first")
+    rescored = read_json(results_of(config) / "rescored.json") if (results_of(config) / "rescored.json").is_file() else {"test_accuracy": {}, "measured_ms": {}}
+    rows, targets = [], {}
+    for result in results:
+        key = arch_key(Architecture.from_dict(result["pick"]["arch"]))
+        device = config["tables"][result["table"]].get("measure")
+        row = {"table": result["table"], "target": result["target"], "target_ms": result["target_ms"],
+               "strategy": group_of(result["run"]), "run": result["run"], "seed": result["seed"],
+               "val_accuracy": round(result["pick"]["val_accuracy"], 4),
+               "test_accuracy": None if key not in rescored["test_accuracy"] else round(rescored["test_accuracy"][key], 4),
+               "latency_ms": round(result["pick"]["latency_ms"], 5),
+               "measured_ms": rescored["measured_ms"].get(f"{device}|{key}") if device else None,
+               "params": result["pick"]["params"], "mes": round(result["pick"]["mes"], 4),
+               "evaluations": result["evaluations"], "screenings": result["screenings"],
+               "budget": result["budget"], "seconds": result["seconds"],
+               "seconds_per_step": round(result["seconds"] / max(result["steps"] - 1, 1), 1) if result["steps"] else None}
+        rows.append(row)
+        targets.setdefault((result["table"], result["target"]), []).append(row)
+    summary, checks = {}, {"greedy_vs_random": [], "greedy_vs_random_5x": []}
+    for (table, label), members in sorted(targets.items()):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in members:
+            groups.setdefault(row["strategy"], []).append(row)
+        per = {name: {metric: spread([r[metric] for r in group if r[metric] is not None])
+                      for metric in ("val_accuracy", "test_accuracy", "latency_ms", "evaluations", "seconds")
+                      if any(r[metric] is not None for r in group)} for name, group in groups.items()}
+        summary[f"{table} {label}"] = per
+        for greedy in (name for name in per if config["strategies"][name]["strategy"] == "greedy"):
+            for rival, check in (("random", "greedy_vs_random"), ("random_5x", "greedy_vs_random_5x")):
+                if rival in per and "test_accuracy" in per[greedy] and "test_accuracy" in per[rival]:
+                    ours, theirs = per[greedy]["test_accuracy"]["mean"], per[rival]["test_accuracy"]["mean"]
+                    checks[check].append({"table": table, "target": label, "greedy": greedy, "greedy_test": ours,
+                                          "rival_test_mean": theirs, "rival_test_max": per[rival]["test_accuracy"]["max"],
+                                          "holds": ours >= theirs})
+    verdicts = standalone_verdicts(config)
+    result = {"study": "search_fashion", "config": config,
+              "machine": {"cpu": host_cpu(), "platform": platform.platform(), "load_at_evaluation": loadavg()},
+              "versions": versions("torch", "numpy", "onnxruntime"),
+              "searches": len(results), "summary": summary, "checks": checks,
+              "must_hold": {"greedy_at_least_random_at_every_target": bool(checks["greedy_vs_random"]) and all(
+                                c["holds"] for c in checks["greedy_vs_random"]),
+                            "greedy_at_least_random_5x_at_most_targets": bool(checks["greedy_vs_random_5x"]) and sum(
+                                c["holds"] for c in checks["greedy_vs_random_5x"]) > len(checks["greedy_vs_random_5x"]) / 2,
+                            "found_not_worse_than_references": bool(verdicts["comparisons"]) and all(
+                                v["verdict"] != "reference better" for v in verdicts["comparisons"])},
+              "standalone": verdicts, "reference_val_accuracy": rescored.get("reference_val_accuracy", {}),
+              "rows": rows}
+    write_json(results_of(config) / "results.json", result)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(results_of(config) / "results.csv", buffer.getvalue())
+    for table in config["tables"]:
+        plot_table(config, table, results, rescored)
+    for name, items in checks.items():
+        for c in items:
+            log(f"{name}: {c['table']} {c['target']} {c['greedy']} test {c['greedy_test']:.2f}% vs "
+                f"{c['rival_test_mean']:.2f}% (max {c['rival_test_max']:.2f}%): {'holds' if c['holds'] else 'MISSED'}")
+    return result
+
+
+def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
+    """Found vs reference, trained standalone: mean test accuracy over seeds, and the difference
+    against twice its standard error from the recipe's pooled one-run spread (seed differences)."""
+    runs: dict[str, dict[int, float]] = {}
+    for path in sorted((results_of(config) / "standalone").glob("*.json")):
+        data = read_json(path)
+        runs.setdefault(data["name"], {})[data["seed"]] = 100 * data["accuracy"]["test"]
+    differences = [a - b for seeds in runs.values() if len(seeds) > 1 for a, b in zip(list(seeds.values()), list(seeds.values())[1:])]
+    one_run_std = float(np.sqrt(np.mean(np.square(differences)) / 2)) if differences else None
+    compared = []
+    for comparison in comparisons(config):
+        prefix = f"{comparison['table']}_{comparison['target']}"
+        found, reference = runs.get(f"{prefix}_found", {}), runs.get(f"{prefix}_reference", {})
+        if not found or not reference:
+            continue
+        difference = float(np.mean(list(found.values())) - np.mean(list(reference.values())))
+        error = None if one_run_std is None else one_run_std * math.sqrt(1 / len(found) + 1 / len(reference))
+        verdict = ("unknown spread" if error is None else "found better" if difference > 2 * error
+                   else "reference better" if difference < -2 * error else "tie within the seed spread")
+        compared.append({**{k: comparison[k] for k in ("table", "target", "reference")}, "found_run": comparison["found"]["run"],
+                         "found_test": found, "reference_test": reference, "difference_points": round(difference, 3),
+                         "standard_error_points": None if error is None else round(error, 3), "verdict": verdict})
+    return {"one_run_std_points": None if one_run_std is None else round(one_run_std, 3), "comparisons": compared}
+
+
+def plot_table(config: dict[str, Any], table: str, results: list[dict[str, Any]], rescored: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in results if r["table"] == table]
+    labels = sorted({r["target"] for r in mine}, key=lambda label: min(r["target_ms"] for r in mine if r["target"] == label))
+    if not labels:
+        return
+    colours = dict(zip(config["strategies"], ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:red", "tab:purple")))
+    figure, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8), squeeze=False)
+    for axis, label in zip(axes[0], labels):
+        for result in (r for r in mine if r["target"] == label):
+            colour = colours.get(group_of(result["run"]), "grey")
+            if result["path"]:
+                axis.plot([s["latency"] for s in result["path"]], [s["score"] for s in result["path"]], "-o",
+                          ms=2, lw=1, color=colour, label=group_of(result["run"]))
+            else:
+                axis.scatter([e["latency"] for e in result["evaluated"]], [e["score"] for e in result["evaluated"]],
+                             s=3, alpha=0.25, color=colour)
+            axis.scatter([result["pick"]["latency_ms"]], [result["pick"]["val_accuracy"]], marker="*", s=90,
+                         color=colour, edgecolor="black", lw=0.5, zorder=5)
+        target_ms = next(r["target_ms"] for r in mine if r["target"] == label)
+        axis.axvline(target_ms, color="black", ls=":", lw=1)
+        for name, accuracy in rescored.get("reference_val_accuracy", {}).items():
+            reference_ms = float(tables_of(config, get_space(config["space"]))[table].predict(get_space(config["space"]).reference(name)))
+            axis.scatter([reference_ms], [accuracy], marker="D", s=30, color="black", zorder=6)
+            axis.annotate(name.upper(), (reference_ms, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.set_title(f"{table}, target {label} ({target_ms:.2f} ms)", fontsize=9)
+        axis.set_xlabel("predicted latency (ms)")
+        axis.set_ylabel("val accuracy in the supernet (%)")
+        axis.grid(alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    handles += [plt.Line2D([], [], marker="o", ls="", color=colour, alpha=0.5) for name, colour in colours.items()
+                if config["strategies"][name]["strategy"] != "greedy"]
+    names += [f"{name} (evaluated)" for name in colours if config["strategies"][name]["strategy"] != "greedy"]
+    figure.legend(handles, names, loc="lower center", ncol=len(names), fontsize=7)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    write_bytes_atomic(results_of(config) / f"search_{table}.png", png_bytes(figure))
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
+    parser.add_argument("--phase", required=True, choices=(*PHASES, "all"))
+    parser.add_argument("--shard", help="search (by target) / standalone: every n-th piece (i/n), for parallel processes")
+    parser.add_argument("--only", help="search: only this table (a name under `tables`)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    if args.only is not None and args.only not in config["tables"]:
+        raise SystemExit(f"--only {args.only}: choose from {', '.join(config['tables'])}")
+    torch.set_num_threads(int(config["threads"]))
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    for phase in phases:
+        if phase == "search":
+            search_phase(config, args.shard, args.only)
+        elif phase == "rescore":
+            rescore_phase(config)
+        elif phase == "standalone":
+            standalone_phase(config, args.shard)
+        else:
+            evaluate_phase(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
