@@ -31,8 +31,19 @@ MAX_BATCHES = 100_000
 #: BN recalibration batches for a candidate whose statistics were never trained (64 images each:
 #: enough for stable per-channel means at these widths; see supernet.training.recalibrate_bn)
 AUTO_RECALIBRATION_BATCHES = 10
+#: the default bound on the bytes of activations `SupernetEvaluator`'s prefix cache keeps
+PREFIX_CACHE_BYTES = 2 * 2**30
 #: torch's RNG seed while calibration batches are read (see `SupernetEvaluator.calibration`)
 CALIBRATION_SEED = 0
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes held by the tensors in `value` (a tensor, or lists/tuples of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
 
 
 def check_screen_batches(screen_batches: int, evaluation_batches: int) -> None:
@@ -191,7 +202,10 @@ class SupernetEvaluator:
     images, so each cached prefix also keeps the calibration activations (train-mode outputs, what
     the next stage's BatchNorms are estimated on), and a candidate recalibrates and runs only the
     stages from its first new one on; the scores equal `recalibrate_bn` on the whole network.
-    `prefix_cache` bounds how many prefixes are kept (each holds one activation tensor per batch).
+    `prefix_cache` bounds how many prefixes are kept (each holds one activation tensor per batch),
+    `prefix_cache_bytes` how many bytes of activations they hold together (least recently used
+    first out; a prefix larger than the whole budget is not kept): with 10,000 images at 64 px one
+    early-stage prefix is over a gigabyte, so a count alone does not bound memory.
 
     `screen_batches` > 0 also offers `screen(arch)`: the same accuracy with the same BN handling on
     only the first `screen_batches` evaluation batches, a cheaper and noisier estimate of `score`
@@ -205,13 +219,17 @@ class SupernetEvaluator:
 
     def __init__(self, net, loader, max_batches: int | None = None, recalibrate: int = 0,
                  calibration_loader=None, prefix_cache: int = 256, split: str = "val", test_loader=None,
-                 screen_batches: int = 0, calibration_images: list[torch.Tensor] | None = None) -> None:
+                 screen_batches: int = 0, calibration_images: list[torch.Tensor] | None = None,
+                 prefix_cache_bytes: int | None = None) -> None:
         self.net = net
         self.split = split
         self.test_loader = test_loader
         # a prefix's activations: one tensor per batch (with recalibration: calibration and evaluation lists)
         self._prefixes: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self.prefix_cache = prefix_cache
+        self.prefix_cache_bytes = PREFIX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
+        self._prefix_sizes: dict[tuple, int] = {}
+        self._prefix_bytes = 0
         self.batches = list(itertools.islice(loader, max_batches))
         if not self.batches:
             raise ValueError("the evaluation data has no batches")
@@ -227,7 +245,8 @@ class SupernetEvaluator:
         check_screen_batches(screen_batches, len(self.batches))
         self._screener = (SupernetEvaluator(net, self.batches[:screen_batches], None, recalibrate,
                                             self.calibration_loader, prefix_cache, split,
-                                            calibration_images=self._calibration) if screen_batches else None)
+                                            calibration_images=self._calibration,
+                                            prefix_cache_bytes=self.prefix_cache_bytes) if screen_batches else None)
 
     def score(self, arch: Architecture) -> float:
         value = self._cache.get(arch)
@@ -316,12 +335,23 @@ class SupernetEvaluator:
         cached = self._prefixes.get(key)
         if cached is None:
             cached = compute()
-            self._prefixes[key] = cached
-            if len(self._prefixes) > self.prefix_cache:
-                self._prefixes.popitem(last=False)
+            size = _tensor_bytes(cached)
+            if size <= self.prefix_cache_bytes:
+                self._prefixes[key] = cached
+                self._prefix_sizes[key] = size
+                self._prefix_bytes += size
+            while self._prefixes and (len(self._prefixes) > self.prefix_cache
+                                      or self._prefix_bytes > self.prefix_cache_bytes):
+                evicted, _ = self._prefixes.popitem(last=False)
+                self._prefix_bytes -= self._prefix_sizes.pop(evicted)
         else:
             self._prefixes.move_to_end(key)
         return cached
+
+    @property
+    def prefix_cache_bytes_used(self) -> int:
+        """Bytes of activations the prefix cache holds now (at most `prefix_cache_bytes`)."""
+        return self._prefix_bytes
 
     def settings(self) -> dict[str, Any]:
         settings = {"name": self.name, "split": self.split, "recalibrate_batches": self.recalibrate,

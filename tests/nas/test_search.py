@@ -388,6 +388,14 @@ def test_stage_prefix_cache_gives_the_same_accuracies_as_full_forwards():
     archs += [space.sample(np.random.default_rng(seed)) for seed in range(4)]
     assert [cached.score(a) for a in archs] == [plain.score(a) for a in archs]
     assert len(cached._prefixes) <= 8
+    # a byte budget bounds the memory whatever the count allows, and changes no score
+    stem_bytes = 64 * 3 * 16 * 16 * 4  # 64 images of a narrow stem's output at 1/2 resolution, at least
+    small = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), prefix_cache=256,
+                              prefix_cache_bytes=3 * stem_bytes)
+    assert [small.score(a) for a in archs] == [plain.score(a) for a in archs]
+    assert 0 < small.prefix_cache_bytes_used <= 3 * stem_bytes and len(small._prefixes) < len(cached._prefixes)
+    none = SupernetEvaluator(net, DataLoader(data.val, batch_size=8), prefix_cache_bytes=1)
+    assert [none.score(a) for a in archs[:3]] == [plain.score(a) for a in archs[:3]] and not none._prefixes
 
 
 def test_recalibrated_scores_are_the_same_with_the_prefix_cache_and_reuse_one_set_of_calibration_images():
