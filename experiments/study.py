@@ -57,6 +57,33 @@ def load_settings(path: Path, keys: Sequence[str]) -> dict[str, Any]:
     return config
 
 
+def write_json(path: Path, data: Any) -> None:
+    """`data` as indented JSON at `path` (folders made), written atomically."""
+    import json
+
+    from search_spaces.files import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def shard(items: list, text: str | None) -> list:
+    """Every n-th item from the i-th for `--shard i/n` (all items without it), so that n processes
+    share a phase; a malformed value ends the run with one line."""
+    if not text:
+        return items
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise SystemExit(f"--shard {text}: give i/n with 1 <= i <= n")
+    return items[int(index) - 1::int(count)]
+
+
 def versions(*modules: str) -> dict[str, str]:
     """`module.__version__` of each named module, in the order given."""
     return {name: importlib.import_module(name).__version__ for name in modules}

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
-from experiments.study import load_settings, log, png_bytes, versions  # noqa: E402
+from experiments.study import load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.api import SearchRequest, run_search  # noqa: E402
@@ -93,15 +93,6 @@ def results_of(config: dict[str, Any]) -> Path:
     return ROOT / config["results"]
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def arch_key(arch: Architecture) -> str:
     """A stable text key of an architecture (its dict, keys sorted)."""
     return json.dumps(arch.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -136,15 +127,6 @@ def targets_of(config: dict[str, Any], space, tables: dict[str, Any]) -> list[Ta
         targets += [Target(name, float(ms), f"{ms:g}ms") for ms in settings["targets_ms"]]
         targets += [Target(name, round(fraction * largest, 5), f"{fraction:g}x") for fraction in settings["target_fractions"]]
     return targets
-
-
-def shard(items: list, text: str | None) -> list:
-    if not text:
-        return items
-    index, _, count = text.partition("/")
-    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
-        raise SystemExit(f"--shard {text}: give i/n with 1 <= i <= n")
-    return items[int(index) - 1::int(count)]
 
 
 # -- the shared, persistent score cache ----------------------------------------------------------
@@ -361,12 +343,14 @@ def standalone_phase(config: dict[str, Any], shard_text: str | None) -> None:
             arch = comparison["found"]["arch"] if role == "found" else comparison["reference_arch"]
             name = f"{comparison['table']}_{comparison['target']}_{role}"
             jobs += [(name, arch, int(seed)) for seed in config["standalone"]["seeds"]]
+    resolution = get_resolution(config)
+    bundle = load_data(config["data"], resolution)  # the data do not depend on the recipe's seed
     for name, arch_dict, seed in shard(jobs, shard_text):
         out = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
         recipe = recipe_of(config, seed)
-        if out.is_file() and read_json(out)["arch"] == arch_dict and read_json(out)["recipe"] == dataclasses.asdict(recipe):
+        done = read_json(out) if out.is_file() else {}
+        if done.get("arch") == arch_dict and done.get("recipe") == dataclasses.asdict(recipe):
             continue
-        bundle = load_data(config["data"], get_resolution(config), seed)
         digest = hashlib.sha256(arch_key(Architecture.from_dict(arch_dict)).encode()).hexdigest()[:12]
         checkpoint = ROOT / config["runs"] / "standalone" / f"{name}_seed{seed}_{digest}.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -496,6 +480,10 @@ def plot_table(config: dict[str, Any], table: str, results: list[dict[str, Any]]
     if not labels:
         return
     colours = dict(zip(config["strategies"], ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:red", "tab:purple")))
+    space = get_space(config["space"])
+    predictor = tables_of(config, space)[table]
+    references = {name: (float(predictor.predict(space.reference(name))), accuracy)
+                  for name, accuracy in rescored.get("reference_val_accuracy", {}).items()}
     figure, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8), squeeze=False)
     for axis, label in zip(axes[0], labels):
         for result in (r for r in mine if r["target"] == label):
@@ -510,8 +498,7 @@ def plot_table(config: dict[str, Any], table: str, results: list[dict[str, Any]]
                          color=colour, edgecolor="black", lw=0.5, zorder=5)
         target_ms = next(r["target_ms"] for r in mine if r["target"] == label)
         axis.axvline(target_ms, color="black", ls=":", lw=1)
-        for name, accuracy in rescored.get("reference_val_accuracy", {}).items():
-            reference_ms = float(tables_of(config, get_space(config["space"]))[table].predict(get_space(config["space"]).reference(name)))
+        for name, (reference_ms, accuracy) in references.items():
             axis.scatter([reference_ms], [accuracy], marker="D", s=30, color="black", zorder=6)
             axis.annotate(name.upper(), (reference_ms, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axis.set_title(f"{table}, target {label} ({target_ms:.2f} ms)", fontsize=9)

@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture, count_macs, count_params, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
-from experiments.study import load_settings, log, png_bytes, versions  # noqa: E402
+from experiments.study import load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
 from lut import get_device  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from supernet.data import load_data, stratified_subset  # noqa: E402
@@ -74,15 +74,6 @@ KEYS = ("space", "data", "resolution", "num_classes", "device", "threads", "chec
 
 def load_config(path: Path) -> dict[str, Any]:
     return load_settings(path, KEYS)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # -- 1. selection --------------------------------------------------------------------------------
@@ -181,15 +172,6 @@ def train_networks(config: dict[str, Any], networks: list[dict[str, Any]], recip
                          "checkpoint": str(checkpoint.relative_to(ROOT)), **result.to_dict()})
         log(f"{folder} {network['id']}: test {100 * result.accuracy['test']:.2f}%, val "
             f"{100 * result.accuracy['val']:.2f}% in {result.seconds:.0f} s")
-
-
-def shard(items: list, text: str | None) -> list:
-    if not text:
-        return items
-    index, count = (int(part) for part in text.split("/"))
-    if not 1 <= index <= count:
-        raise SystemExit(f"--shard {text}: give i/n with 1 <= i <= n")
-    return items[index - 1::count]
 
 
 def check_networks(config: dict[str, Any], networks: list[dict[str, Any]], check: str = "budget_check"
