@@ -47,7 +47,12 @@ def load_settings(path: Path, keys: Sequence[str]) -> dict[str, Any]:
     file that is not a mapping, ends the run with one line naming it."""
     import yaml
 
-    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not Path(path).is_file():
+        raise SystemExit(f"--config {path}: no such file")
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SystemExit(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(config, dict):
         raise SystemExit(f"{path}: not a mapping of settings")
     missing = [key for key in keys if key not in config]
@@ -82,6 +87,18 @@ def shard(items: list, text: str | None) -> list:
     if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
         raise SystemExit(f"--shard {text}: give i/n with 1 <= i <= n")
     return items[int(index) - 1::int(count)]
+
+
+def exit_code_of(main: Any) -> int:
+    """Run a runner's `main()`; a refusal (`SystemExit` with a message: bad settings, a bad option,
+    a phase run too early) is printed as its one line and exits 2, as every latnas command does."""
+    try:
+        return int(main() or 0)
+    except SystemExit as error:
+        if isinstance(error.code, str):
+            print(error.code, file=sys.stderr)
+            return 2
+        raise
 
 
 def versions(*modules: str) -> dict[str, str]:

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
-from experiments.study import load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
+from experiments.study import exit_code_of, load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.api import SearchRequest, run_search  # noqa: E402
@@ -540,4 +540,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))

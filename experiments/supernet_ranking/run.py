@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture, count_macs, count_params, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
-from experiments.study import load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
+from experiments.study import exit_code_of, load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
 from lut import get_device  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from supernet.data import load_data, stratified_subset  # noqa: E402
@@ -505,4 +505,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))
