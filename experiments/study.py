@@ -89,6 +89,81 @@ def shard(items: list, text: str | None) -> list:
     return items[int(index) - 1::int(count)]
 
 
+class Claim:
+    """A job taken by one of several processes that share a phase (`with Claim(path) as mine:`):
+    `mine` is True when this process created the claim file `path` (it holds its PID), or took it
+    over from a process that is no longer running (a killed run); False while a running process
+    holds it. The file is removed on leaving the block, so a job left unfinished by a crash is
+    free again. Claims live in a study's git-ignored `runs` folder: PIDs mean nothing elsewhere."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mine = False
+
+    def __enter__(self) -> bool:
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):  # a stale claim is removed once, then taken like a free one
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if _holder_running(self.path):
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(handle, "w") as file:
+                file.write(str(os.getpid()))
+            self.mine = True
+            return True
+        return False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mine:
+            self.path.unlink(missing_ok=True)
+
+
+def _holder_running(path: Path) -> bool:
+    import os
+
+    try:
+        pid = int(path.read_text(encoding="utf-8").strip() or 0)
+    except (OSError, ValueError):
+        return True  # being written by the process that just created it
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FileLock:
+    """An exclusive `fcntl` lock on `path` for the block (`with FileLock(path):`): processes that
+    read, merge and rewrite one shared file take turns, so none overwrites what another added."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def __enter__(self) -> "FileLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a")
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
 def exit_code_of(main: Any) -> int:
     """Run a runner's `main()`; a refusal (`SystemExit` with a message: bad settings, a bad option,
     a phase run too early) is printed as its one line and exits 2, as every latnas command does."""

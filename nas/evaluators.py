@@ -222,6 +222,7 @@ class SupernetEvaluator:
                  screen_batches: int = 0, calibration_images: list[torch.Tensor] | None = None,
                  prefix_cache_bytes: int | None = None) -> None:
         self.net = net
+        self._weights_sha256: str | None = None
         self.split = split
         self.test_loader = test_loader
         # a prefix's activations: one tensor per batch (with recalibration: calibration and evaluation lists)
@@ -353,9 +354,22 @@ class SupernetEvaluator:
         """Bytes of activations the prefix cache holds now (at most `prefix_cache_bytes`)."""
         return self._prefix_bytes
 
+    @property
+    def weights_sha256(self) -> str:
+        """The sha256 of the supernet's weights and buffers (`supernet.checkpoint.content_digest`
+        of its state dict), computed once: which trained supernet the scores come from. A score
+        cache or a resumed search keyed on `settings()` then never mixes two supernets' scores,
+        not even two trainings of one config (a checkpoint's own digest covers its training log,
+        which holds wall times, so it differs between identical trainings; this does not)."""
+        if self._weights_sha256 is None:
+            from supernet.checkpoint import content_digest
+
+            self._weights_sha256 = content_digest(dict(self.net.state_dict()))
+        return self._weights_sha256
+
     def settings(self) -> dict[str, Any]:
         settings = {"name": self.name, "split": self.split, "recalibrate_batches": self.recalibrate,
-                    "images": sum(len(y) for _, y in self.batches)}
+                    "images": sum(len(y) for _, y in self.batches), "weights_sha256": self.weights_sha256}
         if self._screener is not None:
             settings["screen_images"] = sum(len(y) for _, y in self._screener.batches)
         return settings

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tqdm import tqdm
+
 from search_spaces import Architecture, ArchitectureError
 
 from nas.actions import ActionSet, v2_actions
@@ -122,9 +124,12 @@ def greedy_search(
     on_step: Callable[[Step], None] | None = None,
     state_path: str | Path | None = None,
     shortlist: int = 0,
+    progress: bool = False,
 ) -> SearchResult:
     """Slim from `start` (default the largest network) until `problem` is met, one action a step as
-    the module says; return the end and the path.
+    the module says; return the end and the path. `progress` shows a tqdm bar on stderr over the
+    milliseconds between the start's predicted latency and the target (a step's length is not
+    known in advance; the latency it buys is).
 
     Each distinct candidate is scored once (with `shortlist` > 0: screened once, and scored once
     if it makes a shortlist). `on_step` sees every step as it is taken (on resume, only the steps
@@ -153,10 +158,15 @@ def greedy_search(
             on_step(step)
 
     latency, params = problem.price(arch)
+    bar = tqdm(total=round(max(latency - problem.target_latency, 0.0), 4), unit="ms", desc="greedy",
+               disable=not progress, leave=False, bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ms{postfix}")
     score = scores.score(arch)
     take(Step("start", "starting architecture", 0.0, 0.0, 0, latency, params, problem.mes(params, latency), score, 0.0))
     path = [arch]
     for _ in range(max_steps):
+        bar.n = round(bar.total - min(max(latency - problem.target_latency, 0.0), bar.total), 4)
+        bar.set_postfix_str(f"step {len(steps) - 1}, {score:.2f}, {scores.evaluations} scored"
+                            + (f" + {scores.screenings} screened" if shortlist else ""))
         if problem.met(latency, params):
             break
         latency_met = latency <= problem.target_latency
@@ -189,7 +199,9 @@ def greedy_search(
         state.save({"steps": len(steps) - 1}, scores.records, _Scored.to_dict)
         arch, latency, params, score = candidate, cand_latency, cand_params, cand_score
     else:
+        bar.close()
         raise Unreachable(latency, f"no solution within {max_steps} steps")
+    bar.close()
     return SearchResult(arch, latency, params, score, problem.mes(params, latency), tuple(steps), tuple(path),
                         scores.evaluations, screenings=scores.screenings)
 

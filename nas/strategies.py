@@ -533,7 +533,8 @@ class GreedySlimming:
 
     def search(self, problem: SearchProblem, *, on_step: Callable[[Step], None] | None = None,
                state_path: str | Path | None = None, progress: bool = False) -> SearchResult:
-        return greedy_search(problem, self.start, self.actions, self.max_steps, on_step, state_path, self.shortlist)
+        return greedy_search(problem, self.start, self.actions, self.max_steps, on_step, state_path, self.shortlist,
+                             progress=progress)
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "actions": self.actions_name, **({"shortlist": self.shortlist} if self.shortlist else {})}

@@ -1,9 +1,9 @@
 """Study `search_fashion`: does greedy slimming find better networks than random search and
 regularized evolution at equal budgets, and than the EfficientFormerV2 references?
 
-    python experiments/search_fashion/run.py --phase search [--shard 1/2] [--only iphone12]
+    python experiments/search_fashion/run.py --phase search [--only iphone12]   # one process per core
     python experiments/search_fashion/run.py --phase rescore      # every pick on the test split
-    python experiments/search_fashion/run.py --phase standalone [--shard 1/2]
+    python experiments/search_fashion/run.py --phase standalone   # one process per core
     python experiments/search_fashion/run.py --phase evaluate     # tables, verdicts, plots
     python experiments/search_fashion/run.py --phase all
 
@@ -17,17 +17,22 @@ regularized evolution at equal budgets, and than the EfficientFormerV2 reference
    function of the architecture, so one score cache (a file) serves every search: sharing it changes
    no result, only the wall time (each result records the evaluations it paid for, and the seconds
    it took with the cache it found). Each search keeps a state file (a killed search resumes where
-   it stopped) and writes `searches/<table>/<target>/<run>.json` when it is done.
+   it stopped) and writes `searches/<table>/<target>/<run>.json` when it is done. Targets run from
+   the highest latency down, so the first verdicts come from the cheapest targets; processes
+   started side by side share the searches through claim files (`SearchJob` says what waits for
+   what).
 2. rescore: every distinct pick's accuracy inside the supernet on the whole test split (nothing any
    search decided read it), and for tables with `measure`, its latency measured on that device.
-3. standalone: per table and reference target, the most accurate pick on val (over every strategy
-   and seed: a decision, so it is made on val) and the reference network, trained from scratch with
-   the ranking study's recipe at each seed of `standalone.seeds` (checkpoints; a killed run resumes).
+3. standalone: per table and reference target, the reference network (from the start) and, once
+   every search at that target has finished, the most accurate pick on val (over every strategy and
+   seed: a decision, so it is made on val), trained from scratch with the ranking study's recipe at
+   each seed of `standalone.seeds` (checkpoints; a killed run resumes).
 4. evaluate: per target the strategies' val/test accuracy (mean and spread over seeds), latency,
    params, MES, evaluations and wall time; the must-hold checks (greedy vs random at equal and at 5x
    budget; found vs reference standalone, beyond the seed spread); plots of accuracy vs latency.
 
-Outputs (this folder): searches/, rescored.json, standalone/, results.json, results.csv, *.png.
+Outputs (the config's `results` folder): searches/, rescored.json, standalone/, results.json,
+results.csv, search_<table>.png.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
-from experiments.study import exit_code_of, load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
+from experiments.study import Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.api import SearchRequest, run_search  # noqa: E402
@@ -66,6 +71,7 @@ from supernet.data import load_data  # noqa: E402
 from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
 
 PHASES = ("search", "rescore", "standalone", "evaluate")
+WAIT_S = 30.0  # how often a process with no free search looks again
 KEYS = ("space", "data", "threads", "supernet", "runs", "results", "evaluator", "tables", "strategies", "mes", "standalone")
 STRATEGY_KEYS = {"greedy": {"strategy", "objective"},
                  "random": {"strategy", "objective", "seeds", "budget_multiple"},
@@ -121,11 +127,14 @@ def tables_of(config: dict[str, Any], space) -> dict[str, Any]:
 
 
 def targets_of(config: dict[str, Any], space, tables: dict[str, Any]) -> list[Target]:
+    """Every table's targets, each table's from the highest latency down: the order a greedy path
+    passes them, and the cheapest comparisons first (greedy's budget grows with its depth)."""
     targets = []
     for name, settings in config["tables"].items():
         largest = float(tables[name].predict(space.largest()))
-        targets += [Target(name, float(ms), f"{ms:g}ms") for ms in settings["targets_ms"]]
-        targets += [Target(name, round(fraction * largest, 5), f"{fraction:g}x") for fraction in settings["target_fractions"]]
+        mine = [Target(name, float(ms), f"{ms:g}ms") for ms in settings["targets_ms"]]
+        mine += [Target(name, round(fraction * largest, 5), f"{fraction:g}x") for fraction in settings["target_fractions"]]
+        targets += sorted(mine, key=lambda target: -target.latency_ms)
     return targets
 
 
@@ -138,7 +147,7 @@ class StoredScores:
     name = "supernet"
 
     def __init__(self, evaluator: SupernetEvaluator, path: Path) -> None:
-        self.evaluator, self.path = evaluator, path
+        self.evaluator, self.path, self.lock = evaluator, path, path.with_suffix(".lock")
         stored = read_json(path) if path.is_file() else {}
         if stored and stored.get("settings") != evaluator.settings():
             raise SystemExit(f"{path.relative_to(ROOT)}: scores of other evaluator settings "
@@ -175,14 +184,24 @@ class StoredScores:
     def screen(self, arch: Architecture) -> float:
         return self._lookup(self.screened, arch, self.evaluator.screen)
 
-    def save(self) -> None:
-        """Write the cache, merged with what another process (a second shard) wrote meanwhile."""
+    def refresh(self) -> None:
+        """Add what other processes wrote to the file since it was read."""
+        with FileLock(self.lock):
+            self._merge()
+
+    def _merge(self) -> None:
         if self.path.is_file():
             stored = read_json(self.path)
             self.scores = {**stored.get("scores", {}), **self.scores}
             self.screened = {**stored.get("screenings", {}), **self.screened}
-        write_json(self.path, {"settings": self.evaluator.settings(), "scores": self.scores,
-                               "screenings": self.screened})
+
+    def save(self) -> None:
+        """Write the cache, merged with what other processes wrote meanwhile (under a lock, so
+        that no process overwrites another's scores)."""
+        with FileLock(self.lock):
+            self._merge()
+            write_json(self.path, {"settings": self.evaluator.settings(), "scores": self.scores,
+                                   "screenings": self.screened})
         self._unsaved = 0
 
 
@@ -223,11 +242,49 @@ def greedy_budget(config: dict[str, Any], target: Target) -> int:
     return max(costs)
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchJob:
+    """One search of the study and the searches whose results it needs first: a sampling run
+    needs every greedy run at its target (they set its budget); a greedy run needs itself at the
+    table's previous target (its path passes through it, and replays it from the shared cache)."""
+
+    target: Target
+    run: str
+    settings: dict[str, Any] = dataclasses.field(hash=False, compare=False)
+    seed: int | None
+    needs: tuple[tuple[Target, str], ...] = ()
+
+    def result(self, config: dict[str, Any]) -> Path:
+        return result_path(config, self.target, self.run)
+
+
+def result_path(config: dict[str, Any], target: Target, run: str) -> Path:
+    return target.folder(results_of(config)) / f"{run}.json"
+
+
+def search_jobs(config: dict[str, Any], targets: list[Target]) -> list[SearchJob]:
+    """Every search, target by target (each table's from the highest latency down): the greedy runs
+    first, then the sampling runs; each with what it needs (`SearchJob`)."""
+    runs = list(runs_of(config))
+    greedy = [run for run, settings, _ in runs if settings["strategy"] == "greedy"]
+    jobs, previous = [], {}
+    for target in targets:
+        for run, settings, seed in runs:
+            if settings["strategy"] == "greedy":
+                needs = ((previous[target.table], run),) if target.table in previous else ()
+            else:
+                needs = tuple((target, name) for name in greedy)
+            jobs.append(SearchJob(target, run, settings, seed, needs))
+        previous[target.table] = target
+    return jobs
+
+
 def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, target: Target, run: str,
                settings: dict[str, Any], seed: int | None) -> None:
-    out = target.folder(results_of(config)) / f"{run}.json"
+    out = result_path(config, target, run)
     if out.is_file():
         return
+    evaluator.refresh()  # what other processes scored meanwhile (a greedy path another one walked)
     mes = MobileEfficiencyScore(**config["mes"])
     state = ROOT / config["runs"] / "state" / target.table / target.label / f"{run}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
@@ -268,15 +325,29 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
         f"{result.evaluations} evaluations + {result.screenings} screenings, {seconds:.0f} s")
 
 
-def search_phase(config: dict[str, Any], shard_text: str | None, only: str | None) -> None:
+def search_phase(config: dict[str, Any], only: str | None) -> None:
+    """Run every search not yet done. Several processes may run this phase at once (one per
+    core): each takes the first job that is neither done, nor claimed by a running process, nor
+    waiting for another job's result (`experiments.study.Claim`), and waits when none is left."""
     space = get_space(config["space"])
     tables = tables_of(config, space)
     targets = [t for t in targets_of(config, space, tables) if only is None or t.table == only]
     evaluator = build_evaluator(config, space)
-    # greedy first everywhere (the budgets), then the sampling runs; sharded by target
-    for target in shard(targets, shard_text):
-        for run, settings, seed in runs_of(config):
-            search_one(config, space, tables[target.table], evaluator, target, run, settings, seed)
+    pending = search_jobs(config, targets)
+    claims = ROOT / config["runs"] / "claims"
+    while pending:
+        pending = [job for job in pending if not job.result(config).is_file()]
+        ready = [job for job in pending if all(result_path(config, *need).is_file() for need in job.needs)]
+        for job in ready:
+            with Claim(claims / job.target.table / job.target.label / f"{job.run}.pid") as mine:
+                if mine:
+                    search_one(config, space, tables[job.target.table], evaluator, job.target, job.run,
+                               job.settings, job.seed)
+                    break
+        else:
+            if pending:
+                log(f"{len(pending)} searches left, none free: waiting for the other processes' results")
+                time.sleep(WAIT_S)
 
 
 def search_results(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -313,20 +384,28 @@ def rescore_phase(config: dict[str, Any]) -> None:
 
 
 # -- 3. standalone -------------------------------------------------------------------------------
+def finished_at(config: dict[str, Any], target: Target) -> bool:
+    """Whether every run of the config has its result at `target` (the best pick is final)."""
+    folder = target.folder(results_of(config))
+    return all((folder / f"{run}.json").is_file() for run, _, _ in runs_of(config))
+
+
 def comparisons(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per reference target: the most accurate pick on val (any strategy, any seed) and the reference."""
+    """Per reference target: the reference network, and the most accurate pick on val over every
+    strategy and seed (`found`: None until every run at the target has finished, since a later
+    run may still find a better one)."""
     space = get_space(config["space"])
     results = search_results(config)
     compared = []
     for table, settings in config["tables"].items():
         for reference, target_ms in settings["references"].items():
-            label = f"{float(target_ms):g}ms"
-            candidates = [r for r in results if r["table"] == table and r["target"] == label]
-            if not candidates:
-                continue
-            best = max(candidates, key=lambda r: r["pick"]["val_accuracy"])
-            compared.append({"table": table, "target": label, "reference": reference,
-                             "found": {"run": best["run"], "arch": best["pick"]["arch"]},
+            target = Target(table, float(target_ms), f"{float(target_ms):g}ms")
+            found = None
+            if finished_at(config, target):
+                best = max((r for r in results if r["table"] == table and r["target"] == target.label),
+                           key=lambda r: r["pick"]["val_accuracy"])
+                found = {"run": best["run"], "arch": best["pick"]["arch"]}
+            compared.append({"table": table, "target": target.label, "reference": reference, "found": found,
                              "reference_arch": space.reference(reference).to_dict()})
     return compared
 
@@ -336,29 +415,49 @@ def recipe_of(config: dict[str, Any], seed: int) -> StandaloneRecipe:
     return StandaloneRecipe(**settings, seed=seed)
 
 
-def standalone_phase(config: dict[str, Any], shard_text: str | None) -> None:
+def standalone_jobs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], int]]:
+    """(name, architecture, seed) of every standalone training the study needs so far: the
+    references from the start (they do not depend on any search), a target's found network once
+    every search at that target has finished; the highest target first, as the searches run."""
     jobs = []
-    for comparison in comparisons(config):
-        for role in ("found", "reference"):
-            arch = comparison["found"]["arch"] if role == "found" else comparison["reference_arch"]
-            name = f"{comparison['table']}_{comparison['target']}_{role}"
-            jobs += [(name, arch, int(seed)) for seed in config["standalone"]["seeds"]]
+    for comparison in sorted(comparisons(config), key=lambda c: -float(c["target"].removesuffix("ms"))):
+        prefix = f"{comparison['table']}_{comparison['target']}"
+        networks = [("reference", comparison["reference_arch"])]
+        if comparison["found"] is not None:
+            networks.insert(0, ("found", comparison["found"]["arch"]))
+        for role, arch in networks:
+            jobs += [(f"{prefix}_{role}", arch, int(seed)) for seed in config["standalone"]["seeds"]]
+    return jobs
+
+
+def standalone_phase(config: dict[str, Any]) -> None:
+    """Train every network `standalone_jobs` lists that has no result yet; several processes may
+    run this phase at once (each takes a free job, `experiments.study.Claim`). A found network
+    whose target's searches are still running is left for a later run of this phase."""
     resolution = get_resolution(config)
     bundle = load_data(config["data"], resolution)  # the data do not depend on the recipe's seed
-    for name, arch_dict, seed in shard(jobs, shard_text):
-        out = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
-        recipe = recipe_of(config, seed)
-        done = read_json(out) if out.is_file() else {}
-        if done.get("arch") == arch_dict and done.get("recipe") == dataclasses.asdict(recipe):
-            continue
-        digest = hashlib.sha256(arch_key(Architecture.from_dict(arch_dict)).encode()).hexdigest()[:12]
-        checkpoint = ROOT / config["runs"] / "standalone" / f"{name}_seed{seed}_{digest}.pt"
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        log(f"standalone {name} seed {seed}: training (load {loadavg()})")
-        result = train_standalone(Architecture.from_dict(arch_dict), bundle, recipe, checkpoint, label=name)
-        write_json(out, {"name": name, "seed": seed, "arch": arch_dict, "recipe": dataclasses.asdict(recipe),
-                         **result.to_dict()})
-        log(f"standalone {name} seed {seed}: test {100 * result.accuracy['test']:.2f}%")
+    claims = ROOT / config["runs"] / "claims" / "standalone"
+    while True:
+        for name, arch_dict, seed in standalone_jobs(config):
+            out = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
+            recipe = recipe_of(config, seed)
+            done = read_json(out) if out.is_file() else {}
+            if done.get("arch") == arch_dict and done.get("recipe") == dataclasses.asdict(recipe):
+                continue
+            with Claim(claims / f"{name}_seed{seed}.pid") as mine:
+                if not mine:
+                    continue
+                digest = hashlib.sha256(arch_key(Architecture.from_dict(arch_dict)).encode()).hexdigest()[:12]
+                checkpoint = ROOT / config["runs"] / "standalone" / f"{name}_seed{seed}_{digest}.pt"
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                log(f"standalone {name} seed {seed}: training (load {loadavg()})")
+                result = train_standalone(Architecture.from_dict(arch_dict), bundle, recipe, checkpoint, label=name)
+                write_json(out, {"name": name, "seed": seed, "arch": arch_dict, "recipe": dataclasses.asdict(recipe),
+                                 **result.to_dict()})
+                log(f"standalone {name} seed {seed}: test {100 * result.accuracy['test']:.2f}%")
+                break
+        else:
+            return
 
 
 def get_resolution(config: dict[str, Any]) -> int:
@@ -379,6 +478,18 @@ def group_of(run: str) -> str:
     return run.split("_seed")[0]
 
 
+def seconds_per_step(result: dict[str, Any], results: list[dict[str, Any]]) -> float | None:
+    """A greedy run's wall time per step from the largest network to its target. The run at a
+    deeper target replayed the shallower targets' path from the shared cache, so its own seconds
+    are only the rest of the path: its time is the sum over the same run at every target of the
+    table down to this one (the search phase runs them in that order)."""
+    if not result["steps"]:
+        return None
+    walked = [r["seconds"] for r in results if r["table"] == result["table"] and r["run"] == result["run"]
+              and r["target_ms"] >= result["target_ms"]]
+    return round(sum(walked) / max(result["steps"] - 1, 1), 1)
+
+
 def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
     results = search_results(config)
     if not results:
@@ -397,7 +508,7 @@ def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
                "params": result["pick"]["params"], "mes": round(result["pick"]["mes"], 4),
                "evaluations": result["evaluations"], "screenings": result["screenings"],
                "budget": result["budget"], "seconds": result["seconds"],
-               "seconds_per_step": round(result["seconds"] / max(result["steps"] - 1, 1), 1) if result["steps"] else None}
+               "seconds_per_step": seconds_per_step(result, results)}
         rows.append(row)
         targets.setdefault((result["table"], result["target"]), []).append(row)
     summary, checks = {}, {"greedy_vs_random": [], "greedy_vs_random_5x": []}
@@ -447,17 +558,19 @@ def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
 def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
     """Found vs reference, trained standalone: mean test accuracy over seeds, and the difference
     against twice its standard error from the recipe's pooled one-run spread (seed differences)."""
+    wanted = {(name, seed): arch for name, arch, seed in standalone_jobs(config)}
     runs: dict[str, dict[int, float]] = {}
     for path in sorted((results_of(config) / "standalone").glob("*.json")):
         data = read_json(path)
-        runs.setdefault(data["name"], {})[data["seed"]] = 100 * data["accuracy"]["test"]
+        if wanted.get((data["name"], data["seed"])) == data["arch"]:  # not a stale pick's training
+            runs.setdefault(data["name"], {})[data["seed"]] = 100 * data["accuracy"]["test"]
     differences = [a - b for seeds in runs.values() if len(seeds) > 1 for a, b in zip(list(seeds.values()), list(seeds.values())[1:])]
     one_run_std = float(np.sqrt(np.mean(np.square(differences)) / 2)) if differences else None
     compared = []
     for comparison in comparisons(config):
         prefix = f"{comparison['table']}_{comparison['target']}"
         found, reference = runs.get(f"{prefix}_found", {}), runs.get(f"{prefix}_reference", {})
-        if not found or not reference:
+        if comparison["found"] is None or not found or not reference:
             continue
         difference = float(np.mean(list(found.values())) - np.mean(list(reference.values())))
         error = None if one_run_std is None else one_run_std * math.sqrt(1 / len(found) + 1 / len(reference))
@@ -519,7 +632,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
     parser.add_argument("--phase", required=True, choices=(*PHASES, "all"))
-    parser.add_argument("--shard", help="search (by target) / standalone: every n-th piece (i/n), for parallel processes")
     parser.add_argument("--only", help="search: only this table (a name under `tables`)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -529,11 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     phases = PHASES if args.phase == "all" else (args.phase,)
     for phase in phases:
         if phase == "search":
-            search_phase(config, args.shard, args.only)
+            search_phase(config, args.only)
         elif phase == "rescore":
             rescore_phase(config)
         elif phase == "standalone":
-            standalone_phase(config, args.shard)
+            standalone_phase(config)
         else:
             evaluate_phase(config)
     return 0

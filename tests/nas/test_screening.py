@@ -152,6 +152,27 @@ def test_the_supernet_screens_on_the_first_batches_with_the_same_bn_handling(rec
         SupernetEvaluator(net, val).screen(archs[0])
 
 
+def test_the_settings_name_the_supernets_weights_so_no_cache_mixes_two_supernets():
+    """`settings()` (what state files and score caches are keyed on) carries a digest of the
+    weights: equal for the same weights, different after one weight changed, and not moved by
+    scoring with recalibration (which works on copies)."""
+    from torch.utils.data import DataLoader
+
+    from nas.evaluators import SupernetEvaluator
+    from supernet.data import load_data
+
+    net = _trained_supernet()
+    val = DataLoader(load_data("synthetic:48", 32).val, batch_size=8)
+    evaluator = SupernetEvaluator(net, val, recalibrate=1)
+    before = evaluator.settings()["weights_sha256"]
+    evaluator.score(net.space.largest())
+    again = SupernetEvaluator(net, val, recalibrate=1)
+    assert again.settings()["weights_sha256"] == before == evaluator.weights_sha256
+    with torch.no_grad():
+        next(net.parameters()).view(-1)[0] += 1e-3
+    assert SupernetEvaluator(net, val, recalibrate=1).settings()["weights_sha256"] != before
+
+
 def _request(tmp_path, **fields):
     checkpoint = tmp_path / "net.pt"
     checkpoint.write_bytes(b"")  # validation checks that it exists, and reads nothing
