@@ -63,6 +63,7 @@ def study_config(args: argparse.Namespace, supernet: Path) -> dict:
     if args.val_images % screen:
         raise SystemExit(f"--val-images {args.val_images}: give a multiple of 5")
     seeds = list(range(args.seeds))
+    drop_floor = round(100 * 2.5 / args.val_images, 3)  # 2.5 images' worth, as the study's 0.5 points of 500
     return {
         "space": "efficientformer_v2", "data": args.data, "threads": args.threads,
         "supernet": str(supernet.relative_to(ROOT)), "runs": str((HERE / "runs").relative_to(ROOT)),
@@ -72,8 +73,8 @@ def study_config(args: argparse.Namespace, supernet: Path) -> dict:
         "tables": {"iphone12": {"device": "iphone12", "targets_ms": [], "target_fractions": args.fractions,
                                 "references": {}}},
         "strategies": {
-            "greedy_mes": {"strategy": "greedy", "objective": "mes"},
-            "greedy_latency": {"strategy": "greedy", "objective": "latency"},
+            "greedy_mes": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor},
+            "greedy_latency": {"strategy": "greedy", "objective": "latency", "drop_floor": drop_floor},
             "random": {"strategy": "random", "objective": "mes", "seeds": seeds, "budget_multiple": 1},
             "evolution": {"strategy": "evolution", "objective": "mes", "seeds": seeds, "budget_multiple": 1,
                           "population_size": 10, "sample_size": 3},

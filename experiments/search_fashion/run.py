@@ -73,7 +73,7 @@ from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
 PHASES = ("search", "rescore", "standalone", "evaluate")
 WAIT_S = 30.0  # how often a process with no free search looks again
 KEYS = ("space", "data", "threads", "supernet", "runs", "results", "evaluator", "tables", "strategies", "mes", "standalone")
-STRATEGY_KEYS = {"greedy": {"strategy", "objective"},
+STRATEGY_KEYS = {"greedy": {"strategy", "objective", "drop_floor"},
                  "random": {"strategy", "objective", "seeds", "budget_multiple"},
                  "evolution": {"strategy", "objective", "seeds", "budget_multiple", "population_size", "sample_size"}}
 
@@ -298,9 +298,11 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
         else:
             strategy = RegularizedEvolution(budget=budget, seed=seed, population_size=settings["population_size"],
                                             sample_size=settings["sample_size"])
-    shortlist = config["evaluator"]["shortlist"] if settings["strategy"] == "greedy" else 0
+    greedy = settings["strategy"] == "greedy"
     request = SearchRequest(space.name, table, target.latency_ms, evaluator=evaluator, objective=settings["objective"],
-                            mes=mes, strategy=strategy, seed=seed or 0, state_path=state, shortlist=shortlist)
+                            mes=mes, strategy=strategy, seed=seed or 0, state_path=state,
+                            shortlist=config["evaluator"]["shortlist"] if greedy else 0,
+                            drop_floor=settings["drop_floor"] if greedy else None)
     log(f"{target.table} {target.label} ({target.latency_ms:.3f} ms) {run}: searching (budget {budget}, load {loadavg()})")
     started, computed = time.perf_counter(), evaluator.computed
     outcome = run_search(request, progress=True)

@@ -91,7 +91,7 @@ def test_references_train_from_the_start_and_a_found_network_once_its_target_is_
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.pop("mes"), "mes"),
     (lambda c: c["strategies"]["random"].update(budget_multiple=1, extra=1), "strategies.random"),
-    (lambda c: c["strategies"].update(greedy_late={"strategy": "greedy", "objective": "mes"}), "greedy runs come first"),
+    (lambda c: c["strategies"].update(greedy_late={"strategy": "greedy", "objective": "mes", "drop_floor": 0.5}), "greedy runs come first"),
 ])
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, edit, message):
     config = yaml.safe_load(CONFIG.read_text())

@@ -217,6 +217,8 @@ def test_a_screened_search_records_its_shortlist_and_screenings():
     outcome = run_search(SearchRequest("efficientformer_v2", table, 2.0, evaluator=ScreeningToy(), shortlist=3))
     meta = outcome.arch.meta
     assert meta["shortlist"] == 3 and meta["screenings"] == outcome.result.screenings > meta["evaluations"]
+    floored = run_search(SearchRequest("efficientformer_v2", table, 2.0, evaluator=ScreeningToy(), drop_floor=0.5))
+    assert floored.arch.meta["drop_floor"] == 0.5 and "drop_floor" not in meta
 
 
 @pytest.mark.parametrize("argv, option", [
@@ -224,6 +226,10 @@ def test_a_screened_search_records_its_shortlist_and_screenings():
     (["--screen-batches", "1"], "--screen-batches"),
     (["--screen-batches", "1", "--shortlist", "0"], "--shortlist"),
     (["--shortlist", "x"], "--shortlist"),
+    (["--drop-floor", "x"], "--drop-floor"),
+    (["--drop-floor", "nan"], "--drop-floor"),
+    (["--drop-floor", "-1"], "--drop-floor"),
+    (["--drop-floor", "0.5", "--strategy", "random"], "--drop-floor"),
 ])
 def test_screening_options_on_the_command_line_are_one_line_each(tmp_path, capsys, argv, option):
     out = tmp_path / "a.yaml"
@@ -266,3 +272,53 @@ def test_a_screened_supernet_search_runs_end_to_end():
     assert meta["predicted_latency_ms"] <= target and meta["shortlist"] == 2
     assert meta["evaluator_settings"]["screen_images"] == 8 < meta["evaluator_settings"]["images"] == 24
     assert meta["screenings"] == evaluator.screenings > meta["evaluations"] == evaluator.evaluations
+
+
+def test_a_drop_floor_stops_noise_sized_gains_from_deciding_a_step():
+    """An evaluator whose one tiny action (an expansion cut) scores *higher* than the current
+    network: the plain ratio takes that action first (a negative ratio), the floored ratio the
+    action that saves the most latency among those that cost no more than the floor."""
+    from nas.greedy import floored_ratio
+    from nas.objectives import LatencyObjective
+
+    ratio = floored_ratio(LatencyObjective().ratio, 0.5)
+    assert ratio(-2.6, 0.01) == pytest.approx(50.0)  # a noise-sized gain costs the floor
+    assert ratio(0.2, 0.2) == ratio(-1.0, 0.2) == pytest.approx(2.5)
+    assert ratio(3.0, 0.2) == pytest.approx(15.0)  # real drops are kept
+    assert floored_ratio(LatencyObjective().ratio, None)(-2.6, 0.01) == pytest.approx(-260.0)
+
+    from lut import get_device
+
+    table = get_device("iphone12").default_table(SPACE)  # an expansion cut saves a little latency
+    largest = SPACE.largest()
+    widest = max(b.expansion or 0 for s in largest.stages for b in s.blocks)
+
+    def cut(arch) -> int:  # blocks still there whose expansion was cut
+        return sum(1 for s in arch.stages for b in s.blocks if not b.is_identity and (b.expansion or widest) < widest)
+
+    class LuckyExpansionCuts(ScreeningToy):
+        """Every block removal costs 0.3 points; every expansion cut scores 0.1 points *higher*."""
+
+        def score(self, arch) -> float:
+            self.evaluations += 1
+            return 80 - 0.3 * (sum(largest.depths) - sum(arch.depths)) + 0.1 * cut(arch)
+
+        screen = score
+
+    def first_step(**options):
+        taken = []
+
+        def stop(step):
+            taken.append(step)
+            if len(taken) == 2:  # the start, then the first action
+                raise Interrupt
+
+        with pytest.raises(Interrupt):
+            greedy_search(toy_problem(LuckyExpansionCuts(), LatencyObjective(), 0.5, table=table), on_step=stop,
+                          **options)
+        return taken[1]
+
+    plain, floored = first_step(), first_step(drop_floor=0.5)
+    assert plain.action.startswith("expansion") and plain.ratio < 0
+    assert not floored.action.startswith("expansion")
+    assert -floored.delta_latency > -plain.delta_latency and floored.ratio > 0
