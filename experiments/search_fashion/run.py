@@ -375,7 +375,10 @@ def rescore_phase(config: dict[str, Any]) -> None:
     for index, (key, table) in enumerate(sorted(picks.items())):
         arch = Architecture.from_dict(json.loads(key))
         if key not in rescored["test_accuracy"]:
-            rescored["test_accuracy"][key] = evaluator.test_accuracy(arch)
+            accuracy = evaluator.test_accuracy(arch)
+            if accuracy is None:
+                raise SystemExit(f"data {config['data']}: has no test split to re-score the picks on")
+            rescored["test_accuracy"][key] = accuracy
             log(f"rescore {index + 1}/{len(picks)}: test {rescored['test_accuracy'][key]:.2f}%")
             write_json(path, rescored)
         device_name = config["tables"].get(table, {}).get("measure") if table else None
@@ -432,6 +435,20 @@ def standalone_jobs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], i
     return jobs
 
 
+def trained(path: Path, arch: dict[str, Any], recipe: StandaloneRecipe) -> bool:
+    """Whether `path` holds the result of training `arch` with `recipe`: the same blocks and widths
+    (training sets the resolution and classes to the data's) and the same recipe, compared as JSON
+    reads them back (a tuple written is a list read)."""
+    if not path.is_file():
+        return False
+    done = read_json(path)
+
+    def layers(text: dict[str, Any]) -> str:
+        return json.dumps(Architecture.from_dict(text).to_dict()["stages"], sort_keys=True)
+
+    return layers(done["arch"]) == layers(arch) and done["recipe"] == json.loads(json.dumps(dataclasses.asdict(recipe)))
+
+
 def standalone_phase(config: dict[str, Any]) -> None:
     """Train every network `standalone_jobs` lists that has no result yet; several processes may
     run this phase at once (each takes a free job, `experiments.study.Claim`). A found network
@@ -443,8 +460,7 @@ def standalone_phase(config: dict[str, Any]) -> None:
         for name, arch_dict, seed in standalone_jobs(config):
             out = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
             recipe = recipe_of(config, seed)
-            done = read_json(out) if out.is_file() else {}
-            if done.get("arch") == arch_dict and done.get("recipe") == dataclasses.asdict(recipe):
+            if trained(out, arch_dict, recipe):
                 continue
             with Claim(claims / f"{name}_seed{seed}.pid") as mine:
                 if not mine:
@@ -560,12 +576,11 @@ def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
 def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
     """Found vs reference, trained standalone: mean test accuracy over seeds, and the difference
     against twice its standard error from the recipe's pooled one-run spread (seed differences)."""
-    wanted = {(name, seed): arch for name, arch, seed in standalone_jobs(config)}
     runs: dict[str, dict[int, float]] = {}
-    for path in sorted((results_of(config) / "standalone").glob("*.json")):
-        data = read_json(path)
-        if wanted.get((data["name"], data["seed"])) == data["arch"]:  # not a stale pick's training
-            runs.setdefault(data["name"], {})[data["seed"]] = 100 * data["accuracy"]["test"]
+    for name, arch, seed in standalone_jobs(config):
+        path = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
+        if trained(path, arch, recipe_of(config, seed)):  # not a stale pick's training
+            runs.setdefault(name, {})[seed] = 100 * read_json(path)["accuracy"]["test"]
     differences = [a - b for seeds in runs.values() if len(seeds) > 1 for a, b in zip(list(seeds.values()), list(seeds.values())[1:])]
     one_run_std = float(np.sqrt(np.mean(np.square(differences)) / 2)) if differences else None
     compared = []

@@ -10,6 +10,7 @@ import yaml
 
 from experiments.search_fashion import run as study
 from experiments.study import exit_code_of
+from tests.supernet.test_data import make_fashion_mnist
 
 CONFIG = study.HERE / "config.yaml"
 
@@ -101,3 +102,47 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, edit, message):
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "evaluate"])) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
+
+
+def test_every_phase_runs_end_to_end_on_a_tiny_supernet_and_a_second_run_does_nothing_again(tmp_path):
+    """search (two greedy objectives, random at 1x and 5x, evolution), rescore on test, standalone
+    (found and reference, two seeds), evaluate: outputs, budgets, checks and the verdict's shape."""
+    import torch
+
+    from supernet import Supernet
+
+    torch.manual_seed(0)
+    Supernet.from_space("efficientformer_v2", num_classes=10, resolution=32).save(tmp_path / "supernet.pt")
+    data = make_fashion_mnist(tmp_path / "fashion")  # 100 train, 20 val, 30 test images
+    config = yaml.safe_load(CONFIG.read_text())
+    config.update(data=f"fashion-mnist:{data}", supernet=str(tmp_path / "supernet.pt"), runs=str(tmp_path / "runs"),
+                  results=str(tmp_path / "results"),
+                  evaluator={"batch_size": 5, "eval_batches": 4, "recalibrate": 0, "screen_batches": 1, "shortlist": 1})
+    config["tables"]["iphone12"].update(targets_ms=[2.65], references={"s2": 2.65})  # one greedy step
+    config["strategies"] = {
+        "greedy_mes": {"strategy": "greedy", "objective": "mes", "drop_floor": 10.0},
+        "greedy_latency": {"strategy": "greedy", "objective": "latency", "drop_floor": 10.0},
+        "random": {"strategy": "random", "objective": "mes", "seeds": [0], "budget_multiple": 1},
+        "evolution": {"strategy": "evolution", "objective": "mes", "seeds": [0], "budget_multiple": 1,
+                      "population_size": 4, "sample_size": 2},
+        "random_5x": {"strategy": "random", "objective": "mes", "seeds": [0], "budget_multiple": 2}}
+    config["standalone"].update(epochs=1, train_images=20, val_images=10, batch_size=10)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    for phase in study.PHASES:
+        assert exit_code_of(lambda phase=phase: study.main(["--config", str(path), "--phase", phase])) == 0
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["searches"] == 5
+    budget = {row["run"]: row["budget"] for row in results["rows"]}
+    greedy = max(row["evaluations"] + -(-row["screenings"] // 4) for row in results["rows"]
+                 if row["strategy"].startswith("greedy"))
+    assert budget["random_seed0"] == budget["evolution_seed0"] == greedy and budget["random_5x_seed0"] == 2 * greedy
+    assert all(row["test_accuracy"] is not None and row["latency_ms"] <= 2.65 for row in results["rows"])
+    assert {check["greedy"] for check in results["checks"]["greedy_vs_random"]} == {"greedy_mes", "greedy_latency"}
+    (verdict,) = results["standalone"]["comparisons"]
+    assert verdict["reference"] == "s2" and set(verdict["found_test"]) == set(verdict["reference_test"]) == {"0", "1"}  # JSON keys
+    assert (tmp_path / "results" / "search_iphone12.png").stat().st_size > 0
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json") if p.name != "results.json"}
+    for phase in ("search", "rescore", "standalone"):  # everything is done: nothing is redone
+        assert exit_code_of(lambda phase=phase: study.main(["--config", str(path), "--phase", phase])) == 0
+    assert {p: p.stat().st_mtime_ns for p in written} == written
