@@ -121,7 +121,7 @@ def main() -> int:
     write_text_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
     for phase in ("search", "rescore", "evaluate"):
         started = time.perf_counter()
-        code = exit_code_of(lambda: study.main(["--config", str(config_path), "--phase", phase]))
+        code = exit_code_of(lambda phase=phase: study.main(["--config", str(config_path), "--phase", phase]))
         if code:
             return code
         seconds[phase] = round(time.perf_counter() - started, 1)

@@ -635,7 +635,11 @@ def plot_table(config: dict[str, Any], table: str, results: list[dict[str, Any]]
         axis.set_xlabel("predicted latency (ms)")
         axis.set_ylabel("val accuracy in the supernet (%)")
         axis.grid(alpha=0.3)
-    handles, names = axes[0][0].get_legend_handles_labels()
+    lines = {}  # the greedy paths of every panel (a run may be missing from the first)
+    for axis in axes[0]:
+        for handle, name in zip(*axis.get_legend_handles_labels()):
+            lines.setdefault(name, handle)
+    handles, names = list(lines.values()), list(lines)
     handles += [plt.Line2D([], [], marker="o", ls="", color=colour, alpha=0.5) for name, colour in colours.items()
                 if config["strategies"][name]["strategy"] != "greedy"]
     names += [f"{name} (evaluated)" for name in colours if config["strategies"][name]["strategy"] != "greedy"]
