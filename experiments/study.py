@@ -124,21 +124,13 @@ class Claim:
 
 
 def _holder_running(path: Path) -> bool:
-    import os
+    from search_spaces.files import process_alive
 
     try:
         pid = int(path.read_text(encoding="utf-8").strip() or 0)
     except (OSError, ValueError):
         return True  # being written by the process that just created it
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid <= 0 or process_alive(pid)
 
 
 class FileLock:

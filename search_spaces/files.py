@@ -233,7 +233,8 @@ def _temporary_prefix(name: str) -> str:
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+\.tmp$")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -260,7 +261,7 @@ def clean_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
             continue
         pid = match.group("pid")
         try:
-            stale = (not _process_alive(int(pid))) if pid else time.time() - candidate.lstat().st_mtime > _LEGACY_TEMPORARY_AGE_S
+            stale = (not process_alive(int(pid))) if pid else time.time() - candidate.lstat().st_mtime > _LEGACY_TEMPORARY_AGE_S
             if not stale or int(pid or 0) == os.getpid():
                 continue
             if candidate.is_dir() and not candidate.is_symlink():
