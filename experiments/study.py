@@ -13,7 +13,7 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from search_spaces import Architecture, get_space
 
@@ -33,13 +33,6 @@ def config_path_from_command_line(description: str, default: Path, argv: Sequenc
 
     matplotlib.use("Agg")
     return args.config.resolve()
-
-
-def require_keys(config: Mapping[str, Any], keys: Iterable[str], path: Path) -> None:
-    """`KeyError` naming the first key of `keys` the study's settings lack."""
-    for key in keys:
-        if key not in config:
-            raise KeyError(f"{path}: missing key {key!r}")
 
 
 def load_settings(path: Path, keys: Sequence[str]) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -39,9 +38,10 @@ sys.path.insert(0, str(ROOT))  # for `experiments.study`: the studies are not an
 
 from experiments.study import (  # noqa: E402
     config_path_from_command_line,
+    exit_code_of,
+    load_settings,
     log,
     png_bytes,
-    require_keys,
     variants_of,
     versions,
 )
@@ -94,10 +94,8 @@ def layernorm_share(model: DeviceModel, cost: LayerCost) -> float:
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """The study's settings; every key the script reads must be there (KeyError otherwise)."""
-    config = yaml.safe_load(path.read_text("utf-8"))
-    require_keys(config, ("device", "families", "band_percent", "prior_sensitivity", "outputs"), path)
-    return config
+    """The study's settings: exactly the keys the script reads (one line and exit 2 otherwise)."""
+    return load_settings(path, ("device", "families", "band_percent", "prior_sensitivity", "outputs"))
 
 
 def machine_state() -> dict[str, Any]:
@@ -406,4 +404,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))
