@@ -126,7 +126,7 @@ def test_every_phase_runs_end_to_end_on_a_tiny_supernet_and_a_second_run_does_no
         "evolution": {"strategy": "evolution", "objective": "mes", "seeds": [0], "budget_multiple": 1,
                       "population_size": 4, "sample_size": 2},
         "random_5x": {"strategy": "random", "objective": "mes", "seeds": [0], "budget_multiple": 2}}
-    config["standalone"].update(epochs=1, train_images=20, val_images=10, batch_size=10)
+    config["standalone"].update(seeds=[0, 1], epochs=1, train_images=20, val_images=10, batch_size=10)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     for phase in study.PHASES:
