@@ -26,12 +26,21 @@ IDENTITY = "identity"
 
 @dataclass(frozen=True)
 class Action:
+    """One named step (`apply` maps an architecture to the stepped one). `group` names the kind of
+    step and the stage it acts on (V2: `drop s2`, `width s2`, `expansion s2`): the actions that
+    `compound` may continue an action with. Empty: the action is a group of its own."""
+
     name: str
     description: str
     _apply: Callable[[Architecture], Architecture] = dataclasses.field(compare=False, repr=False)
+    group: str = ""
 
     def apply(self, arch: Architecture) -> Architecture:
         return self._apply(arch)
+
+    @property
+    def kind(self) -> str:
+        return self.group or self.name
 
 
 def _set_block(arch: Architecture, stage: int, slot: int, block: Block) -> Architecture:
@@ -66,11 +75,11 @@ def v2_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
             if block.is_identity:
                 continue
             actions.append(Action(f"drop s{s}b{slot}", f"stage {s} block {slot} ({block.type}) -> identity",
-                                  lambda a, s=s, slot=slot: _set_block(a, s, slot, Block(IDENTITY))))
+                                  lambda a, s=s, slot=slot: _set_block(a, s, slot, Block(IDENTITY)), f"drop s{s}"))
     for s in range(len(arch.stages)):
         if _width_down(space, arch, s) is not None:
             actions.append(Action(f"width s{s}", f"stage {s} width down one step",
-                                  lambda a, s=s: _width_down(space, a, s)))
+                                  lambda a, s=s: _width_down(space, a, s), f"width s{s}"))
     for s, stage in enumerate(arch.stages):
         expansions = space.stages[s].expansions
         for slot, block in enumerate(stage.blocks):
@@ -81,7 +90,7 @@ def v2_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
                 continue
             smaller = dataclasses.replace(block, expansion=expansions[position - 1])
             actions.append(Action(f"expansion s{s}b{slot}", f"stage {s} block {slot} expansion {block.expansion} -> {smaller.expansion}",
-                                  lambda a, s=s, slot=slot, b=smaller: _set_block(a, s, slot, b)))
+                                  lambda a, s=s, slot=slot, b=smaller: _set_block(a, s, slot, b), f"expansion s{s}"))
     return _keep_valid(space, arch, actions)
 
 
@@ -127,6 +136,56 @@ def v1_actions(space: SearchSpace, arch: Architecture, importance: MetaPathImpor
         actions.append(Action(f"width s{stage}", f"least important stage ({stage}) width down one step",
                               lambda a, s=stage: _width_down(space, a, s)))
     return _keep_valid(space, arch, actions)
+
+
+def compound(space: SearchSpace, arch: Architecture, action: Action, actions: "ActionSet",
+             saving: Callable[[Architecture], float], min_saving: float, max_parts: int = 256) -> Action:
+    """`action` from `arch`, continued with actions of its group (`Action.group`) until the result
+    saves at least `min_saving` (`saving(result)`: what it gains over `arch`, e.g. predicted ms) or
+    the group offers nothing that saves more; `action` itself when it alone saves enough.
+
+    The continuation is the next action of the group after the last one applied, in the set's
+    order, wrapping around: a stage's width narrows step by step, its blocks are dropped one after
+    another, its expansions are cut one block at a time across the stage (and then again). Why: a
+    greedy step compares actions by accuracy drop per unit saved, and with a noisy evaluator the
+    drop of a tiny action (a 0.01 ms expansion cut) is noise, so tiny actions either win by their
+    noise (the plain ratio) or never (a drop floor, `nas.greedy.floored_ratio`, hands every
+    noise-sized step to the action that saves the most, a block drop). Compounded to one size,
+    every kind of step competes on a drop large enough to measure.
+    """
+    result = action.apply(arch)
+    if saving(result) >= min_saving:
+        return action
+    order = {candidate.name: i for i, candidate in enumerate(actions(space, arch))}
+    parts = [action]
+    while saving(result) < min_saving and len(parts) < max_parts:
+        offered = [a for a in actions(space, result) if a.kind == action.kind]
+        last = order.get(parts[-1].name, len(order))
+        following = [a for a in offered if order.get(a.name, len(order)) > last]
+        if not offered:
+            break
+        step = (following or offered)[0]
+        stepped = step.apply(result)
+        if saving(stepped) <= saving(result):
+            break
+        parts.append(step)
+        result = stepped
+    if len(parts) == 1:
+        return action
+    names = [part.name for part in parts]
+    if len(set(names)) == 1:
+        name = f"{names[0]} x{len(names)}"
+    else:
+        prefix = action.group if action.group and all(n.startswith(action.group) for n in names) else ""
+        name = prefix + " " + ",".join(n[len(prefix):] for n in names) if prefix else " + ".join(names)
+    steps = tuple(parts)
+
+    def apply(a: Architecture) -> Architecture:
+        for part in steps:
+            a = part.apply(a)
+        return a
+
+    return Action(name, "; ".join(part.description for part in parts), apply, action.group)
 
 
 def _as_type(space: SearchSpace, stage_index: int, width: int, block: Block, type_name: str) -> Block:

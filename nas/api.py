@@ -75,8 +75,9 @@ class VerifySettings:
 class SearchRequest:
     """Everything one search needs (see the module docstring). `table_name` is what provenance
     calls the predictor (a file or table name); `start`, `actions`, `shortlist` (0: score every
-    candidate; K: screen them and score K, with an evaluator that screens) and `drop_floor` (accuracy
-    drops below it count as it, `nas.greedy.floored_ratio`) are greedy's; `budget`
+    candidate; K: screen them and score K, with an evaluator that screens), `drop_floor` (accuracy
+    drops below it count as it, `nas.greedy.floored_ratio`) and `min_step_ms` (smaller actions are
+    compounded to save that much, `nas.actions.compound`) are greedy's; `budget`
     and `seed` the sampling strategies' (the seed also seeds the proxy's random weights). `strategy`
     is a name (`nas.strategies.STRATEGIES`) or a configured `Strategy` (e.g. an evolution with
     its own population size), which then carries its own budget, seed, start and actions."""
@@ -99,6 +100,7 @@ class SearchRequest:
     actions: str | None = None
     shortlist: int = 0
     drop_floor: float | None = None
+    min_step_ms: float | None = None
     start: Architecture | None = None
     start_name: str | None = None
     verify: VerifySettings | None = None
@@ -154,15 +156,21 @@ def validate_request(request: SearchRequest) -> SearchSpace:
     if request.strategy_name not in STRATEGIES or (configured and not callable(getattr(request.strategy, "search", None))):
         raise RequestError("strategy", f"unknown strategy {request.strategy!r}; choose from {', '.join(STRATEGIES)}")
     if configured and (request.budget is not None or request.start is not None or request.actions is not None
-                       or request.shortlist or request.drop_floor is not None):
-        raise RequestError("strategy", "a configured strategy carries its own budget, start, actions, shortlist and "
-                                       "drop floor; leave those fields of the request empty")
+                       or request.shortlist or request.drop_floor is not None or request.min_step_ms is not None):
+        raise RequestError("strategy", "a configured strategy carries its own budget, start, actions, shortlist, "
+                                       "drop floor and min step; leave those fields of the request empty")
     if request.drop_floor is not None:
         floor = request.drop_floor
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= MAX_DROP_FLOOR:
             raise RequestError("drop_floor", f"{floor!r} is not a number of accuracy points from 0 to {MAX_DROP_FLOOR:g}")
         if request.strategy_name != "greedy":
             raise RequestError("drop_floor", "applies to --strategy greedy only")
+    if request.min_step_ms is not None:
+        if not _positive_finite(request.min_step_ms) or request.min_step_ms >= request.target_latency:
+            raise RequestError("min_step_ms", f"{request.min_step_ms!r} is not a positive latency in ms below the "
+                                              f"target ({request.target_latency:g} ms)")
+        if request.strategy_name != "greedy":
+            raise RequestError("min_step_ms", "applies to --strategy greedy only")
     if not callable(getattr(request.predictor, "predict", None)):
         raise RequestError("predictor", "is not a latency predictor (a table with predict(arch))")
     table_space = getattr(getattr(request.predictor, "metadata", None), "space", space.name)
@@ -386,7 +394,7 @@ def _strategy(request: SearchRequest, actions_name: str, actions) -> Strategy:
         return request.strategy
     if request.strategy == "greedy":
         return GreedySlimming(actions, request.start, actions_name, shortlist=request.shortlist,
-                              drop_floor=request.drop_floor)
+                              drop_floor=request.drop_floor, min_step_ms=request.min_step_ms)
     budget = request.budget or DEFAULT_BUDGET
     if request.strategy == "random":
         return RandomSearch(budget, request.seed)
@@ -414,6 +422,8 @@ def _provenance(request: SearchRequest, strategy: Strategy, evaluator: Evaluator
             provenance["shortlist"] = strategy.shortlist
         if getattr(strategy, "drop_floor", None) is not None:
             provenance["drop_floor"] = strategy.drop_floor
+        if getattr(strategy, "min_step_ms", None) is not None:
+            provenance["min_step_ms"] = strategy.min_step_ms
     return provenance
 
 

@@ -23,6 +23,11 @@ from). A step then costs K to 2K full evaluations plus one screening per candida
 full evaluation per candidate; `benchmarks/greedy_screening.py` measures what it keeps of the
 unscreened choices.
 
+With `min_step_ms`, actions that save less predicted latency than that are compounded with more
+of their kind on the same stage (`nas.actions.compound`) before they are compared: a step's
+accuracy drop is then large enough to measure for every kind of action, instead of a 0.01 ms
+expansion cut competing with a 0.09 ms block drop on evaluator noise.
+
 Deterministic: actions come in a fixed order and ties keep the first. That makes the search
 resumable by replay: with a state file, every score is recorded as it is computed; a resumed run
 starts from the beginning with those scores known, so it retraces the recorded path without
@@ -39,7 +44,7 @@ from tqdm import tqdm
 
 from search_spaces import Architecture, ArchitectureError
 
-from nas.actions import ActionSet, v2_actions
+from nas.actions import Action, ActionSet, compound, v2_actions
 from nas.objectives import NO_GAIN
 from nas.problem import Evaluator, SearchProblem, SearchResult, Step, Unreachable
 from nas.state import StateFile, check_resumed_scores, problem_settings
@@ -126,6 +131,7 @@ def greedy_search(
     shortlist: int = 0,
     progress: bool = False,
     drop_floor: float | None = None,
+    min_step_ms: float | None = None,
 ) -> SearchResult:
     """Slim from `start` (default the largest network) until `problem` is met, one action a step as
     the module says; return the end and the path. `progress` shows a tqdm bar on stderr over the
@@ -137,6 +143,11 @@ def greedy_search(
     the state file did not already hold). Raises `Unreachable` when no action gains anything
     before the target is met, or after `max_steps`; `ValueError` for a state file of another
     search, or a shortlist with an evaluator that cannot screen.
+
+    `min_step_ms`: while the latency target is unmet, every action that saves less predicted
+    latency is continued with actions of its kind on the same stage until it saves that much
+    (`nas.actions.compound`), so steps are of one size and their accuracy drops comparable; an
+    action that alone meets the target stays a candidate too (the last step may land gently).
     """
     ratio_of = floored_ratio(problem.objective.ratio, drop_floor)
     if shortlist and not callable(getattr(problem.evaluator, "screen", None)):
@@ -145,7 +156,8 @@ def greedy_search(
     arch = space.validate(start) if start is not None else space.largest()
     settings = {**problem_settings(problem), "start": arch.to_dict(), "actions": actions_settings(actions),
                 "max_steps": max_steps, **({"shortlist": shortlist} if shortlist else {}),
-                **({"drop_floor": drop_floor} if drop_floor is not None else {})}
+                **({"drop_floor": drop_floor} if drop_floor is not None else {}),
+                **({"min_step_ms": min_step_ms} if min_step_ms is not None else {})}
     state = StateFile(state_path, STRATEGY_NAME, settings)
     steps: list[Step] = []
     scores = _RecordedScores(problem.evaluator, state, lambda: {"steps": len(steps) - 1})
@@ -173,9 +185,12 @@ def greedy_search(
         if problem.met(latency, params):
             break
         latency_met = latency <= problem.target_latency
-        candidates = []
-        for action in actions(space, arch):
+        candidates, seen = [], set()
+        for action in _step_actions(problem, arch, latency, actions, min_step_ms if not latency_met else None):
             candidate = action.apply(arch)
+            if candidate in seen:
+                continue
+            seen.add(candidate)
             cand_latency, cand_params = problem.price(candidate)
             if latency_met:  # only the size budget is left
                 gain = (params - cand_params) / 1e6
@@ -207,6 +222,20 @@ def greedy_search(
     bar.close()
     return SearchResult(arch, latency, params, score, problem.mes(params, latency), tuple(steps), tuple(path),
                         scores.evaluations, screenings=scores.screenings)
+
+
+def _step_actions(problem: SearchProblem, arch: Architecture, latency: float, actions: ActionSet,
+                  min_step_ms: float | None) -> list[Action]:
+    """A step's actions: the set's, each compounded to save at least `min_step_ms` (None: as they
+    are), and the uncompounded ones that meet the problem on their own."""
+    offered = list(actions(problem.space, arch))
+    if min_step_ms is None:
+        return offered
+    saving = lambda candidate: latency - problem.price(candidate)[0]  # noqa: E731
+    stepped = [compound(problem.space, arch, action, actions, saving, min_step_ms) for action in offered]
+    finishing = [action for action, step in zip(offered, stepped)
+                 if step is not action and problem.met(*problem.price(action.apply(arch)))]
+    return stepped + finishing
 
 
 def choose(ratios: Sequence[float], scores: Sequence[float], feasible: Sequence[bool]) -> int:

@@ -3,7 +3,7 @@
     python -m nas.search --target-latency 1.5ms --device iphone12 [--space S] [--objective mes|latency]
         [--mes-params-unit 3M --mes-latency-unit 1ms --mes-alpha-params 0.5 --mes-alpha-latency 1.0]
         [--max-params 6M] [--supernet CKPT --data SPEC [--recalibrate N] [--eval-batches N]
-        [--screen-batches N --shortlist K]] [--drop-floor POINTS]
+        [--screen-batches N --shortlist K]] [--drop-floor POINTS] [--min-step MS]
         [--evaluator supernet|proxy] [--strategy greedy|random|evolution] [--budget N] [--state FILE]
         [--actions v1|v2] [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl]
         [--front FILE.yaml] [--lut FILE] [--verify [--verify-rounds N] [--verify-undershoot 5%]]
@@ -84,7 +84,7 @@ OPTION_OF_FIELD = {
     "start": "--start", "actions": "--actions", "state_path": "--state", "verify": "--verify",
     "evaluator": "--evaluator", "supernet": "--supernet", "data": "--data", "split": "--data",
     "recalibrate": "--recalibrate", "eval_batches": "--eval-batches", "batch_size": "--eval-batches",
-    "screen_batches": "--screen-batches", "shortlist": "--shortlist", "drop_floor": "--drop-floor",
+    "screen_batches": "--screen-batches", "shortlist": "--shortlist", "drop_floor": "--drop-floor", "min_step_ms": "--min-step",
     "mes": "--mes-*",
 }
 
@@ -177,6 +177,8 @@ def build_parser() -> ArgumentParser:
                         help="greedy with --screen-batches: candidates per step scored on all validation batches")
     parser.add_argument("--drop-floor", help="greedy: count every accuracy drop below this many points as this "
                                              "much, so noise-sized accuracy gains do not decide steps (e.g. 0.5)")
+    parser.add_argument("--min-step", help="greedy: compound every action that saves less predicted latency than "
+                                           f"this with more of its kind on its stage ({LATENCY_FORMS}; e.g. 0.05ms)")
     parser.add_argument("--seed", type=integer_in(SEED), default=0,
                         help="seed of the proxy's weights and the random strategies")
     parser.add_argument("--out", help="output YAML (default stdout)")
@@ -293,7 +295,8 @@ def request_from_args(args) -> SearchRequest:
         space=args.space, predictor=table, target_latency=target, evaluator=_evaluator(args), objective=args.objective,
         mes=mes, max_params=max_params, strategy=args.strategy, budget=args.budget, seed=args.seed,
         state_path=Path(args.state) if args.state else None, actions=args.actions, shortlist=args.shortlist,
-        drop_floor=_drop_floor(args.drop_floor), start=_start(args),
+        drop_floor=_drop_floor(args.drop_floor),
+        min_step_ms=parse_latency(args.min_step, "--min-step") if args.min_step is not None else None, start=_start(args),
         start_name=Path(args.start).name if args.start else None, verify=verify, table_name=table_name,
     )
 

@@ -523,7 +523,8 @@ class GreedySlimming:
     with an action set (`nas.actions`: V2 by default, `V1Actions` for V1); no budget: it stops
     when the target is met. `shortlist` > 0 screens each step's candidates and fully scores only
     that many of them (`nas.greedy`; the evaluator must screen). `drop_floor` counts every accuracy
-    drop below it (points) as that much (`nas.greedy.floored_ratio`; None: the plain ratio)."""
+    drop below it (points) as that much (`nas.greedy.floored_ratio`; None: the plain ratio).
+    `min_step_ms` compounds every smaller action to save that much latency (`nas.actions.compound`)."""
 
     actions: ActionSet = v2_actions
     start: Architecture | None = None
@@ -531,16 +532,18 @@ class GreedySlimming:
     max_steps: int = 10_000
     shortlist: int = 0
     drop_floor: float | None = None
+    min_step_ms: float | None = None
     name: str = "greedy"
 
     def search(self, problem: SearchProblem, *, on_step: Callable[[Step], None] | None = None,
                state_path: str | Path | None = None, progress: bool = False) -> SearchResult:
         return greedy_search(problem, self.start, self.actions, self.max_steps, on_step, state_path, self.shortlist,
-                             progress=progress, drop_floor=self.drop_floor)
+                             progress=progress, drop_floor=self.drop_floor, min_step_ms=self.min_step_ms)
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "actions": self.actions_name, **({"shortlist": self.shortlist} if self.shortlist else {}),
-                **({"drop_floor": self.drop_floor} if self.drop_floor is not None else {})}
+                **({"drop_floor": self.drop_floor} if self.drop_floor is not None else {}),
+                **({"min_step_ms": self.min_step_ms} if self.min_step_ms is not None else {})}
 
 
 @dataclass(frozen=True)

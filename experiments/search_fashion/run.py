@@ -76,6 +76,7 @@ KEYS = ("space", "data", "threads", "supernet", "runs", "results", "evaluator", 
 STRATEGY_KEYS = {"greedy": {"strategy", "objective", "drop_floor"},
                  "random": {"strategy", "objective", "seeds", "budget_multiple"},
                  "evolution": {"strategy", "objective", "seeds", "budget_multiple", "population_size", "sample_size"}}
+OPTIONAL_STRATEGY_KEYS = {"greedy": {"min_step_ms"}}
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -85,9 +86,10 @@ def load_config(path: Path) -> dict[str, Any]:
         kind = settings.get("strategy")
         if kind not in STRATEGY_KEYS:
             raise SystemExit(f"{path}: strategies.{name}.strategy: {kind!r}; choose from {', '.join(STRATEGY_KEYS)}")
-        if set(settings) != STRATEGY_KEYS[kind]:
+        required, optional = STRATEGY_KEYS[kind], OPTIONAL_STRATEGY_KEYS.get(kind, set())
+        if not required <= set(settings) <= required | optional:
             raise SystemExit(f"{path}: strategies.{name}: keys {sorted(settings)}; a {kind} run takes "
-                             f"{sorted(STRATEGY_KEYS[kind])}")
+                             f"{sorted(required)}" + (f" and optionally {sorted(optional)}" if optional else ""))
     greedy = [name for name, settings in config["strategies"].items() if settings["strategy"] == "greedy"]
     if not greedy or list(config["strategies"])[:len(greedy)] != greedy:
         raise SystemExit(f"{path}: strategies: the greedy runs come first (they set the budgets)")
@@ -302,7 +304,8 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
     request = SearchRequest(space.name, table, target.latency_ms, evaluator=evaluator, objective=settings["objective"],
                             mes=mes, strategy=strategy, seed=seed or 0, state_path=state,
                             shortlist=config["evaluator"]["shortlist"] if greedy else 0,
-                            drop_floor=settings["drop_floor"] if greedy else None)
+                            drop_floor=settings["drop_floor"] if greedy else None,
+                            min_step_ms=settings.get("min_step_ms") if greedy else None)
     log(f"{target.table} {target.label} ({target.latency_ms:.3f} ms) {run}: searching (budget {budget}, load {loadavg()})")
     started, computed = time.perf_counter(), evaluator.computed
     outcome = run_search(request, progress=True)
