@@ -10,7 +10,7 @@ cores, written beside a small supernet it trains once and keeps in `runs/bench_s
 the EfficientFormerV2 space at 32 px, sandwich rule, 1 epoch on 3,000 training images. The table
 is `iphone12`; the targets are fractions of the largest network's predicted latency; each
 evaluation reads `--val-images` val images (greedy screens on a fifth of them); greedy runs with
-the `mes` and the `latency` objective, random search and evolution at `--seeds` seeds at greedy's
+the `mes` and the `latency` objective, each with single and with compound (0.05 ms) steps, random search and evolution at `--seeds` seeds at greedy's
 budget, random search once more at 5x. A 32 px, one-epoch supernet is a weak evaluator: this
 benchmark shows that the comparison runs end to end and what it costs, and gives a first reading
 of its verdicts; the study's configuration (`experiments/search_fashion/config.yaml`) decides them.
@@ -44,6 +44,7 @@ HERE = ROOT / "runs" / "bench_search_comparison"
 OUT = ROOT / "benchmarks" / "results" / "search_comparison.json"
 SUPERNET = TrainConfig(space="efficientformer_v2", data="fashion-mnist", mode="sandwich", epochs=1, batch_size=64,
                        resolution=32, warmup_epochs=0.2, train_images=3000, val_images=500, seed=0)
+MIN_STEP_MS = 0.05  # the study's compound step (experiments/search_fashion/config.yaml)
 
 
 def train_supernet(data: str) -> Path:
@@ -75,6 +76,10 @@ def study_config(args: argparse.Namespace, supernet: Path) -> dict:
         "strategies": {
             "greedy_mes": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor},
             "greedy_latency": {"strategy": "greedy", "objective": "latency", "drop_floor": drop_floor},
+            "greedy_mes_steps": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor,
+                                 "min_step_ms": MIN_STEP_MS},
+            "greedy_latency_steps": {"strategy": "greedy", "objective": "latency", "drop_floor": drop_floor,
+                                     "min_step_ms": MIN_STEP_MS},
             "random": {"strategy": "random", "objective": "mes", "seeds": seeds, "budget_multiple": 1},
             "evolution": {"strategy": "evolution", "objective": "mes", "seeds": seeds, "budget_multiple": 1,
                           "population_size": 10, "sample_size": 3},

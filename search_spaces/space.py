@@ -169,7 +169,7 @@ class SearchSpace(abc.ABC):
         return ()
 
     # -- family hooks ------------------------------------------------------------------------
-    def check_rules(self, arch: Architecture) -> None:
+    def check_rules(self, arch: Architecture) -> None:  # noqa: B027 (optional hook: no rules by default)
         """Family rules beyond the per-stage choices; raise `ArchitectureError` with the path."""
 
     def largest_block_types(self, stage_index: int) -> tuple[str, ...]:

@@ -48,8 +48,9 @@ def test_each_search_waits_for_what_it_needs_greedy_its_shallower_target_samplin
     assert needs[("1.6ms", "greedy_mes")] == []
     assert needs[("1.1ms", "greedy_mes")] == [("1.6ms", "greedy_mes")]
     assert needs[("0.9ms", "greedy_latency")] == [("1.1ms", "greedy_latency")]
-    assert needs[("1.1ms", "random_seed0")] == needs[("1.1ms", "random_5x_seed0")] == [
-        ("1.1ms", "greedy_mes"), ("1.1ms", "greedy_latency")]
+    greedy = [name for name, settings in config["strategies"].items() if settings["strategy"] == "greedy"]
+    assert {"greedy_mes", "greedy_latency"} <= set(greedy)
+    assert needs[("1.1ms", "random_seed0")] == needs[("1.1ms", "random_5x_seed0")] == [("1.1ms", g) for g in greedy]
 
 
 def test_a_claim_is_one_processes_until_released_and_a_dead_holders_claim_is_taken_over(tmp_path):
@@ -139,6 +140,8 @@ def test_every_phase_runs_end_to_end_on_a_tiny_supernet_and_a_second_run_does_no
     assert budget["random_seed0"] == budget["evolution_seed0"] == greedy and budget["random_5x_seed0"] == 2 * greedy
     assert all(row["test_accuracy"] is not None and row["latency_ms"] <= 2.65 for row in results["rows"])
     assert {check["greedy"] for check in results["checks"]["greedy_vs_random"]} == {"greedy_mes", "greedy_latency"}
+    assert all(c["equal_budget_covered"] and c["rival_budget"] >= c["greedy_cost"] for c in results["checks"]["greedy_vs_random"])
+    assert set(results["must_hold"]["greedy_at_least_random_at_every_target"]) == {"greedy_mes", "greedy_latency"}
     (verdict,) = results["standalone"]["comparisons"]
     assert verdict["reference"] == "s2" and set(verdict["found_test"]) == set(verdict["reference_test"]) == {"0", "1"}  # JSON keys
     assert (tmp_path / "results" / "search_iphone12.png").stat().st_size > 0
@@ -146,3 +149,20 @@ def test_every_phase_runs_end_to_end_on_a_tiny_supernet_and_a_second_run_does_no
     for phase in ("search", "rescore", "standalone"):  # everything is done: nothing is redone
         assert exit_code_of(lambda phase=phase: study.main(["--config", str(path), "--phase", phase])) == 0
     assert {p: p.stat().st_mtime_ns for p in written} == written
+
+
+def test_a_greedy_run_holds_only_with_a_check_at_every_target_and_a_rival_budget_that_covers_it(tmp_path):
+    config = _config(tmp_path)
+    greedy = [name for name, settings in config["strategies"].items() if settings["strategy"] == "greedy"]
+
+    def check(name, target, holds):
+        return {"table": "iphone12", "target": target, "greedy": name, "holds": holds}
+
+    checks = {"greedy_vs_random": [check(g, t, True) for g in greedy for t in ("1.6ms", "0.9ms")],
+              "greedy_vs_random_5x": [check(g, t, t == "1.6ms") for g in greedy for t in ("1.6ms", "0.9ms")]}
+    checks["greedy_vs_random"][-1]["holds"] = False  # the last greedy run misses at 0.9 ms
+    holds = study.greedy_must_holds(config, checks)
+    assert holds["greedy_at_least_random_at_every_target"] == {g: g != greedy[-1] for g in greedy}
+    assert not any(holds["greedy_at_least_random_5x_at_most_targets"].values())  # 1 of 2 is not most
+    checks["greedy_vs_random"] = [c for c in checks["greedy_vs_random"] if c["greedy"] != greedy[0] or c["target"] == "1.6ms"]
+    assert study.greedy_must_holds(config, checks)["greedy_at_least_random_at_every_target"][greedy[0]] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -116,7 +117,7 @@ def test_missing_file(tmp_path):
 
 
 def test_records_are_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         record(1.0).p50_ms = 2.0  # type: ignore[misc]
 
 

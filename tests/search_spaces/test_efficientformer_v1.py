@@ -107,7 +107,7 @@ def test_each_distinct_spec_costs_the_params_of_its_module():
         "efficientformer_v1.head",
     }
     for key, spec in specs.items():
-        assert layer_cost(spec).params == _params_on_meta(lambda: build_layer(spec)), key
+        assert layer_cost(spec).params == _params_on_meta(lambda spec=spec: build_layer(spec)), key
 
 
 # -- rules -----------------------------------------------------------------------------------
