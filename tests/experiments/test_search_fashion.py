@@ -90,16 +90,52 @@ def test_references_train_from_the_start_and_a_found_network_once_its_target_is_
     assert len(study.standalone_jobs(config)) == 4 * seeds
 
 
+def test_a_pick_named_in_also_train_is_trained_once_its_search_finished_and_not_twice_if_it_is_the_best(tmp_path):
+    config = _config(tmp_path)
+    config["standalone"]["also_train"] = ["greedy_mes", "random_seed1"]
+    target = next(t for t in _targets(config) if t.label == "1.6ms")
+    _finish(config, target, "greedy_mes", 70.0)
+    names = {name for name, _, _ in study.standalone_jobs(config)}
+    assert "iphone12_1.6ms_greedy_mes" in names and "iphone12_1.6ms_found" not in names
+    assert not any("random_seed1" in name for name in names)  # its search has not finished
+    runs = [run for run, _, _ in study.runs_of(config)]
+    for index, run in enumerate(runs):
+        if run != "greedy_mes":
+            _finish(config, target, run, 99.0 if run == "random_seed1" else 80.0 + index / 100)
+    names = [name for name, _, _ in study.standalone_jobs(config) if name.startswith("iphone12_1.6ms")]
+    # random_seed1 is the best pick on val: trained as `found`, not a second time under its run name
+    assert sorted(set(names)) == ["iphone12_1.6ms_found", "iphone12_1.6ms_greedy_mes", "iphone12_1.6ms_reference"]
+    assert study.recipe_of(config, 0) == study.recipe_of(study.load_config(CONFIG), 0)  # not a recipe field
+
+
+def test_the_standalone_must_holds_need_every_reference_target_and_no_loss():
+    def verdict(target, verdict):
+        return {"table": "iphone12", "target": target, "verdict": verdict}
+
+    assert study.standalone_must_holds({"comparisons": []}) == {
+        "found_better_than_references_beyond_spread": False, "found_not_worse_than_references": False}
+    mixed = {"comparisons": [verdict("0.9ms", "found better"), verdict("1.1ms", "tie within the seed spread"),
+                             verdict("1.1ms", "found better")]}
+    assert study.standalone_must_holds(mixed) == {
+        "found_better_than_references_beyond_spread": True, "found_not_worse_than_references": True}
+    mixed["comparisons"].append(verdict("1.6ms", "reference better"))
+    assert study.standalone_must_holds(mixed) == {
+        "found_better_than_references_beyond_spread": False, "found_not_worse_than_references": False}
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.pop("mes"), "mes"),
     (lambda c: c["strategies"]["random"].update(budget_multiple=1, extra=1), "strategies.random"),
     (lambda c: c["strategies"].update(greedy_late={"strategy": "greedy", "objective": "mes", "drop_floor": 0.5}), "greedy runs come first"),
+    (lambda c: c["standalone"].update(also_train=["greedy_nonexistent"]), "standalone.also_train"),
+    (lambda c: c["standalone"].update(also_train="greedy_mes"), "standalone.also_train"),
+    (lambda c: c["standalone"].update(epochz=3), "standalone: keys"),
 ])
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, edit, message):
     config = yaml.safe_load(CONFIG.read_text())
     edit(config)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "evaluate"])) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
