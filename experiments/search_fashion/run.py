@@ -677,27 +677,41 @@ def plot_table(config: dict[str, Any], table: str, results: list[dict[str, Any]]
     predictor = tables_of(config, space)[table]
     references = {name: (float(predictor.predict(space.reference(name))), accuracy)
                   for name, accuracy in rescored.get("reference_val_accuracy", {}).items()}
-    figure, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8), squeeze=False)
-    for axis, label in zip(axes[0], labels):
-        for result in (r for r in mine if r["target"] == label):
-            colour = colours.get(group_of(result["run"]), "grey")
-            if result["path"]:
-                axis.plot([s["latency"] for s in result["path"]], [s["score"] for s in result["path"]], "-o",
-                          ms=2, lw=1, color=colour, label=group_of(result["run"]))
-            else:
-                axis.scatter([e["latency"] for e in result["evaluated"]], [e["score"] for e in result["evaluated"]],
-                             s=3, alpha=0.25, color=colour)
-            axis.scatter([result["pick"]["latency_ms"]], [result["pick"]["val_accuracy"]], marker="*", s=90,
-                         color=colour, edgecolor="black", lw=0.5, zorder=5)
-        target_ms = next(r["target_ms"] for r in mine if r["target"] == label)
-        axis.axvline(target_ms, color="black", ls=":", lw=1)
-        for name, (reference_ms, accuracy) in references.items():
-            axis.scatter([reference_ms], [accuracy], marker="D", s=30, color="black", zorder=6)
-            axis.annotate(name.upper(), (reference_ms, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        axis.set_title(f"{table}, target {label} ({target_ms:.2f} ms)", fontsize=9)
-        axis.set_xlabel("predicted latency (ms)")
-        axis.set_ylabel("val accuracy in the supernet (%)")
-        axis.grid(alpha=0.3)
+    def test_of(result: dict[str, Any]) -> float | None:
+        return rescored.get("test_accuracy", {}).get(arch_key(Architecture.from_dict(result["pick"]["arch"])))
+
+    # row 0: everything evaluated; row 1: the same panels cut to the range of the picks and greedy's
+    # paths, with every pick's test accuracy (x) beside its val accuracy (star)
+    figure, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 7.2), squeeze=False)
+    for column, label in enumerate(labels):
+        here = [r for r in mine if r["target"] == label]
+        target_ms = here[0]["target_ms"]
+        for row, axis in enumerate(axes[:, column]):
+            for result in here:
+                colour = colours.get(group_of(result["run"]), "grey")
+                if result["path"]:
+                    axis.plot([s["latency"] for s in result["path"]], [s["score"] for s in result["path"]], "-o",
+                              ms=2, lw=1, color=colour, label=group_of(result["run"]))
+                elif row == 0:
+                    axis.scatter([e["latency"] for e in result["evaluated"]], [e["score"] for e in result["evaluated"]],
+                                 s=3, alpha=0.25, color=colour)
+                axis.scatter([result["pick"]["latency_ms"]], [result["pick"]["val_accuracy"]], marker="*", s=90,
+                             color=colour, edgecolor="black", lw=0.5, zorder=5)
+                test = test_of(result)
+                if row == 1 and test is not None:
+                    axis.scatter([result["pick"]["latency_ms"]], [test], marker="x", s=30, color=colour, zorder=5)
+            axis.axvline(target_ms, color="black", ls=":", lw=1)
+            for name, (reference_ms, accuracy) in references.items():
+                axis.scatter([reference_ms], [accuracy], marker="D", s=30, color="black", zorder=6)
+                axis.annotate(name.upper(), (reference_ms, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.set_xlabel("predicted latency (ms)")
+            axis.grid(alpha=0.3)
+        axes[0, column].set_title(f"{table}, target {label} ({target_ms:.2f} ms)", fontsize=9)
+        axes[0, column].set_ylabel("val accuracy in the supernet (%)")
+        axes[1, column].set_ylabel("accuracy in the supernet (%): * val, x test", fontsize=8)
+        shown = [r["pick"]["val_accuracy"] for r in here] + [s["score"] for r in here if r["path"] for s in r["path"]]
+        shown += [test for test in map(test_of, here) if test is not None]
+        axes[1, column].set_ylim(min(shown) - 0.5, max(shown) + 0.5)
     lines = {}  # the greedy paths of every panel (a run may be missing from the first)
     for axis in axes[0]:
         for handle, name in zip(*axis.get_legend_handles_labels()):
@@ -707,7 +721,7 @@ def plot_table(config: dict[str, Any], table: str, results: list[dict[str, Any]]
                 if config["strategies"][name]["strategy"] != "greedy"]
     names += [f"{name} (evaluated)" for name in colours if config["strategies"][name]["strategy"] != "greedy"]
     figure.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7)
-    figure.tight_layout(rect=(0, 0.12, 1, 1))
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     write_bytes_atomic(results_of(config) / f"search_{table}.png", png_bytes(figure))
     plt.close(figure)
 
