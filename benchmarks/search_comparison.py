@@ -1,7 +1,7 @@
 """A small, fast version of the search study (issue 17): greedy slimming against random search and
 regularized evolution at equal evaluation budgets on Fashion-MNIST, every pick re-scored on test.
 
-    python benchmarks/search_comparison.py [--data fashion-mnist] [--fractions 0.75,0.6]
+    python benchmarks/search_comparison.py [--data fashion-mnist] [--fractions 0.75]
         [--val-images 200] [--seeds 2]
 
 It runs `experiments/search_fashion/run.py` (phases search, rescore and evaluate; no standalone
@@ -10,8 +10,14 @@ cores, written beside a small supernet it trains once and keeps in `runs/bench_s
 the EfficientFormerV2 space at 32 px, sandwich rule, 1 epoch on 3,000 training images. The table
 is `iphone12`; the targets are fractions of the largest network's predicted latency; each
 evaluation reads `--val-images` val images (greedy screens on a fifth of them); greedy runs with
-the `mes` and the `latency` objective, each with single and with compound (0.05 ms) steps, random search and evolution at `--seeds` seeds at greedy's
-budget, random search once more at 5x. A 32 px, one-epoch supernet is a weak evaluator: this
+the `mes` objective in the study's first and last settings (single steps with the drop floor;
+compound 0.05 ms steps with the plain ratio, the one that held the study's must-hold), random search
+and evolution at `--seeds` seeds at greedy's budget, random search once more at 5x. At the default
+settings its searches took 48 minutes on two cores shared with a standalone training (load 2-3;
+the committed run): this supernet's narrower BatchNorms were never trained in its one epoch, so
+most width-cut candidates are scored with recalibrated statistics (0.6 s a screening of 40
+images), which is why the compound greedy run (1850 s) cost far more than the single-step one
+(118 s) at the same number of screenings. A 32 px, one-epoch supernet is a weak evaluator: this
 benchmark shows that the comparison runs end to end and what it costs, and gives a first reading
 of its verdicts; the study's configuration (`experiments/search_fashion/config.yaml`) decides them.
 
@@ -75,11 +81,8 @@ def study_config(args: argparse.Namespace, supernet: Path) -> dict:
                                 "references": {}}},
         "strategies": {
             "greedy_mes": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor},
-            "greedy_latency": {"strategy": "greedy", "objective": "latency", "drop_floor": drop_floor},
-            "greedy_mes_steps": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor,
-                                 "min_step_ms": MIN_STEP_MS},
-            "greedy_latency_steps": {"strategy": "greedy", "objective": "latency", "drop_floor": drop_floor,
-                                     "min_step_ms": MIN_STEP_MS},
+            "greedy_mes_steps_plain": {"strategy": "greedy", "objective": "mes", "drop_floor": None,
+                                       "min_step_ms": MIN_STEP_MS},
             "random": {"strategy": "random", "objective": "mes", "seeds": seeds, "budget_multiple": 1},
             "evolution": {"strategy": "evolution", "objective": "mes", "seeds": seeds, "budget_multiple": 1,
                           "population_size": 10, "sample_size": 3},
@@ -104,7 +107,7 @@ def fractions(text: str) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="fashion-mnist", help="a data spec (tests: synthetic:N)")
-    parser.add_argument("--fractions", type=fractions, default=[0.75, 0.6],
+    parser.add_argument("--fractions", type=fractions, default=[0.75],
                         help="targets, as fractions of the largest network's predicted latency")
     parser.add_argument("--val-images", type=int, default=200, choices=range(5, 2001), metavar="5..2000")
     parser.add_argument("--seeds", type=int, default=2, choices=range(1, 6), metavar="1..5")
@@ -136,7 +139,7 @@ def main() -> int:
         "supernet": {"config": SUPERNET.__dict__ | {"data": args.data}, "checkpoint": config["supernet"]},
         "config": config, "seconds": seconds, "load": {"before": load_before, "after": loadavg()},
         "machine": results["machine"], "versions": results["versions"], "checks": results["checks"],
-        "must_hold": {k: v for k, v in results["must_hold"].items() if k != "found_not_worse_than_references"},
+        "must_hold": {k: v for k, v in results["must_hold"].items() if not k.startswith("found_")},
         "summary": results["summary"],
     })
     print(f"wrote {OUT.relative_to(ROOT)}", file=sys.stderr)
