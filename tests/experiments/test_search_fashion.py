@@ -87,7 +87,8 @@ def test_references_train_from_the_start_and_a_found_network_once_its_target_is_
     assert found == [("iphone12_1.6ms_found", seed) for seed in config["standalone"]["seeds"]]
     comparison = next(c for c in study.comparisons(config) if c["target"] == "1.6ms")
     assert comparison["found"]["run"] == runs[-2]  # the most accurate on val
-    assert len(study.standalone_jobs(config)) == 4 * seeds
+    named = config["standalone"].get("also_train", [])  # trained too, at the one finished target
+    assert len(study.standalone_jobs(config)) == (4 + len(named)) * seeds
 
 
 def test_a_pick_named_in_also_train_is_trained_once_its_search_finished_and_not_twice_if_it_is_the_best(tmp_path):
@@ -163,7 +164,8 @@ def test_every_phase_runs_end_to_end_on_a_tiny_supernet_and_a_second_run_does_no
         "evolution": {"strategy": "evolution", "objective": "mes", "seeds": [0], "budget_multiple": 1,
                       "population_size": 4, "sample_size": 2},
         "random_5x": {"strategy": "random", "objective": "mes", "seeds": [0], "budget_multiple": 2}}
-    config["standalone"].update(seeds=[0, 1], epochs=1, train_images=20, val_images=10, batch_size=10)
+    config["standalone"].update(seeds=[0, 1], epochs=1, train_images=20, val_images=10, batch_size=10,
+                                also_train=["greedy_latency"])
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     for phase in study.PHASES:
@@ -178,8 +180,12 @@ def test_every_phase_runs_end_to_end_on_a_tiny_supernet_and_a_second_run_does_no
     assert {check["greedy"] for check in results["checks"]["greedy_vs_random"]} == {"greedy_mes", "greedy_latency"}
     assert all(c["equal_budget_covered"] and c["rival_budget"] >= c["greedy_cost"] for c in results["checks"]["greedy_vs_random"])
     assert set(results["must_hold"]["greedy_at_least_random_at_every_target"]) == {"greedy_mes", "greedy_latency"}
-    (verdict,) = results["standalone"]["comparisons"]
+    verdicts = results["standalone"]["comparisons"]
+    (verdict,) = [v for v in verdicts if v["selected"] == "best on val"]
     assert verdict["reference"] == "s2" and set(verdict["found_test"]) == set(verdict["reference_test"]) == {"0", "1"}  # JSON keys
+    assert "greedy_latency" in {v["found_run"] for v in verdicts}  # also_train's (unless it is the best on val)
+    assert len(verdicts) == 1 + (verdict["found_run"] != "greedy_latency")
+    assert set(results["must_hold"]) >= {"found_better_than_references_beyond_spread", "found_not_worse_than_references"}
     assert (tmp_path / "results" / "search_iphone12.png").stat().st_size > 0
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json") if p.name != "results.json"}
     for phase in ("search", "rescore", "standalone"):  # everything is done: nothing is redone
