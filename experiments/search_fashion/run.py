@@ -541,6 +541,8 @@ def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
     results = search_results(config)
     if not results:
         raise SystemExit("no search results: run --phase search first")
+    space = get_space(config["space"])
+    configured = targets_of(config, space, tables_of(config, space))
     rescored = read_json(results_of(config) / "rescored.json") if (results_of(config) / "rescored.json").is_file() else {"test_accuracy": {}, "measured_ms": {}}
     rows, targets = [], {}
     for result in results:
@@ -586,7 +588,7 @@ def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
               "machine": {"cpu": host_cpu(), "platform": platform.platform(), "load_at_evaluation": loadavg()},
               "versions": versions("torch", "numpy", "onnxruntime"),
               "searches": len(results), "summary": summary, "checks": checks,
-              "must_hold": {**greedy_must_holds(config, checks), **standalone_must_holds(verdicts)},
+              "must_hold": {**greedy_must_holds(config, checks, configured), **standalone_must_holds(verdicts)},
               "standalone": verdicts, "reference_val_accuracy": rescored.get("reference_val_accuracy", {}),
               "rows": rows}
     write_json(results_of(config) / "results.json", result)
@@ -604,10 +606,11 @@ def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def greedy_must_holds(config: dict[str, Any], checks: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, bool]]:
-    """Per greedy run of the config: at least random at equal budget at every target, and at least
-    random at 5x budget at more than half of them (False where a target has no check)."""
-    targets = {(c["table"], c["target"]) for items in checks.values() for c in items}
+def greedy_must_holds(config: dict[str, Any], checks: dict[str, list[dict[str, Any]]],
+                      targets: list[Target]) -> dict[str, dict[str, bool]]:
+    """Per greedy run of the config: at least random at equal budget at every configured target,
+    and at least random at 5x budget at more than half of them. A target without a check (its
+    searches not all run yet) counts as missed, so a partly run study never reads true."""
     holds: dict[str, dict[str, bool]] = {"greedy_at_least_random_at_every_target": {},
                                          "greedy_at_least_random_5x_at_most_targets": {}}
     for name, settings in config["strategies"].items():
@@ -616,7 +619,7 @@ def greedy_must_holds(config: dict[str, Any], checks: dict[str, list[dict[str, A
         equal = [c["holds"] for c in checks["greedy_vs_random"] if c["greedy"] == name]
         five = [c["holds"] for c in checks["greedy_vs_random_5x"] if c["greedy"] == name]
         holds["greedy_at_least_random_at_every_target"][name] = len(equal) == len(targets) > 0 and all(equal)
-        holds["greedy_at_least_random_5x_at_most_targets"][name] = len(five) == len(targets) > 0 and sum(five) > len(five) / 2
+        holds["greedy_at_least_random_5x_at_most_targets"][name] = len(targets) > 0 and sum(five) > len(targets) / 2
     return holds
 
 
