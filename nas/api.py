@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from search_spaces import Architecture, ArchitectureError, SearchSpace, count_macs, count_params, get_space, list_spaces
-from search_spaces.limits import EVALUATION_BUDGET, SEED, SHORTLIST, VERIFY_ROUNDS
+from search_spaces.limits import EVALUATION_BUDGET, SEED, SHORTLIST, STEPS_PAST_TARGET, VERIFY_ROUNDS
 
 import nas
 from nas.actions import ACTION_SET_NAMES, V1Actions, supports_v1_actions, v2_actions
@@ -77,7 +77,8 @@ class SearchRequest:
     calls the predictor (a file or table name); `start`, `actions`, `shortlist` (0: score every
     candidate; K: screen them and score K, with an evaluator that screens), `drop_floor` (accuracy
     drops below it count as it, `nas.greedy.floored_ratio`) and `min_step_ms` (smaller actions are
-    compounded to save that much, `nas.actions.compound`) are greedy's; `budget`
+    compounded to save that much, `nas.actions.compound`) and `steps_past_target` (steps
+    walked on past the target, the path's most accurate feasible network returned) are greedy's; `budget`
     and `seed` the sampling strategies' (the seed also seeds the proxy's random weights). `strategy`
     is a name (`nas.strategies.STRATEGIES`) or a configured `Strategy` (e.g. an evolution with
     its own population size), which then carries its own budget, seed, start and actions."""
@@ -101,6 +102,7 @@ class SearchRequest:
     shortlist: int = 0
     drop_floor: float | None = None
     min_step_ms: float | None = None
+    steps_past_target: int = 0
     start: Architecture | None = None
     start_name: str | None = None
     verify: VerifySettings | None = None
@@ -156,9 +158,11 @@ def validate_request(request: SearchRequest) -> SearchSpace:
     if request.strategy_name not in STRATEGIES or (configured and not callable(getattr(request.strategy, "search", None))):
         raise RequestError("strategy", f"unknown strategy {request.strategy!r}; choose from {', '.join(STRATEGIES)}")
     if configured and (request.budget is not None or request.start is not None or request.actions is not None
-                       or request.shortlist or request.drop_floor is not None or request.min_step_ms is not None):
+                       or request.shortlist or request.drop_floor is not None or request.min_step_ms is not None
+                       or request.steps_past_target):
         raise RequestError("strategy", "a configured strategy carries its own budget, start, actions, shortlist, "
-                                       "drop floor and min step; leave those fields of the request empty")
+                                       "drop floor, min step and steps past target; leave those fields of the "
+                                       "request empty")
     if request.drop_floor is not None:
         floor = request.drop_floor
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= MAX_DROP_FLOOR:
@@ -171,6 +175,10 @@ def validate_request(request: SearchRequest) -> SearchSpace:
                                               f"target ({request.target_latency:g} ms)")
         if request.strategy_name != "greedy":
             raise RequestError("min_step_ms", "applies to --strategy greedy only")
+    if request.steps_past_target not in STEPS_PAST_TARGET:
+        raise RequestError("steps_past_target", f"{request.steps_past_target!r} is not {STEPS_PAST_TARGET.describe()}")
+    if request.steps_past_target and request.strategy_name != "greedy":
+        raise RequestError("steps_past_target", "applies to --strategy greedy only")
     if not callable(getattr(request.predictor, "predict", None)):
         raise RequestError("predictor", "is not a latency predictor (a table with predict(arch))")
     table_space = getattr(getattr(request.predictor, "metadata", None), "space", space.name)
@@ -394,7 +402,8 @@ def _strategy(request: SearchRequest, actions_name: str, actions) -> Strategy:
         return request.strategy
     if request.strategy == "greedy":
         return GreedySlimming(actions, request.start, actions_name, shortlist=request.shortlist,
-                              drop_floor=request.drop_floor, min_step_ms=request.min_step_ms)
+                              drop_floor=request.drop_floor, min_step_ms=request.min_step_ms,
+                              steps_past_target=request.steps_past_target)
     budget = request.budget or DEFAULT_BUDGET
     if request.strategy == "random":
         return RandomSearch(budget, request.seed)
@@ -424,6 +433,8 @@ def _provenance(request: SearchRequest, strategy: Strategy, evaluator: Evaluator
             provenance["drop_floor"] = strategy.drop_floor
         if getattr(strategy, "min_step_ms", None) is not None:
             provenance["min_step_ms"] = strategy.min_step_ms
+        if getattr(strategy, "steps_past_target", 0):
+            provenance["steps_past_target"] = strategy.steps_past_target
     return provenance
 
 

@@ -28,6 +28,13 @@ of their kind on the same stage (`nas.actions.compound`) before they are compare
 accuracy drop is then large enough to measure for every kind of action, instead of a 0.01 ms
 expansion cut competing with a 0.09 ms block drop on evaluator noise.
 
+With `steps_past_target` N > 0 the search does not stop where its path first meets the problem: it
+takes up to N more steps (each, all candidates being feasible, to the most accurate of them) and
+returns the most accurate network on the path that meets the problem (ties: the faster one). The
+path's first feasible point is where the ratio rule is forced to stop, not where accuracy peaks:
+an evaluator may score some smaller networks higher (a briefly trained supernet does), and a
+search that stops at the target cannot reach them.
+
 Deterministic: actions come in a fixed order and ties keep the first. That makes the search
 resumable by replay: with a state file, every score is recorded as it is computed; a resumed run
 starts from the beginning with those scores known, so it retraces the recorded path without
@@ -132,6 +139,7 @@ def greedy_search(
     progress: bool = False,
     drop_floor: float | None = None,
     min_step_ms: float | None = None,
+    steps_past_target: int = 0,
 ) -> SearchResult:
     """Slim from `start` (default the largest network) until `problem` is met, one action a step as
     the module says; return the end and the path. `progress` shows a tqdm bar on stderr over the
@@ -148,6 +156,9 @@ def greedy_search(
     latency is continued with actions of its kind on the same stage until it saves that much
     (`nas.actions.compound`), so steps are of one size and their accuracy drops comparable; an
     action that alone meets the target stays a candidate too (the last step may land gently).
+
+    `steps_past_target`: the module's; the result is then the path's most accurate feasible point,
+    which need not be the path's end.
     """
     ratio_of = floored_ratio(problem.objective.ratio, drop_floor)
     if shortlist and not callable(getattr(problem.evaluator, "screen", None)):
@@ -157,7 +168,8 @@ def greedy_search(
     settings = {**problem_settings(problem), "start": arch.to_dict(), "actions": actions_settings(actions),
                 "max_steps": max_steps, **({"shortlist": shortlist} if shortlist else {}),
                 **({"drop_floor": drop_floor} if drop_floor is not None else {}),
-                **({"min_step_ms": min_step_ms} if min_step_ms is not None else {})}
+                **({"min_step_ms": min_step_ms} if min_step_ms is not None else {}),
+                **({"steps_past_target": steps_past_target} if steps_past_target else {})}
     state = StateFile(state_path, STRATEGY_NAME, settings)
     steps: list[Step] = []
     scores = _RecordedScores(problem.evaluator, state, lambda: {"steps": len(steps) - 1})
@@ -178,21 +190,29 @@ def greedy_search(
     score = scores.score(arch)
     take(Step("start", "starting architecture", 0.0, 0.0, 0, latency, params, problem.mes(params, latency), score, 0.0))
     path = [arch]
-    for _ in range(max_steps):
+    first, best = None, None  # indices into `steps`/`path`: the first and the most accurate point that meets the problem
+    for _ in range(max_steps + steps_past_target):
         bar.n = round(bar.total - min(max(latency - problem.target_latency, 0.0), bar.total), 4)
         bar.set_postfix_str(f"step {len(steps) - 1}, {score:.2f}, {scores.evaluations} scored"
                             + (f" + {scores.screenings} screened" if shortlist else ""))
-        if problem.met(latency, params):
+        met = problem.met(latency, params)
+        if met:
+            first = len(steps) - 1 if first is None else first
+            if best is None or score >= steps[best].score:  # ties: the later, faster one
+                best = len(steps) - 1
+            if len(steps) - 1 - first >= steps_past_target:
+                break
+        elif len(steps) - 1 >= max_steps:
             break
-        latency_met = latency <= problem.target_latency
+        size_only = not met and latency <= problem.target_latency  # only the size budget is left
         candidates, seen = [], set()
-        for action in _step_actions(problem, arch, latency, actions, min_step_ms if not latency_met else None):
+        for action in _step_actions(problem, arch, latency, actions, None if size_only else min_step_ms):
             candidate = action.apply(arch)
             if candidate in seen:
                 continue
             seen.add(candidate)
             cand_latency, cand_params = problem.price(candidate)
-            if latency_met:  # only the size budget is left
+            if size_only:
                 gain = (params - cand_params) / 1e6
             else:
                 gain = problem.objective.gain(latency, params, cand_latency, cand_params)
@@ -207,20 +227,26 @@ def greedy_search(
             if ratio != NO_GAIN:
                 options.append((ratio, action, candidate, cand_latency, cand_params, cand_score))
         if not options:
+            if met:  # past the target with nothing left to gain: the path ends here
+                break
+            bar.close()
             raise Unreachable(min(latency, problem.smallest_latency()))
-        best = options[choose([o[0] for o in options], [o[5] for o in options],
-                              [problem.met(o[3], o[4]) for o in options])]
-        ratio, action, candidate, cand_latency, cand_params, cand_score = best
+        chosen = options[choose([o[0] for o in options], [o[5] for o in options],
+                                [problem.met(o[3], o[4]) for o in options])]
+        ratio, action, candidate, cand_latency, cand_params, cand_score = chosen
         take(Step(action.name, action.description, cand_score - score, cand_latency - latency, cand_params - params,
                   cand_latency, cand_params, problem.mes(cand_params, cand_latency), cand_score, ratio))
         path.append(candidate)
         state.save({"steps": len(steps) - 1}, scores.records, _Scored.to_dict)
         arch, latency, params, score = candidate, cand_latency, cand_params, cand_score
     else:
-        bar.close()
-        raise Unreachable(latency, f"no solution within {max_steps} steps")
+        if problem.met(latency, params) and (best is None or score >= steps[best].score):
+            best = len(steps) - 1
     bar.close()
-    return SearchResult(arch, latency, params, score, problem.mes(params, latency), tuple(steps), tuple(path),
+    if best is None:
+        raise Unreachable(latency, f"no solution within {max_steps} steps")
+    end = steps[best]
+    return SearchResult(path[best], end.latency, end.params, end.score, end.mes, tuple(steps), tuple(path),
                         scores.evaluations, screenings=scores.screenings)
 
 

@@ -50,6 +50,7 @@ from search_spaces.limits import (
     RECALIBRATION_BATCHES,
     SEED,
     SHORTLIST,
+    STEPS_PAST_TARGET,
     VERIFY_ROUNDS,
 )
 
@@ -85,6 +86,7 @@ OPTION_OF_FIELD = {
     "evaluator": "--evaluator", "supernet": "--supernet", "data": "--data", "split": "--data",
     "recalibrate": "--recalibrate", "eval_batches": "--eval-batches", "batch_size": "--eval-batches",
     "screen_batches": "--screen-batches", "shortlist": "--shortlist", "drop_floor": "--drop-floor", "min_step_ms": "--min-step",
+    "steps_past_target": "--steps-past-target",
     "mes": "--mes-*",
 }
 
@@ -179,6 +181,9 @@ def build_parser() -> ArgumentParser:
                                              "much, so noise-sized accuracy gains do not decide steps (e.g. 0.5)")
     parser.add_argument("--min-step", help="greedy: compound every action that saves less predicted latency than "
                                            f"this with more of its kind on its stage ({LATENCY_FORMS}; e.g. 0.05ms)")
+    parser.add_argument("--steps-past-target", type=integer_in(STEPS_PAST_TARGET), default=0,
+                        help="greedy: walk N steps on past the target (each to the most accurate candidate) and "
+                             "return the most accurate network on the path that meets it")
     parser.add_argument("--seed", type=integer_in(SEED), default=0,
                         help="seed of the proxy's weights and the random strategies")
     parser.add_argument("--out", help="output YAML (default stdout)")
@@ -296,7 +301,8 @@ def request_from_args(args) -> SearchRequest:
         mes=mes, max_params=max_params, strategy=args.strategy, budget=args.budget, seed=args.seed,
         state_path=Path(args.state) if args.state else None, actions=args.actions, shortlist=args.shortlist,
         drop_floor=_drop_floor(args.drop_floor),
-        min_step_ms=parse_latency(args.min_step, "--min-step") if args.min_step is not None else None, start=_start(args),
+        min_step_ms=parse_latency(args.min_step, "--min-step") if args.min_step is not None else None,
+        steps_past_target=args.steps_past_target, start=_start(args),
         start_name=Path(args.start).name if args.start else None, verify=verify, table_name=table_name,
     )
 

@@ -59,6 +59,7 @@ EVALUATION_BUDGET = IntRange(1, 1_000_000)
 SAMPLES = IntRange(1, 100_000)  # networks drawn by search_spaces sample, lut.validate, lut.build --calibrate
 RECALIBRATION_BATCHES = IntRange(0, 10_000)
 EVALUATION_BATCHES = IntRange(1, 10_000)
+STEPS_PAST_TARGET = IntRange(0, 1000, "steps")  # greedy steps walked on past the target
 SHORTLIST = IntRange(1, 1000)  # candidates a screening greedy step scores fully (a step has ~10-100)
 TIMING_RUNS = IntRange(1, 100_000)
 RAY_WORKERS = IntRange(1, 1024)

@@ -76,7 +76,7 @@ KEYS = ("space", "data", "threads", "supernet", "runs", "results", "evaluator", 
 STRATEGY_KEYS = {"greedy": {"strategy", "objective", "drop_floor"},
                  "random": {"strategy", "objective", "seeds", "budget_multiple"},
                  "evolution": {"strategy", "objective", "seeds", "budget_multiple", "population_size", "sample_size"}}
-OPTIONAL_STRATEGY_KEYS = {"greedy": {"min_step_ms"}}
+OPTIONAL_STRATEGY_KEYS = {"greedy": {"min_step_ms", "steps_past_target"}}
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -327,7 +327,8 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
                             mes=mes, strategy=strategy, seed=seed or 0, state_path=state,
                             shortlist=config["evaluator"]["shortlist"] if greedy else 0,
                             drop_floor=settings["drop_floor"] if greedy else None,
-                            min_step_ms=settings.get("min_step_ms") if greedy else None)
+                            min_step_ms=settings.get("min_step_ms") if greedy else None,
+                            steps_past_target=settings.get("steps_past_target", 0) if greedy else 0)
     log(f"{target.table} {target.label} ({target.latency_ms:.3f} ms) {run}: searching (budget {budget}, load {loadavg()})")
     started, computed = time.perf_counter(), evaluator.computed
     outcome = run_search(request, progress=True)
