@@ -29,7 +29,7 @@ accuracy drop is then large enough to measure for every kind of action, instead 
 expansion cut competing with a 0.09 ms block drop on evaluator noise.
 
 With `steps_past_target` N > 0 the search does not stop where its path first meets the problem: it
-takes up to N more steps (each, all candidates being feasible, to the most accurate of them) and
+takes up to N more steps (each to the most accurate candidate that still meets it) and
 returns the most accurate network on the path that meets the problem (ties: the faster one). The
 path's first feasible point is where the ratio rule is forced to stop, not where accuracy peaks:
 an evaluator may score some smaller networks higher (a briefly trained supernet does), and a
@@ -191,7 +191,7 @@ def greedy_search(
     take(Step("start", "starting architecture", 0.0, 0.0, 0, latency, params, problem.mes(params, latency), score, 0.0))
     path = [arch]
     first, best = None, None  # indices into `steps`/`path`: the first and the most accurate point that meets the problem
-    for _ in range(max_steps + steps_past_target):
+    while True:
         bar.n = round(bar.total - min(max(latency - problem.target_latency, 0.0), bar.total), 4)
         bar.set_postfix_str(f"step {len(steps) - 1}, {score:.2f}, {scores.evaluations} scored"
                             + (f" + {scores.screenings} screened" if shortlist else ""))
@@ -203,7 +203,8 @@ def greedy_search(
             if len(steps) - 1 - first >= steps_past_target:
                 break
         elif len(steps) - 1 >= max_steps:
-            break
+            bar.close()
+            raise Unreachable(latency, f"no solution within {max_steps} steps")
         size_only = not met and latency <= problem.target_latency  # only the size budget is left
         candidates, seen = [], set()
         for action in _step_actions(problem, arch, latency, actions, None if size_only else min_step_ms):
@@ -216,7 +217,7 @@ def greedy_search(
                 gain = (params - cand_params) / 1e6
             else:
                 gain = problem.objective.gain(latency, params, cand_latency, cand_params)
-            if gain > 0:
+            if gain > 0 and (not met or problem.met(cand_latency, cand_params)):  # past the target: stay under it
                 candidates.append((action, candidate, cand_latency, cand_params, gain))
         if shortlist:
             candidates = _shortlisted(candidates, problem, scores, arch, shortlist, ratio_of)
@@ -239,12 +240,7 @@ def greedy_search(
         path.append(candidate)
         state.save({"steps": len(steps) - 1}, scores.records, _Scored.to_dict)
         arch, latency, params, score = candidate, cand_latency, cand_params, cand_score
-    else:
-        if problem.met(latency, params) and (best is None or score >= steps[best].score):
-            best = len(steps) - 1
     bar.close()
-    if best is None:
-        raise Unreachable(latency, f"no solution within {max_steps} steps")
     end = steps[best]
     return SearchResult(path[best], end.latency, end.params, end.score, end.mes, tuple(steps), tuple(path),
                         scores.evaluations, screenings=scores.screenings)
