@@ -15,3 +15,12 @@ def invoke(main: Callable, prog: str, argv: Sequence[str], capsys) -> tuple[int,
         code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_refused_in_one_line(main: Callable, prog: str, argv: Sequence[str], option: str, out, capsys) -> None:
+    """`main(argv + --out out)` exits 2 with one stderr line naming `option`, and leaves the file
+    already at `out` as it was."""
+    out.write_text("kept\n")
+    code, _, err = invoke(main, prog, [*argv, "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and option in err, err
+    assert out.read_text() == "kept\n"

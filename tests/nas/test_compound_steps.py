@@ -19,7 +19,7 @@ from nas.greedy import greedy_search
 from nas.objectives import LatencyObjective
 from nas.problem import SearchProblem
 from nas.search import main
-from tests.cli_support import invoke
+from tests.cli_support import assert_refused_in_one_line
 
 SPACE = get_space("efficientformer_v2")
 TABLE = get_device("iphone12").default_table(SPACE)
@@ -145,9 +145,5 @@ def test_min_step_reaches_provenance_and_is_refused_where_it_does_not_apply():
 @pytest.mark.parametrize("argv", [["--min-step", "fast"], ["--min-step", "0ms"], ["--min-step", "5ms"],
                                   ["--min-step", "0.05ms", "--strategy", "evolution"]])
 def test_a_bad_min_step_on_the_command_line_is_one_line(tmp_path, capsys, argv):
-    out = tmp_path / "a.yaml"
-    out.write_text("kept\n")
-    code, _, err = invoke(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12",
-                                                "--out", str(out), *argv], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--min-step" in err, err
-    assert out.read_text() == "kept\n"
+    assert_refused_in_one_line(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12", *argv],
+                               "--min-step", tmp_path / "a.yaml", capsys)

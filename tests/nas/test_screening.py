@@ -16,7 +16,7 @@ from nas.evaluators import SupernetEvaluation
 from nas.greedy import greedy_search
 from nas.objectives import LatencyObjective, MESObjective
 from nas.search import main
-from tests.cli_support import invoke
+from tests.cli_support import assert_refused_in_one_line
 from tests.nas.toys import ToyTable, toy_problem
 
 SPACE = get_space("efficientformer_v2")
@@ -232,12 +232,8 @@ def test_a_screened_search_records_its_shortlist_and_screenings():
     (["--drop-floor", "0.5", "--strategy", "random"], "--drop-floor"),
 ])
 def test_screening_options_on_the_command_line_are_one_line_each(tmp_path, capsys, argv, option):
-    out = tmp_path / "a.yaml"
-    out.write_text("kept\n")
-    code, _, err = invoke(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12",
-                                                "--out", str(out), *argv], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and option in err, err
-    assert out.read_text() == "kept\n"
+    assert_refused_in_one_line(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12", *argv],
+                               option, tmp_path / "a.yaml", capsys)
 
 
 def test_the_command_line_builds_a_screening_request(tmp_path):

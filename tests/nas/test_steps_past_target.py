@@ -19,7 +19,7 @@ from nas.greedy import greedy_search
 from nas.objectives import LatencyObjective
 from nas.problem import SearchProblem
 from nas.search import main
-from tests.cli_support import invoke
+from tests.cli_support import assert_refused_in_one_line
 
 SPACE = get_space("efficientformer_v2")
 TABLE = get_device("iphone12").default_table(SPACE)
@@ -91,9 +91,5 @@ def test_steps_past_target_reach_provenance_and_are_refused_where_they_do_not_ap
 @pytest.mark.parametrize("argv", [["--steps-past-target", "many"], ["--steps-past-target", "-1"],
                                   ["--steps-past-target", "2", "--strategy", "random"]])
 def test_a_bad_steps_past_target_on_the_command_line_is_one_line(tmp_path, capsys, argv):
-    out = tmp_path / "a.yaml"
-    out.write_text("kept\n")
-    code, _, err = invoke(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12",
-                                                "--out", str(out), *argv], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--steps-past-target" in err, err
-    assert out.read_text() == "kept\n"
+    assert_refused_in_one_line(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12", *argv],
+                               "--steps-past-target", tmp_path / "a.yaml", capsys)
