@@ -17,6 +17,14 @@ from typing import Any, Mapping, Sequence
 
 from search_spaces import Architecture, get_space
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def relative(path: Path) -> str:
+    """`path` relative to the repository root where it lies inside it (else as given)."""
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
+
 
 def log(message: str) -> None:
     """One progress line on stderr, flushed (studies run for minutes, often under `nohup`)."""

@@ -231,7 +231,9 @@ class SupernetEvaluator:
         self.prefix_cache_bytes = PREFIX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
         self._prefix_sizes: dict[tuple, int] = {}
         self._prefix_bytes = 0
-        self.batches = list(itertools.islice(loader, max_batches))
+        # held where the supernet's weights are (`net.to("cuda")` scores on the GPU)
+        self.batches = [(images.to(net.device), labels.to(net.device))
+                        for images, labels in itertools.islice(loader, max_batches)]
         if not self.batches:
             raise ValueError("the evaluation data has no batches")
         self.max_batches = max_batches
@@ -295,7 +297,8 @@ class SupernetEvaluator:
         if len(self._calibration) < batches:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(CALIBRATION_SEED)
-                read = [images for images, _ in itertools.islice(iter(self.calibration_loader), batches)]
+                read = [images.to(self.net.device)
+                        for images, _ in itertools.islice(iter(self.calibration_loader), batches)]
             self._calibration.extend(read[len(self._calibration):])
         return self._calibration[:batches]
 

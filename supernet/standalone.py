@@ -133,8 +133,9 @@ def _read(path: Path, epochs: int) -> dict[str, Any] | None:
 
 
 def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, checkpoint: str | Path,
-                     progress: bool = True, label: str = "") -> StandaloneResult:
-    """Train `arch` (at the bundle's resolution and class count) by `recipe`; see the module docstring."""
+                     progress: bool = True, label: str = "", device: str | torch.device = "cpu") -> StandaloneResult:
+    """Train `arch` (at the bundle's resolution and class count) by `recipe` on `device`; see the
+    module docstring. The device is where, not what: it is not part of the checkpoint's identity."""
     arch = dataclasses.replace(arch, resolution=bundle.resolution, num_classes=bundle.num_classes)
     checkpoint = Path(checkpoint)
     identity = _identity(arch, recipe, bundle.spec)
@@ -143,7 +144,8 @@ def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, check
         raise CheckpointError(f"{checkpoint}: trained for another architecture, recipe or data; remove it or choose "
                               "another path")
     torch.manual_seed(epoch_seed(recipe.seed, 0, 10))
-    model = build_model(arch)
+    device = torch.device(device)
+    model = build_model(arch).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     train = stratified_subset(bundle.train, recipe.train_images)
     epoch_val = DataLoader(stratified_subset(bundle.val, recipe.val_images), batch_size=256)
@@ -172,6 +174,7 @@ def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, check
                                                      desc=f"{label} epoch {epoch + 1}/{recipe.epochs}",
                                                      file=sys.stderr, leave=False)):
             optimizer.zero_grad(set_to_none=True)
+            images, labels = images.to(device), labels.to(device)
             loss = F.cross_entropy(model(images), labels, label_smoothing=recipe.label_smoothing)
             loss.backward()
             gradient_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip))

@@ -226,6 +226,11 @@ class Supernet(Network):
         space = get_space(space) if isinstance(space, str) else space
         return cls(space, num_classes, resolution or space.default_resolution)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the shared weights are (`supernet.to(...)` moves them); extracted networks are built there."""
+        return next(self.parameters()).device
+
     # -- places ------------------------------------------------------------------------------
     def place(self, where: str) -> LayerChoice:
         """The supernet place a spec's `where` names (stem, head, a downsample or a block slot)."""
@@ -341,8 +346,10 @@ class Supernet(Network):
         """A static network of `arch` (the classes `build_model` makes) holding the shared weights."""
         self._check_arch(arch)
 
+        device = self.device
+
         def make(spec: LayerSpec) -> nn.Module:
-            static = build_layer(spec)
+            static = build_layer(spec).to(device)  # built where the shared weights are, so copies stay on it
             _export(self.place(spec.where).module_for(spec.kind), static)
             return static
 

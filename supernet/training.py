@@ -243,15 +243,17 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int) -> float:
 
 
 def accuracy(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> float:
-    """Top-1 accuracy of `model` (eval mode, no gradients) over `loader`."""
+    """Top-1 accuracy of `model` (eval mode, no gradients) over `loader`, run where the model's
+    weights are (each batch is moved there)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = total = 0
     with torch.no_grad():
         for index, (images, labels) in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
-            correct += int((model(images).argmax(1) == labels).sum())
+            correct += int((model(images.to(device)).argmax(1) == labels.to(device)).sum())
             total += len(labels)
     model.train(was_training)
     return correct / max(total, 1)
@@ -280,7 +282,7 @@ def recalibrated_network(supernet: Supernet, arch: Architecture, images: list[to
     """`recalibrate_bn` on given image batches (no labels): a static copy of `arch` whose BatchNorm
     statistics are exact averages over `images`, in eval mode."""
     network = supernet.extract(supernet.fit(arch))
-    recalibrated_outputs(network, images, [])
+    recalibrated_outputs(network, [batch.to(supernet.device) for batch in images], [])
     return network.eval()
 
 
@@ -325,7 +327,7 @@ def untrained_batch_norms(supernet: Supernet, arch: Architecture) -> list[str]:
     supernet.eval()
     try:
         with torch.no_grad():
-            supernet(torch.zeros(1, 3, supernet.resolution, supernet.resolution))
+            supernet(torch.zeros(1, 3, supernet.resolution, supernet.resolution, device=supernet.device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -408,7 +410,8 @@ class Trainer:
     """Trains one supernet by `config`, resumable from its own checkpoints.
 
     `run()` trains the remaining epochs, writing `out` (atomic) and `<out>.metrics.jsonl` after
-    each on rank 0; `checkpoint_hook(path_or_None, epoch)` is called on every rank after each
+    each on rank 0; `device` is where the supernet trains ("cpu", "cuda", ...: not part of the
+    config, so a run resumes on another device; each batch is moved there); `checkpoint_hook(path_or_None, epoch)` is called on every rank after each
     epoch (the path on rank 0 only) so a launcher (Ray Train) can report it.
     """
 
@@ -420,8 +423,10 @@ class Trainer:
         distributed: Distributed | None = None,
         progress: bool = True,
         checkpoint_hook: Callable[[Path | None, int], None] | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.config, self.bundle, self.out = config, bundle, Path(out)
+        self.device = torch.device(device)
         self.train_set = stratified_subset(bundle.train, config.train_images, seed=config.seed)
         self.val_set = stratified_subset(bundle.val, config.val_images, seed=config.seed)
         self.distributed = distributed or Distributed()
@@ -429,6 +434,7 @@ class Trainer:
         self.checkpoint_hook = checkpoint_hook
         torch.manual_seed(config.seed)
         self.supernet = Supernet.from_space(config.space, num_classes=bundle.num_classes, resolution=config.resolution)
+        self.supernet.to(self.device)
         self.space = self.supernet.space
         self.largest = self.supernet.fit(self.space.largest())
         self.smallest = self.supernet.fit(self.space.smallest())
@@ -568,7 +574,7 @@ class Trainer:
             for images, labels in bar:
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     raise KeyboardInterrupt("simulated interruption")
-                loss, acc = self.train_step(images, labels, rng)
+                loss, acc = self.train_step(images.to(self.device), labels.to(self.device), rng)
                 losses.append(loss)
                 accuracies.append(acc)
                 seen += len(labels)

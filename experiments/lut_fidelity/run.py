@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))  # for `experiments.study`: the studies are not an installed package
 
-from experiments.study import png_bytes  # noqa: E402
+from experiments.study import png_bytes, relative  # noqa: E402
 from lut.build import build_table, journal_path  # noqa: E402
 from lut.devices import Device, host_cpu, loadavg  # noqa: E402
 from lut.registry import get_device  # noqa: E402
@@ -136,11 +136,6 @@ def versions() -> dict[str, str]:
         "scipy": scipy.__version__,
         "matplotlib": matplotlib.__version__,
     }
-
-
-def relative(path: Path) -> str:
-    """`path` relative to the repository root where it lies inside it."""
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 # -- a quiet machine ---------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from search_spaces import Architecture, count_macs, count_params, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 
-from experiments.study import exit_code_of, load_settings, log, png_bytes, read_json, shard, versions, write_json  # noqa: E402
+from experiments.study import exit_code_of, load_settings, log, png_bytes, relative, read_json, shard, versions, write_json  # noqa: E402
 from lut import get_device  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from supernet.data import load_data, stratified_subset  # noqa: E402
@@ -68,12 +68,29 @@ from supernet.training import TrainConfig, Trainer, metrics_path  # noqa: E402
 PHASES = ("select", "supernet", "standalone", "budget", "seeds", "evaluate", "attempts")
 #: the keys of `standalone` that are checks run with the recipe, not part of it
 CHECKS = ("budget_check", "seed_check")
-KEYS = ("space", "data", "resolution", "num_classes", "device", "threads", "checkpoints", "selection", "supernet",
-        "standalone", "evaluation")
+KEYS = ("space", "data", "resolution", "num_classes", "device", "accelerator", "threads", "checkpoints", "results",
+        "selection", "supernet", "standalone", "evaluation")
+ACCELERATORS = ("cpu", "cuda")  # where every network trains and is scored (`accelerator`)
+HERE_CONFIG = HERE / "config.yaml"
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    return load_settings(path, KEYS)
+    config = load_settings(path, KEYS)
+    if config["accelerator"] not in ACCELERATORS:
+        raise SystemExit(f"{path}: accelerator: must be one of {', '.join(ACCELERATORS)}, got {config['accelerator']!r}")
+    if config["accelerator"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{path}: accelerator: cuda, but torch sees no CUDA device here (use cpu)")
+    return config
+
+
+def accelerator_name(config: dict[str, Any]) -> str:
+    """What trained and scored the networks: "cpu", or the CUDA device's name."""
+    return torch.cuda.get_device_name() if config["accelerator"] == "cuda" else "cpu"
+
+
+def results_of(config: dict[str, Any]) -> Path:
+    """The folder the study's results go to (`results`, relative to the repository root)."""
+    return ROOT / config["results"]
 
 
 # -- 1. selection --------------------------------------------------------------------------------
@@ -103,7 +120,7 @@ def select(config: dict[str, Any]) -> list[dict[str, Any]]:
         networks.append({"id": f"n{index:02d}", "name": name, "latency_ms": round(table.predict(arch), 5),
                          "params": count_params(arch), "macs": count_macs(arch), "arch": arch.to_dict()})
     missing = [index for index in range(settings["strata"]) if index not in filled]
-    write_json(HERE / "networks.json", {"table": {"device": config["device"], "sha256": table.sha256},
+    write_json(results_of(config) / "networks.json", {"table": {"device": config["device"], "sha256": table.sha256},
                                         "latency_range_ms": [round(low, 5), round(high, 5)],
                                         "empty_strata": missing, "networks": networks})
     log(f"selected {len(networks)} networks ({len(filled)} of {settings['strata']} strata filled) over "
@@ -111,10 +128,10 @@ def select(config: dict[str, Any]) -> list[dict[str, Any]]:
     return networks
 
 
-def networks_of() -> list[dict[str, Any]]:
-    path = HERE / "networks.json"
+def networks_of(config: dict[str, Any]) -> list[dict[str, Any]]:
+    path = results_of(config) / "networks.json"
     if not path.is_file():
-        raise SystemExit(f"{path.relative_to(ROOT)} is missing: run --phase select first")
+        raise SystemExit(f"{relative(path)} is missing: run --phase select first")
     return read_json(path)["networks"]
 
 
@@ -129,15 +146,15 @@ def train_supernet(config: dict[str, Any]) -> None:
     bundle = load_data(config["data"], config["resolution"], train_config.seed)
     path = supernet_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(train_config, bundle, path, progress=True)
+    trainer = Trainer(train_config, bundle, path, progress=True, device=config["accelerator"])
     if path.is_file():
         trainer.load(path)
     resumed, started, load = trainer.epoch, time.perf_counter(), loadavg()
     log(f"supernet: epochs {resumed + 1}..{train_config.epochs} of {train_config.epochs} (load {load})")
     trainer.run()
-    write_json(HERE / "supernet_training.json", {
-        "config": dataclasses.asdict(train_config), "data": bundle.describe(), "checkpoint": str(path.relative_to(ROOT)),
-        "resumed_from_epoch": resumed, "seconds_this_run": round(time.perf_counter() - started, 1),
+    write_json(results_of(config) / "supernet_training.json", {
+        "config": dataclasses.asdict(train_config), "data": bundle.describe(), "checkpoint": relative(path),
+        "accelerator": accelerator_name(config), "resumed_from_epoch": resumed, "seconds_this_run": round(time.perf_counter() - started, 1),
         "epoch_seconds_sum": round(sum(epoch["seconds"] for epoch in trainer.history), 1),
         "load": {"start": load, "end": loadavg()}, "epochs": trainer.history})
 
@@ -159,7 +176,7 @@ def train_networks(config: dict[str, Any], networks: list[dict[str, Any]], recip
                    folder: str) -> None:
     bundle = load_data(config["data"], config["resolution"], recipe.seed)
     for network in networks:
-        out = HERE / folder / f"{network['id']}.json"
+        out = results_of(config) / folder / f"{network['id']}.json"
         if out.is_file() and read_json(out)["recipe"] == dataclasses.asdict(recipe):
             continue
         checkpoint = ROOT / config["checkpoints"] / folder / f"{network['id']}.pt"
@@ -167,9 +184,9 @@ def train_networks(config: dict[str, Any], networks: list[dict[str, Any]], recip
         log(f"{folder} {network['id']} ({network['name']}, {network['latency_ms']:.3f} ms, "
             f"{network['params'] / 1e6:.2f} M): training (load {loadavg()})")
         result = train_standalone(Architecture.from_dict(network["arch"]), bundle, recipe, checkpoint,
-                                  label=network["id"])
+                                  label=network["id"], device=config["accelerator"])
         write_json(out, {"id": network["id"], "name": network["name"], "recipe": dataclasses.asdict(recipe),
-                         "checkpoint": str(checkpoint.relative_to(ROOT)), **result.to_dict()})
+                         "checkpoint": relative(checkpoint), **result.to_dict()})
         log(f"{folder} {network['id']}: test {100 * result.accuracy['test']:.2f}%, val "
             f"{100 * result.accuracy['val']:.2f}% in {result.seconds:.0f} s")
 
@@ -228,7 +245,7 @@ def supernet_scores(config: dict[str, Any], networks: list[dict[str, Any]],
     def inputs():  # the supernet and the images, read only when a score is missing
         if not loaded:
             bundle = load_data(config["data"], config["resolution"], config["supernet"]["seed"])
-            loaded["net"] = Supernet.load(checkpoint, space=config["space"])
+            loaded["net"] = Supernet.load(checkpoint, space=config["space"]).to(config["accelerator"])
             loaded["val"] = DataLoader(stratified_subset(bundle.val, settings["val_images"]), batch_size=250)
             loaded["train"] = DataLoader(stratified_subset(bundle.train, config["supernet"]["train_images"]),
                                          batch_size=settings["recalibration_batch_size"], shuffle=False)
@@ -260,7 +277,7 @@ def seed_spread(config: dict[str, Any], networks: list[dict[str, Any]], standalo
     per-network change, and its standard deviation as one run's (differences / sqrt 2)."""
     pairs = {}
     for network in check_networks(config, networks, "seed_check"):
-        path = HERE / "seeds" / f"{network['id']}.json"
+        path = results_of(config) / "seeds" / f"{network['id']}.json"
         if path.is_file() and network["id"] in standalone:
             pairs[network["id"]] = (standalone[network["id"]]["accuracy"]["test"], read_json(path)["accuracy"]["test"])
     if len(pairs) < 2:
@@ -309,13 +326,13 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     from nas.synflow import SynFlowEvaluator
 
     standalone = {}
-    for network in networks_of():
-        path = HERE / "standalone" / f"{network['id']}.json"
+    for network in networks_of(config):
+        path = results_of(config) / "standalone" / f"{network['id']}.json"
         if path.is_file():
             standalone[network["id"]] = read_json(path)
         elif not partial:
-            raise SystemExit(f"{path.relative_to(ROOT)} is missing: run --phase standalone first (or --partial)")
-    networks = [network for network in networks_of() if network["id"] in standalone]
+            raise SystemExit(f"{relative(path)} is missing: run --phase standalone first (or --partial)")
+    networks = [network for network in networks_of(config) if network["id"] in standalone]
     if len(networks) < 3:
         raise SystemExit(f"{len(networks)} standalone networks trained: a ranking needs at least 3")
     space = get_space(config["space"])
@@ -341,7 +358,7 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     val_correlations, correlations = correlations_with("val"), correlations_with("test")
     budget = {}
     for network in check_networks(config, networks):
-        path = HERE / "budget" / f"{network['id']}.json"
+        path = results_of(config) / "budget" / f"{network['id']}.json"
         if path.is_file():
             budget[network["id"]] = read_json(path)["accuracy"]["test"]
     budget_check = None
@@ -368,7 +385,8 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
         "complete": not partial,
         "supernet_epochs_trained": supernet_epochs,
         "config": config,
-        "machine": {"cpu": host_cpu(), "platform": platform.platform(), "load_at_evaluation": loadavg()},
+        "machine": {"cpu": host_cpu(), "platform": platform.platform(), "load_at_evaluation": loadavg(),
+                    "accelerator": accelerator_name(config)},
         "versions": versions("torch", "numpy"),
         "networks": len(networks),
         "latency_table": {"device": config["device"], "sha256": table.sha256},
@@ -389,15 +407,15 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
         "rows": rows,
     }
     suffix = "_partial" if partial else ""
-    write_json(HERE / f"results{suffix}.json", result)
+    write_json(results_of(config) / f"results{suffix}.json", result)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(HERE / f"ranking{suffix}.csv", buffer.getvalue())
+    write_text_atomic(results_of(config) / f"ranking{suffix}.csv", buffer.getvalue())
     title = (f"{len(networks)} networks, supernet after {supernet_epochs} of {config['supernet']['epochs']} epochs"
              if partial else "")
-    plot(rows, predictors, correlations, ids, HERE / f"ranking{suffix}.png", title)
+    plot(rows, predictors, correlations, ids, results_of(config) / f"ranking{suffix}.png", title)
     for name, values in correlations.items():
         log(f"{name:<22} τ {values['kendall_tau']:+.3f} {values['kendall_tau_95']}  ρ {values['spearman_rho']:+.3f}")
     if result["noise_ceiling"]:
@@ -411,10 +429,10 @@ def attempts(config: dict[str, Any]) -> dict[str, Any]:
     """The improvement attempts of `evaluation.attempts`: the supernet scored as `evaluation` says
     with each attempt's changes (e.g. more val images), correlated with the standalone val and test
     accuracy like `evaluate`. Each finished attempt is kept in attempts.json; a rerun skips it."""
-    standalone = {n["id"]: read_json(HERE / "standalone" / f"{n['id']}.json") for n in networks_of()
-                  if (HERE / "standalone" / f"{n['id']}.json").is_file()}
-    networks = [network for network in networks_of() if network["id"] in standalone]
-    path = HERE / "attempts.json"
+    standalone = {n["id"]: read_json(results_of(config) / "standalone" / f"{n['id']}.json") for n in networks_of(config)
+                  if (results_of(config) / "standalone" / f"{n['id']}.json").is_file()}
+    networks = [network for network in networks_of(config) if network["id"] in standalone]
+    path = results_of(config) / "attempts.json"
     done = read_json(path) if path.is_file() else {}
     settings = config["evaluation"]
     for name, changes in settings.get("attempts", {}).items():
@@ -472,7 +490,7 @@ def plot(rows, predictors, correlations, ids, path: Path, note: str = "") -> Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
+    parser.add_argument("--config", type=Path, default=HERE_CONFIG)
     parser.add_argument("--phase", choices=(*PHASES, "all"), required=True)
     parser.add_argument("--shard", help="standalone/budget/seeds: train every n-th network (i/n), for parallel processes")
     parser.add_argument("--partial", action="store_true",
@@ -483,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     config = load_config(args.config)
     torch.set_num_threads(int(config["threads"]))
+    if config["accelerator"] == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matrix products (cuDNN convolutions use TF32 by default)
     phases = PHASES if args.phase == "all" else (args.phase,)
     for phase in phases:
         if phase == "select":
@@ -490,12 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         elif phase == "supernet":
             train_supernet(config)
         elif phase == "standalone":
-            train_networks(config, shard(networks_of(), args.shard), recipe_of(config), "standalone")
+            train_networks(config, shard(networks_of(config), args.shard), recipe_of(config), "standalone")
         elif phase == "budget":
-            chosen = shard(check_networks(config, networks_of()), args.shard)
+            chosen = shard(check_networks(config, networks_of(config)), args.shard)
             train_networks(config, chosen, recipe_of(config, config["standalone"]["budget_check"]["epochs"]), "budget")
         elif phase == "seeds":
-            chosen = shard(check_networks(config, networks_of(), "seed_check"), args.shard)
+            chosen = shard(check_networks(config, networks_of(config), "seed_check"), args.shard)
             train_networks(config, chosen, seed_recipe(config), "seeds")
         elif phase == "evaluate":
             evaluate(config, partial=args.partial)

@@ -1,0 +1,83 @@
+"""The ranking study's runner (`experiments/supernet_ranking/run.py`) end to end on tiny
+Fashion-MNIST-shaped files: every phase writes where `results` says, the evaluation correlates
+what was trained, and a bad `accelerator` is one line and exit 2 before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from experiments.study import exit_code_of
+from experiments.supernet_ranking import run as study
+from tests.supernet.test_data import make_fashion_mnist
+
+
+def _tiny_config(tmp_path) -> dict:
+    config = study.load_config(study.HERE_CONFIG)
+    config.update(data=f"fashion-mnist:{make_fashion_mnist(tmp_path / 'fm', train_per_class=6, test_per_class=2)}",
+                  resolution=32,
+                  checkpoints=str(tmp_path / "checkpoints"), results=str(tmp_path / "results"))
+    config["selection"].update(strata=2, pool=20, always=["largest", "smallest"])
+    config["supernet"].update(epochs=1, batch_size=25, warmup_epochs=0.5, train_images=0, val_images=0)
+    config["standalone"].update(epochs=1, batch_size=25, warmup_epochs=0.3, train_images=0, val_images=0,
+                                budget_check={"networks": 3, "epochs": 2}, seed_check={"networks": 2, "seed": 1})
+    config["evaluation"].update(val_images=10, recalibration_batches=[0, 2], recalibration_batch_size=5,
+                                bootstrap=20, attempts={})
+    return config
+
+
+def report_seeds(results) -> dict:
+    return json.loads((results / "results.json").read_text())["seed_check"]
+
+
+def _write(tmp_path, config: dict):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), "utf-8")
+    return path
+
+
+def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(tmp_path, capsys):
+    config = _tiny_config(tmp_path)
+    path = _write(tmp_path, config)
+    for phase in ("select", "supernet", "standalone", "seeds", "evaluate"):  # budget trains like standalone
+        assert exit_code_of(lambda phase=phase: study.main(["--config", str(path), "--phase", phase])) == 0
+    results = tmp_path / "results"
+    networks = json.loads((results / "networks.json").read_text())["networks"]
+    assert [n["name"] for n in networks[:2]] == ["largest", "smallest"] and len(networks) == 4
+    assert sorted(p.stem for p in (results / "standalone").glob("*.json")) == [n["id"] for n in networks]
+    assert len(list((results / "seeds").glob("*.json"))) == 2
+    assert len(report_seeds(results)["networks"]) == 2
+    report = json.loads((results / "results.json").read_text())
+    assert report["complete"] and report["networks"] == 4 and report["machine"]["accelerator"] == "cpu"
+    assert set(report["correlations_with_standalone_test_accuracy"]) == {
+        "supernet_shared_bn", "supernet_bn2", "synflow", "params", "macs", "latency"}
+    assert json.loads((results / "supernet_training.json").read_text())["accelerator"] == "cpu"
+    assert (results / "ranking.csv").is_file() and (results / "ranking.png").is_file()
+    assert not any(study.HERE.joinpath(name).stat().st_mtime_ns > path.stat().st_mtime_ns
+                   for name in ("results.json", "networks.json"))  # the committed study was not touched
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("tpu", "accelerator: must be one of cpu, cuda, got 'tpu'"),
+    pytest.param("cuda", "accelerator: cuda, but torch sees no CUDA device here (use cpu)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_a_bad_accelerator_is_one_line_and_exit_2(tmp_path, capsys, value, message):
+    config = _tiny_config(tmp_path)
+    config["accelerator"] = value
+    path = _write(tmp_path, config)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "select"])) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"{path}: {message}"
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_gpu_configuration_is_the_cpu_one_but_for_its_training_budget_and_places():
+    cpu = study.load_settings(study.HERE_CONFIG, study.KEYS)
+    gpu = study.load_settings(study.HERE / "config_gpu.yaml", study.KEYS)
+    assert gpu["accelerator"] == "cuda" and gpu["results"] != cpu["results"] and gpu["checkpoints"] != cpu["checkpoints"]
+    same = ("space", "data", "resolution", "num_classes", "device", "selection")
+    assert {key: gpu[key] for key in same} == {key: cpu[key] for key in same}  # the same 25 networks
