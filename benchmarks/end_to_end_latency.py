@@ -8,8 +8,8 @@ a verified search (`nas.api.run_search` with `VerifySettings`, what `nas.search 
 finds an architecture with the SynFlow proxy; the found network is built, exported to ONNX with
 `nas.export.export_network` (numerics checked against torch), the file is loaded in onnxruntime
 with the table's session settings, and timed end to end (`lut.profiler.Profiler.profile_runnable`:
-interleaved with an empty call whose cost is subtracted) in `nas.verify.MEASURE_SESSIONS` fresh
-sessions, the median kept (as the search's own verify rounds measure). Reported per case: target, predicted,
+interleaved with an empty call whose cost is subtracted) as the search's own verify rounds measure
+(`nas.verify.MEASURE_POLICY`: fresh sessions a pause apart, the minimum kept). Reported per case: target, predicted,
 measured, measured/target, and the search's own verify rounds. Targets: measured/target within
 [0.95, 1.00] for at least 9 of 10 targets and never above 1.00 + the table's error (issue 15);
 measured ≤ 1.05 × target in at least 95% of cases (issue 8).
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -37,10 +36,10 @@ from search_spaces import build_model  # noqa: E402
 from search_spaces.files import write_text_atomic  # noqa: E402
 
 from lut import get_device, load_table  # noqa: E402
-from lut.devices import loadavg  # noqa: E402
+from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.api import SearchRequest, VerifySettings, run_search  # noqa: E402
 from nas.export import export_network  # noqa: E402
-from nas.verify import MEASURE_SESSIONS, table_error  # noqa: E402
+from nas.verify import MEASURE_POLICY, table_error  # noqa: E402
 
 TABLE = ROOT / "benchmarks" / "results" / "lut_table_ort-cpu_efficientformer_v2_r224_t1.json"
 WINDOW = (0.95, 1.00)
@@ -60,6 +59,7 @@ def main() -> int:
     device = get_device(table.metadata.device, threads=table.metadata.threads, batch=table.metadata.batch)
     profiler = device.profiler()
     report: dict = {"benchmark": "end_to_end_latency", "what": __doc__.split("\n\n")[2].strip(),
+                    "measure": MEASURE_POLICY.to_dict(), "host_cpu": host_cpu(),
                     "table": {"file": Path(args.table).name, "sha256": table.sha256, "device": table.metadata.device,
                               "threads": table.metadata.threads, "resolution": table.metadata.resolution},
                     "loadavg_before": loadavg(), "cases": []}
@@ -78,9 +78,9 @@ def main() -> int:
             onnx_path = Path(scratch) / f"{target}.onnx"
             exported = export_network(model, "onnx", onnx_path, shape)
             onnx_bytes = onnx_path.read_bytes()
-            sessions = [profiler.profile_runnable(device.load_onnx(onnx_bytes, shape), shape).p50_ms
-                        for _ in range(MEASURE_SESSIONS)]
-            measured_ms = statistics.median(sessions)
+            sessions = MEASURE_POLICY.measure(
+                lambda model=onnx_bytes, shape=shape: profiler.profile_runnable(device.load_onnx(model, shape), shape).p50_ms)
+            measured_ms = MEASURE_POLICY.combine(sessions)
             case = {
                 "target_ms": target,
                 "predicted_ms": arch.meta["predicted_latency_ms"],

@@ -141,16 +141,6 @@ class Device(abc.ABC):
         runtime needs made once (an export) is made here, once."""
         return lambda: self.load(module, input_shape)
 
-    def profile_network_sessions(self, arch: "Architecture", sessions: int) -> list[LatencyRecord]:
-        """End-to-end records of `arch` in `sessions` freshly loaded sessions, as `profile_network`
-        measures it (seed-0 weights, the image input), the network built and exported once."""
-        from lut.profiler import network_under_test
-
-        module, shape = network_under_test(arch, self.batch)
-        load = self.session_loader(module, shape)
-        profiler = self.profiler()
-        return [profiler.profile_runnable(load(), shape) for _ in range(sessions)]
-
     # -- tables --------------------------------------------------------------------------------
     def table_name(self, space: "SearchSpace | str", resolution: int | None = None) -> str:
         space_name = space if isinstance(space, str) else space.name

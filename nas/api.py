@@ -37,6 +37,8 @@ from nas.strategies import STRATEGIES, GreedySlimming, RandomSearch, Regularized
 from nas.verify import (
     DEFAULT_ROUNDS,
     DEFAULT_UNDERSHOOT,
+    MEASURE_POLICY,
+    MeasurePolicy,
     Verification,
     measured_latency,
     measuring_device,
@@ -65,10 +67,12 @@ MAX_DROP_FLOOR = 100.0  # accuracy points
 class VerifySettings:
     """Measure the found network on the table's device and re-search with a corrected table while
     the measurement misses the target by more than the table's error, or lands below
-    `(1 - undershoot) × target` (budget left unused), for at most `rounds` searches."""
+    `(1 - undershoot) × target` (budget left unused), for at most `rounds` searches; every
+    network is measured as `measure` says (`nas.verify.MeasurePolicy`)."""
 
     rounds: int = DEFAULT_ROUNDS
     undershoot: float = DEFAULT_UNDERSHOOT
+    measure: MeasurePolicy = MEASURE_POLICY
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,7 @@ def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = 
                 return results[-1].arch, results[-1].latency
 
             def measure(found: Architecture) -> float:
-                return measured_latency(device, found)
+                return measured_latency(device, found, request.verify.measure)
 
             _, _, verification = verify_search(search, predictor, request.target_latency, measure,
                                                    request.verify.rounds, request.verify.undershoot)
@@ -351,7 +355,8 @@ def run_search(request: SearchRequest, on_step: Callable[[Step], None] | None = 
         **({"accuracy_percent": {"val": round(result.score, 4), "test": round(held_out, 4)}}
            if held_out is not None else {}),
         **({"start": request.start_name or "given"} if request.start is not None else {}),
-        **({"verify": verification.to_meta()} if verification is not None else {}),
+        **({"verify": {**verification.to_meta(), "measure": request.verify.measure.to_dict()}}
+           if verification is not None else {}),
     )
     return SearchOutcome(request, result, arch, meta, tuple(pareto_front(result, strategy.name)),
                          verification=verification, evaluator_name=evaluator.name)

@@ -10,7 +10,7 @@ import pytest
 from search_spaces import Architecture, get_space
 
 from nas.search import main
-from nas.verify import measured_latency, scaled, table_error, verify_search
+from nas.verify import MeasurePolicy, measured_latency, scaled, table_error, verify_search
 from tests.cli_support import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,18 +86,55 @@ def test_rounds_are_bounded_and_the_best_round_under_the_target_is_kept(table):
     assert record.chosen == 3 and chosen == SPACE.reference("s2") and record.met and not record.in_window
 
 
-def test_a_measurement_is_the_median_of_fresh_sessions_of_one_export(monkeypatch):
+def test_a_re_search_the_corrected_table_finds_unreachable_keeps_the_rounds_measured(table):
+    """Round 1 measures 2x the table: the corrected table prices even the smallest network over the
+    target, so the re-search raises Unreachable. The verify stops there with round 1, not with an
+    unreachable search (which is what the end-to-end benchmark got at 6 ms on 2026-12-04)."""
+    from nas.problem import Unreachable
+
+    arch, calls = SPACE.smallest(), []
+
+    def search(current):
+        calls.append(current)
+        if len(calls) > 1:
+            raise Unreachable(current.predict(arch))
+        return arch, current.predict(arch)
+
+    target = 1.05 * table.predict(arch)
+    chosen, _, record = verify_search(search, table, target, lambda a: 2.0 * table.predict(a), rounds=3)
+    assert len(calls) == 2 and len(record.rounds) == 1 and chosen == arch
+    assert record.corrected_unreachable and not record.met and record.to_meta()["corrected_unreachable"]
+    with pytest.raises(Unreachable):  # the first search's own Unreachable is the search's answer
+        verify_search(lambda current: (_ for _ in ()).throw(Unreachable(9.0)), table, target, lambda a: 1.0)
+
+
+@pytest.mark.parametrize(("statistic", "expected"), [("min", 5.0), ("median", 6.0)])
+def test_a_measurement_combines_fresh_sessions_of_one_export(monkeypatch, statistic, expected):
     import lut.devices
     from lut import get_device
 
-    exports, sessions = [], iter([5.0, 9.0, 6.0])
+    exports, loads, sessions = [], [], iter([9.0, 5.0, 6.0])
     monkeypatch.setattr(lut.devices, "export_onnx", lambda module, shape: exports.append(shape) or b"model")
     device = get_device("ort-cpu")
-    monkeypatch.setattr(device, "load_onnx", lambda model, shape: ("runnable", model))
+    monkeypatch.setattr(device, "load_onnx", lambda model, shape: loads.append(model) or ("runnable", model))
     monkeypatch.setattr(device, "profiler", lambda: SimpleNamespace(
         profile_runnable=lambda runnable, shape: SimpleNamespace(p50_ms=next(sessions))))
-    assert measured_latency(device, SPACE.smallest(resolution=64), 3) == 6.0
-    assert exports == [(1, 3, 64, 64)]  # one export, three sessions
+    assert measured_latency(device, SPACE.smallest(resolution=64), MeasurePolicy(3, 0.0, statistic)) == expected
+    assert exports == [(1, 3, 64, 64)] and loads == [b"model"] * 3  # one export, three fresh sessions
+
+
+def test_a_measurement_pauses_between_sessions_not_after_the_last():
+    pauses, calls = [], iter([3.0, 2.0, 4.0])
+    values = MeasurePolicy(3, 1.5).measure(lambda: next(calls), sleep=pauses.append)
+    assert values == [3.0, 2.0, 4.0] and pauses == [1.5, 1.5]
+    assert MeasurePolicy().combine(values) == 2.0  # the default keeps the fastest session
+
+
+@pytest.mark.parametrize(("field", "kwargs"), [("sessions", {"sessions": 0}), ("pause_s", {"pause_s": -1.0}),
+                                              ("statistic", {"statistic": "mean"})])
+def test_a_measure_policy_refuses_what_it_cannot_do(field, kwargs):
+    with pytest.raises(ValueError, match=field):
+        MeasurePolicy(**kwargs)
 
 
 def test_verify_refuses_a_modelled_device(capsys):
@@ -114,7 +151,7 @@ def test_verify_measures_on_ort_cpu_and_corrects_a_table_that_underestimates(tab
     from lut import get_device
 
     probe = SPACE.reference("s1")
-    host_ms = measured_latency(get_device("ort-cpu", threads=1), probe, 3)
+    host_ms = measured_latency(get_device("ort-cpu", threads=1), probe)
     factor = 0.5 * host_ms / table.predict(probe)
     halved = tmp_path / "halved.json"
     scaled(table, factor).save(halved)
