@@ -60,7 +60,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from search_spaces.architecture import Block
+from search_spaces.architecture import Architecture, Block
 from search_spaces.families import edgenext, edgevit, efficientformer_v1, efficientformer_v2
 from search_spaces.layers import LayerKind, get_layer_kind, register_layer_kind
 from search_spaces.registry import register_space
@@ -143,6 +143,16 @@ class HybridSpace(SearchSpace):
 
     def downsample_options(self, stage_index: int, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
         return _V2.downsample_options(stage_index, walk)
+
+    # Every V2 network is a network of this space, so V2's references (S0, S1, S2, L) are this
+    # space's too: the same blocks under this space's name, read from V2's files, not copied.
+    def references(self) -> tuple[str, ...]:
+        return _V2.references()
+
+    def reference(self, name: str) -> Architecture:
+        if name not in self.references():
+            raise KeyError(f"{self.name} has no reference {name!r}; references: {', '.join(self.references())}")
+        return self.validate(dataclasses.replace(_V2.reference(name), space=self.name))
 
     def block_options(self, stage_index: int, block: Block, walk: LayerWalk) -> tuple[tuple[str, Any], ...]:
         if block.type == ATTN_FFN:

@@ -68,6 +68,7 @@ def test_every_v2_network_is_a_hybrid_network_with_the_same_layers(reference):
     v2 = get_space("efficientformer_v2")
     theirs = v2.reference(reference)
     mine = SPACE.validate(dataclasses.replace(theirs, space="hybrid"))
+    assert SPACE.reference(reference) == mine  # V2's references are this space's, under its name
     own = [spec.key() for spec in SPACE.layer_specs(mine)]
     renamed = [spec.key().replace("efficientformer_v2.", "hybrid.") for spec in v2.layer_specs(theirs)]
     assert own == renamed
@@ -187,10 +188,15 @@ def test_show_and_sample_describe_the_space(tmp_path, capsys):
     assert code == 0
     assert "conv_encoder" in out and "[knobs: expansion, kernel]" in out and "[knobs: expansion, heads, sample_ratio]" in out
     assert "stage 2:" in out and "sample ratios [2, 4]" in out and "kernels [3, 5, 7, 9]" in out
-    assert "references: none" in out
+    assert "references: l, s0, s1, s2" in out  # V2's, under this space's name
     code, _, err = invoke(main, PROG, ["sample", "hybrid", "--n", "3", "--seed", "1", "--out-dir", str(tmp_path)], capsys)
     assert code == 0, err
     files = sorted(tmp_path.glob("hybrid_seed1_*.yaml"))
     assert len(files) == 3
     code, out, err = invoke(main, PROG, ["validate", *map(str, files)], capsys)
     assert code == 0 and out.count(": ok (hybrid") == 3, err
+
+
+def test_an_unknown_reference_names_the_ones_there_are():
+    with pytest.raises(KeyError, match="s0, s1, s2"):
+        SPACE.reference("s9")

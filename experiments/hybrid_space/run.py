@@ -1,0 +1,241 @@
+"""Study `hybrid_space`: is a cross-family block choice a better use of a millisecond than V2's?
+
+    python experiments/hybrid_space/run.py --phase supernet     # the hybrid supernet (hours on 2 cores)
+    python experiments/hybrid_space/run.py --phase search       # one process per core
+    python experiments/hybrid_space/run.py --phase rescore      # every pick on the test split
+    python experiments/hybrid_space/run.py --phase standalone   # one process per core
+    python experiments/hybrid_space/run.py --phase evaluate     # the search study's tables and verdicts
+    python experiments/hybrid_space/run.py --phase compare      # hybrid vs single-family fronts, block types
+    python experiments/hybrid_space/run.py --phase all
+
+Nothing of the two earlier studies is written again here; this runner composes them:
+
+1. supernet: the `hybrid` supernet trained with the ranking study's recipe, read from that study's
+   config (`recipe`): its data, resolution, accelerator and `supernet` section, with only the
+   space and the checkpoint folder replaced (`experiments/supernet_ranking/run.py`'s
+   `train_supernet`). The checkpoint resumes.
+2. search, rescore, standalone, evaluate: `experiments/search_fashion/run.py` on the config named
+   by `search` (the search study's own format, with `space: hybrid` and this supernet): the same
+   targets, strategies, budgets, test-split re-scoring and standalone verdicts as the V2 study.
+3. compare: per table, the hybrid picks against the picks of every single-family study in
+   `compare_with`, each of their picks priced again with the hybrid study's table (a V2 network is
+   a network of this space, so on `ort-cpu` both sides are priced by one table measured on one
+   host, and on `iphone12` the two tables agree exactly). At each target, the front's network is
+   the pick of the highest **val** accuracy within the target (a decision, so made on val), and its
+   test accuracy is what is compared. Then the block types the hybrid picks use per stage, per
+   table, and how far the two devices' choices differ (total variation distance per stage).
+
+Outputs (under `results`): supernet_training.json, the search study's files (searches/,
+rescored.json, standalone/, results.json, results.csv, search_<table>.png), comparison.json and
+fronts_<table>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from search_spaces import Architecture, ArchitectureError, get_space  # noqa: E402
+from search_spaces.files import write_bytes_atomic  # noqa: E402
+
+import experiments.search_fashion.run as search_study  # noqa: E402
+import experiments.supernet_ranking.run as ranking_study  # noqa: E402
+from experiments.study import exit_code_of, load_settings, log, png_bytes, read_json, write_json  # noqa: E402
+
+SPACE = "hybrid"
+PHASES = ("supernet", *search_study.PHASES, "compare")
+KEYS = ("recipe", "checkpoints", "results", "searches")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pick:
+    """One search's pick as the comparison sees it: priced by the hybrid study's table."""
+
+    study: str
+    run: str
+    arch: Architecture
+    latency_ms: float
+    val_accuracy: float
+    test_accuracy: float | None
+
+
+# -- configuration -------------------------------------------------------------------------------
+def load_config(path: Path) -> dict[str, Any]:
+    """The study's settings; each entry of `searches` is a search-study config of this space and
+    this supernet, with the single-family search-study configs it is compared with (same table names)."""
+    config = load_settings(path, KEYS)
+    supernet = str(Path(config["checkpoints"]) / "supernet.pt")
+    if not isinstance(config["searches"], list) or not config["searches"]:
+        raise SystemExit(f"{path}: searches: a list of {{search: CONFIG, compare_with: {{LABEL: CONFIG}}}}")
+    for index, entry in enumerate(config["searches"]):
+        where = f"{path}: searches[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"search", "compare_with"} or not isinstance(entry["compare_with"], dict):
+            raise SystemExit(f"{where}: give search (a search-study config) and compare_with (label -> search-study config)")
+        search = search_study.load_config(ROOT / entry["search"])
+        if search["space"] != SPACE or search["supernet"] != supernet:
+            raise SystemExit(f"{where}: {entry['search']} searches {search['space']!r} with {search['supernet']}; "
+                             f"this study searches {SPACE!r} with {supernet}")
+        for label, other in entry["compare_with"].items():
+            missing = sorted(set(search["tables"]) - set(search_study.load_config(ROOT / other)["tables"]))
+            if missing:
+                raise SystemExit(f"{where}: compare_with.{label}: {other} has no table {missing[0]!r}")
+    return config
+
+
+def training_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The ranking study's config with this study's space, checkpoints and results."""
+    recipe = ranking_study.load_config(ROOT / config["recipe"])
+    return {**recipe, "space": SPACE, "checkpoints": config["checkpoints"], "results": config["results"]}
+
+
+# -- 3. compare ----------------------------------------------------------------------------------
+def picks_of(label: str, study: dict[str, Any], table: str, predictor) -> list[Pick]:
+    """Every pick of `study` on its `table`, priced by `predictor` (a hybrid-space table)."""
+    space = get_space(SPACE)
+    rescored_path = search_study.results_of(study) / "rescored.json"
+    test = read_json(rescored_path)["test_accuracy"] if rescored_path.is_file() else {}
+    picks = []
+    for result in search_study.search_results(study):
+        if result["table"] != table:
+            continue
+        theirs = Architecture.from_dict(result["pick"]["arch"])
+        try:
+            mine = space.validate(dataclasses.replace(theirs, space=SPACE))
+        except ArchitectureError as error:
+            raise SystemExit(f"compare_with.{label}: a {theirs.space} network is not a network of the {SPACE} space "
+                             f"({error}); only EfficientFormerV2 studies can be compared on one table") from None
+        picks.append(Pick(label, result["run"], mine, float(predictor.predict(mine)), float(result["pick"]["val_accuracy"]),
+                          test.get(search_study.arch_key(theirs))))
+    return picks
+
+
+def front_at(picks: list[Pick], target_ms: float) -> Pick | None:
+    """The pick within `target_ms` of the highest val accuracy (ties: the faster one)."""
+    within = [pick for pick in picks if pick.latency_ms <= target_ms * (1 + 1e-9)]
+    return max(within, key=lambda pick: (pick.val_accuracy, -pick.latency_ms)) if within else None
+
+
+def block_types(picks: list[Pick]) -> list[dict[str, float]]:
+    """Per stage, the share of each block type over the picks' blocks."""
+    shares = []
+    for index in range(len(get_space(SPACE).stages)):
+        counts = Counter(block.type for pick in picks for block in pick.arch.stages[index].blocks)
+        total = sum(counts.values())
+        shares.append({name: round(count / total, 4) for name, count in sorted(counts.items())} if total else {})
+    return shares
+
+
+def total_variation(first: dict[str, float], second: dict[str, float]) -> float:
+    return round(0.5 * sum(abs(first.get(name, 0.0) - second.get(name, 0.0)) for name in set(first) | set(second)), 4)
+
+
+def compare_table(table: str, predictor, search: dict[str, Any], rivals: dict[str, dict[str, Any]],
+                  targets: list, results: Path) -> dict[str, Any]:
+    """One table: the fronts at its targets, the hybrid picks' block types, the plot."""
+    ours = picks_of(SPACE, search, table, predictor)
+    theirs = {label: picks_of(label, study, table, predictor) for label, study in rivals.items()}
+    rows = []
+    for target in targets:
+        row: dict[str, Any] = {"target": target.label, "target_ms": target.latency_ms}
+        for label, picks in {SPACE: ours, **theirs}.items():
+            best = front_at(picks, target.latency_ms)
+            row[label] = None if best is None else {
+                "run": best.run, "latency_ms": round(best.latency_ms, 5), "val_accuracy": round(best.val_accuracy, 4),
+                "test_accuracy": None if best.test_accuracy is None else round(best.test_accuracy, 4)}
+        mine = row[SPACE]
+        row["hybrid_at_least_as_good"] = {
+            label: None if mine is None or row[label] is None or None in (mine["test_accuracy"], row[label]["test_accuracy"])
+            else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in theirs}
+        rows.append(row)
+    plot_fronts(table, ours, theirs, rows, results / f"fronts_{table}.png")
+    fronts = [pick for pick in (front_at(ours, row["target_ms"]) for row in rows) if pick is not None]
+    return {"targets": rows, "picks": len(ours), "block_types_per_stage": block_types(ours),
+            "front_block_types_per_stage": block_types(fronts)}
+
+
+def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
+    space = get_space(SPACE)
+    results = ROOT / config["results"]
+    report: dict[str, Any] = {"study": "hybrid_space", "config": config, "tables": {}}
+    for entry in config["searches"]:
+        search = search_study.load_config(ROOT / entry["search"])
+        tables = search_study.tables_of(search, space)
+        targets = search_study.targets_of(search, space, tables)
+        rivals = {label: search_study.load_config(ROOT / other) for label, other in entry["compare_with"].items()}
+        for table, predictor in tables.items():
+            report["tables"][table] = compare_table(table, predictor, search, rivals,
+                                                    [t for t in targets if t.table == table], results)
+    names = list(report["tables"])
+    if len(names) == 2:  # do the two devices pick differently? (the papers say they should)
+        first, second = (report["tables"][name]["block_types_per_stage"] for name in names)
+        report["device_difference"] = {"tables": names, "total_variation_per_stage": [
+            total_variation(a, b) for a, b in zip(first, second, strict=True)]}
+    write_json(results / "comparison.json", report)
+    for table, summary in report["tables"].items():
+        for row in summary["targets"]:
+            log(f"compare {table} {row['target']}: " + ", ".join(
+                f"{label} {row[label]['test_accuracy'] if row[label] else 'none'}"
+                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good")))
+    return report
+
+
+def plot_fronts(table: str, ours: list[Pick], rivals: dict[str, list[Pick]], rows: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy against the hybrid table's latency: every pick, and each study's front (the
+    val-best pick within each target) joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.0, 4.6))
+    for index, (label, picks) in enumerate({SPACE: ours, **rivals}.items()):
+        colour = plt.get_cmap("tab10")(index)
+        scored = [p for p in picks if p.test_accuracy is not None]
+        axis.scatter([p.latency_ms for p in scored], [p.test_accuracy for p in scored], s=14, alpha=0.45, color=colour)
+        front = [(row["target_ms"], row[label]["test_accuracy"]) for row in rows
+                 if row.get(label) and row[label]["test_accuracy"] is not None]
+        if front:
+            axis.plot(*zip(*sorted(front)), "-o", color=colour, lw=1.5, ms=5, label=f"{label}: val-best pick per target")
+    for row in rows:
+        axis.axvline(row["target_ms"], color="black", ls=":", lw=0.8)
+    axis.set_xlabel(f"latency on {table}, priced by the hybrid table (ms)")
+    axis.set_ylabel("test accuracy in the supernet (%)")
+    axis.set_title(f"hybrid vs single-family picks, {table}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    write_bytes_atomic(path, png_bytes(figure))
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
+    parser.add_argument("--phase", required=True, choices=(*PHASES, "all"))
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    for phase in PHASES if args.phase == "all" else (args.phase,):
+        if phase == "supernet":
+            training = training_config(config)
+            torch.set_num_threads(int(training["threads"]))
+            ranking_study.train_supernet(training)
+        elif phase == "compare":
+            compare_phase(config)
+        else:
+            for entry in config["searches"]:
+                search_study.main(["--config", str(ROOT / entry["search"]), "--phase", phase])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code_of(main))

@@ -1,0 +1,115 @@
+"""The hybrid study's runner (`experiments/hybrid_space/run.py`): its config refusals, the supernet
+phase on tiny Fashion-MNIST-shaped files (the ranking study's recipe, this space), and the
+comparison on hand-made search results: every pick priced by the hybrid table, fronts chosen on
+val, block types counted per stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from experiments.hybrid_space import run as study
+from experiments.search_fashion import run as search_study
+from experiments.study import exit_code_of
+from lut import get_device
+from search_spaces import get_space
+from tests.supernet.test_data import make_fashion_mnist
+
+
+def _write(path, config: dict):
+    path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+    return path
+
+
+def _search_configs(tmp_path) -> tuple:
+    """A hybrid and a V2 search-study config on the iPhone 12 table, results under tmp_path."""
+    hybrid = search_study.load_config(study.HERE / "search_iphone12.yaml")
+    hybrid["results"] = str(tmp_path / "hybrid")
+    hybrid["supernet"] = str(tmp_path / "checkpoints" / "supernet.pt")
+    v2 = search_study.load_config(search_study.HERE / "config.yaml")
+    v2["results"] = str(tmp_path / "v2")
+    return _write(tmp_path / "hybrid.yaml", hybrid), _write(tmp_path / "v2.yaml", v2)
+
+
+def _study_config(tmp_path, **changes) -> dict:
+    hybrid, v2 = _search_configs(tmp_path)
+    config = {"recipe": "experiments/supernet_ranking/config.yaml", "checkpoints": str(tmp_path / "checkpoints"),
+              "results": str(tmp_path / "results"),
+              "searches": [{"search": str(hybrid), "compare_with": {"efficientformer_v2": str(v2)}}]}
+    config.update(changes)
+    return config
+
+
+def _pick(config_path, target: str, target_ms: float, run: str, arch, val: float, test: float) -> None:
+    config = search_study.load_config(config_path)
+    folder = search_study.results_of(config)
+    path = folder / "searches" / "iphone12" / target / f"{run}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"table": "iphone12", "target": target, "target_ms": target_ms, "run": run,
+                                "pick": {"arch": arch.to_dict(), "val_accuracy": val}}))
+    rescored = folder / "rescored.json"
+    scores = json.loads(rescored.read_text()) if rescored.is_file() else {"test_accuracy": {}, "measured_ms": {}}
+    scores["test_accuracy"][search_study.arch_key(arch)] = test
+    rescored.write_text(json.dumps(scores))
+
+
+def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_path):
+    config = _study_config(tmp_path)
+    path = _write(tmp_path / "study.yaml", config)
+    hybrid_config, v2_config = config["searches"][0]["search"], config["searches"][0]["compare_with"]["efficientformer_v2"]
+    v2, hybrid = get_space("efficientformer_v2"), get_space("hybrid")
+    base = dataclasses.replace(v2.smallest(), space="hybrid")  # V2's smallest, a hybrid network too
+    mixed = hybrid.validate(dataclasses.replace(base, stages=(
+        dataclasses.replace(base.stages[0], blocks=tuple(dataclasses.replace(b, type="meta4d") for b in base.stages[0].blocks)),
+        *base.stages[1:])))
+    # the hybrid side: at 0.9 ms the val-best pick (mixed, 80.0 val) has the lower test accuracy
+    _pick(hybrid_config, "0.9ms", 0.9, "random_seed0", hybrid.smallest(), 70.0, 79.0)
+    _pick(hybrid_config, "0.9ms", 0.9, "greedy_mes_steps_plain", mixed, 80.0, 78.0)
+    _pick(v2_config, "0.9ms", 0.9, "random_seed0", v2.smallest(), 75.0, 77.0)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 0
+    report = json.loads((tmp_path / "results" / "comparison.json").read_text())
+    rows = {row["target"]: row for row in report["tables"]["iphone12"]["targets"]}
+    assert set(rows) == {"0.9ms", "1.1ms", "1.6ms"}
+    predictor = get_device("iphone12").default_table(hybrid)  # V2's pick priced by the hybrid table
+    assert rows["0.9ms"]["efficientformer_v2"]["latency_ms"] == pytest.approx(predictor.predict(base), abs=1e-5)
+    assert rows["0.9ms"]["hybrid"]["run"] == "greedy_mes_steps_plain"  # chosen on val, not on test
+    assert rows["0.9ms"]["hybrid"]["test_accuracy"] == 78.0
+    assert rows["0.9ms"]["hybrid_at_least_as_good"] == {"efficientformer_v2": True}
+    stage1 = report["tables"]["iphone12"]["block_types_per_stage"][0]
+    assert set(stage1) <= {"meta4d", "ffn"} and stage1["meta4d"] > 0.5
+    assert (tmp_path / "results" / "fronts_iphone12.png").is_file()
+
+
+def test_a_config_that_searches_another_space_or_lacks_a_table_is_refused_in_one_line(tmp_path, capsys):
+    config = _study_config(tmp_path)
+    search = search_study.load_config(config["searches"][0]["search"])
+    search["space"] = "efficientformer_v2"
+    _write(tmp_path / "hybrid.yaml", search)
+    path = _write(tmp_path / "study.yaml", config)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 2
+    assert "searches 'efficientformer_v2'" in capsys.readouterr().err
+    config = _study_config(tmp_path)
+    other = search_study.load_config(config["searches"][0]["compare_with"]["efficientformer_v2"])
+    other["tables"] = {"elsewhere": other["tables"]["iphone12"]}
+    _write(tmp_path / "v2.yaml", other)
+    path = _write(tmp_path / "study.yaml", config)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no table 'iphone12'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_supernet_phase_trains_the_hybrid_space_with_the_ranking_recipe(tmp_path):
+    recipe = study.ranking_study.load_config(study.ROOT / "experiments/supernet_ranking/config.yaml")
+    recipe.update(data=f"fashion-mnist:{make_fashion_mnist(tmp_path / 'fm', train_per_class=3, test_per_class=1)}",
+                  resolution=32)
+    recipe["supernet"].update(epochs=1, batch_size=30, train_images=0, val_images=0)
+    config = _study_config(tmp_path, recipe=str(_write(tmp_path / "recipe.yaml", recipe)))
+    path = _write(tmp_path / "study.yaml", config)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "supernet"])) == 0
+    training = json.loads((tmp_path / "results" / "supernet_training.json").read_text())
+    assert training["config"]["space"] == "hybrid" and training["config"]["lr"] == recipe["supernet"]["lr"]
+    assert (tmp_path / "checkpoints" / "supernet.pt").is_file()
