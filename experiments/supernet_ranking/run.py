@@ -322,9 +322,9 @@ def noise_ceiling(test_accuracy: list[float], one_run_std: float, resamples: int
             "resamples": resamples}
 
 
-def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
-    from nas.synflow import SynFlowEvaluator
-
+def trained_standalone(config: dict[str, Any], partial: bool) -> dict[str, dict[str, Any]]:
+    """The standalone result of every selected network trained so far, by id; unless `partial`, a
+    missing one ends the run with the phase to run first."""
     standalone = {}
     for network in networks_of(config):
         path = results_of(config) / "standalone" / f"{network['id']}.json"
@@ -332,6 +332,23 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
             standalone[network["id"]] = read_json(path)
         elif not partial:
             raise SystemExit(f"{relative(path)} is missing: run --phase standalone first (or --partial)")
+    return standalone
+
+
+def correlations_with(config: dict[str, Any], standalone: dict[str, dict[str, Any]],
+                      predictors: dict[str, dict[str, float]], split: str) -> dict[str, dict[str, Any]]:
+    """Kendall τ and Spearman ρ (bootstrap intervals as `evaluation` says) of each predictor's
+    values with the standalone accuracy on `split`, over the networks of `standalone`."""
+    settings, ids = config["evaluation"], list(standalone)
+    accuracy = [standalone[i]["accuracy"][split] for i in ids]
+    return {name: rank_correlations(accuracy, [values[i] for i in ids], settings["bootstrap"], settings["bootstrap_seed"])
+            for name, values in predictors.items()}
+
+
+def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
+    from nas.synflow import SynFlowEvaluator
+
+    standalone = trained_standalone(config, partial)
     networks = [network for network in networks_of(config) if network["id"] in standalone]
     if len(networks) < 3:
         raise SystemExit(f"{len(networks)} standalone networks trained: a ranking needs at least 3")
@@ -347,15 +364,9 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     predictors["latency"] = {n["id"]: table.predict(Architecture.from_dict(n["arch"])) for n in networks}
     ids = [network["id"] for network in networks]
     settings = config["evaluation"]
-
-    def correlations_with(split: str) -> dict[str, dict[str, Any]]:
-        accuracy = [standalone[i]["accuracy"][split] for i in ids]
-        return {name: rank_correlations(accuracy, [values[i] for i in ids], settings["bootstrap"],
-                                        settings["bootstrap_seed"]) for name, values in predictors.items()}
-
     # the BN handling is a decision: it is chosen on the standalone networks' val accuracy, and
     # only then are all predictors reported against their test accuracy
-    val_correlations, correlations = correlations_with("val"), correlations_with("test")
+    val_correlations, correlations = (correlations_with(config, standalone, predictors, split) for split in ("val", "test"))
     budget = {}
     for network in check_networks(config, networks):
         path = results_of(config) / "budget" / f"{network['id']}.json"
@@ -429,8 +440,7 @@ def attempts(config: dict[str, Any]) -> dict[str, Any]:
     """The improvement attempts of `evaluation.attempts`: the supernet scored as `evaluation` says
     with each attempt's changes (e.g. more val images), correlated with the standalone val and test
     accuracy like `evaluate`. Each finished attempt is kept in attempts.json; a rerun skips it."""
-    standalone = {n["id"]: read_json(results_of(config) / "standalone" / f"{n['id']}.json") for n in networks_of(config)
-                  if (results_of(config) / "standalone" / f"{n['id']}.json").is_file()}
+    standalone = trained_standalone(config, partial=True)
     networks = [network for network in networks_of(config) if network["id"] in standalone]
     path = results_of(config) / "attempts.json"
     done = read_json(path) if path.is_file() else {}
@@ -444,13 +454,12 @@ def attempts(config: dict[str, Any]) -> dict[str, Any]:
         ids = [network["id"] for network in networks]
         record: dict[str, Any] = {"settings": variant, "changes": changes, "networks": len(networks),
                                   "load": loadavg(), "handlings": {}}
+        seconds = {handling: values.pop("_seconds_per_evaluation") for handling, values in scores.items()}
+        by_split = {split: correlations_with(config, standalone, scores, split) for split in ("val", "test")}
         for handling, values in scores.items():
-            seconds = values.pop("_seconds_per_evaluation")
             record["handlings"][handling] = {
-                "seconds_per_evaluation": round(seconds, 3),
-                **{f"correlations_with_standalone_{split}_accuracy": rank_correlations(
-                    [standalone[i]["accuracy"][split] for i in ids], [values[i] for i in ids],
-                    settings["bootstrap"], settings["bootstrap_seed"]) for split in ("val", "test")},
+                "seconds_per_evaluation": round(seconds[handling], 3),
+                **{f"correlations_with_standalone_{split}_accuracy": by_split[split][handling] for split in by_split},
                 "scores": {i: round(values[i], 4) for i in ids}}
             test = record["handlings"][handling]["correlations_with_standalone_test_accuracy"]
             log(f"attempt {name} {handling}: τ vs test {test['kendall_tau']:+.3f} {test['kendall_tau_95']}")

@@ -59,6 +59,19 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
     assert not any(study.HERE.joinpath(name).stat().st_mtime_ns > path.stat().st_mtime_ns
                    for name in ("results.json", "networks.json"))  # the committed study was not touched
 
+    # an attempt with no changes correlates exactly as `evaluate` did; one with changes is scored anew
+    config["evaluation"]["attempts"] = {"unchanged": {}, "fewer_images": {"val_images": 5, "recalibration_batches": [0]}}
+    path = _write(tmp_path, config)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "attempts"])) == 0
+    attempts = json.loads((results / "attempts.json").read_text())
+    assert set(attempts) == {"unchanged", "fewer_images"} and attempts["unchanged"]["networks"] == 4
+    for split in ("val", "test"):
+        key = f"correlations_with_standalone_{split}_accuracy"
+        assert attempts["unchanged"]["handlings"]["supernet_bn2"][key] == report[key]["supernet_bn2"]
+    assert set(attempts["fewer_images"]["handlings"]) == {"supernet_shared_bn"}
+    committed = study.HERE / "attempts.json"
+    assert not committed.exists() or committed.stat().st_mtime_ns < path.stat().st_mtime_ns
+
 
 @pytest.mark.parametrize(("value", "message"), [
     ("tpu", "accelerator: must be one of cpu, cuda, got 'tpu'"),
