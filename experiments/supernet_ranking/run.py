@@ -272,6 +272,15 @@ def supernet_scores(config: dict[str, Any], networks: list[dict[str, Any]],
     return scores
 
 
+def supernet_weights_sha256(config: dict[str, Any]) -> str:
+    """The sha256 of the study's supernet's weights (`SupernetEvaluator.weights_sha256`): which
+    training a score came from, equal for two trainings only when their weights are."""
+    from supernet import Supernet
+    from supernet.checkpoint import content_digest
+
+    return content_digest(dict(Supernet.load(supernet_path(config), space=config["space"]).state_dict()))
+
+
 def seed_spread(config: dict[str, Any], networks: list[dict[str, Any]], standalone: dict[str, Any]) -> dict | None:
     """Test accuracy of the seed-check networks at the study's seed and at the check's seed: the
     per-network change, and its standard deviation as one run's (differences / sqrt 2)."""
@@ -439,21 +448,24 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
 def attempts(config: dict[str, Any]) -> dict[str, Any]:
     """The improvement attempts of `evaluation.attempts`: the supernet scored as `evaluation` says
     with each attempt's changes (e.g. more val images), correlated with the standalone val and test
-    accuracy like `evaluate`. Each finished attempt is kept in attempts.json; a rerun skips it."""
+    accuracy like `evaluate`. Each finished attempt is kept in attempts.json with the digest of the
+    weights it scored; a rerun skips it unless its settings, networks or supernet changed."""
     standalone = trained_standalone(config, partial=True)
     networks = [network for network in networks_of(config) if network["id"] in standalone]
     path = results_of(config) / "attempts.json"
     done = read_json(path) if path.is_file() else {}
     settings = config["evaluation"]
+    weights = supernet_weights_sha256(config) if settings.get("attempts") else None
     for name, changes in settings.get("attempts", {}).items():
         variant = {**{k: v for k, v in settings.items() if k != "attempts"}, **changes}
-        if name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks):
+        if (name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks)
+                and done[name].get("supernet_weights_sha256") == weights):
             continue
         log(f"attempt {name}: {changes} (load {loadavg()})")
         scores = supernet_scores(config, networks, variant)
         ids = [network["id"] for network in networks]
         record: dict[str, Any] = {"settings": variant, "changes": changes, "networks": len(networks),
-                                  "load": loadavg(), "handlings": {}}
+                                  "supernet_weights_sha256": weights, "load": loadavg(), "handlings": {}}
         seconds = {handling: values.pop("_seconds_per_evaluation") for handling, values in scores.items()}
         by_split = {split: correlations_with(config, standalone, scores, split) for split in ("val", "test")}
         for handling, values in scores.items():

@@ -69,6 +69,7 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
         key = f"correlations_with_standalone_{split}_accuracy"
         assert attempts["unchanged"]["handlings"]["supernet_bn2"][key] == report[key]["supernet_bn2"]
     assert set(attempts["fewer_images"]["handlings"]) == {"supernet_shared_bn"}
+    assert attempts["unchanged"]["supernet_weights_sha256"] == study.supernet_weights_sha256(config)
     committed = study.HERE / "attempts.json"
     assert not committed.exists() or committed.stat().st_mtime_ns < path.stat().st_mtime_ns
 
