@@ -56,7 +56,7 @@ EPILOG = ("exit codes: 0 trained; 2 bad input or a diverged run (one line; --out
 
 def build_parser() -> ArgumentParser:
     from supernet.data import DATA_SPECS_HELP
-    from supernet.training import SUBSET_IMAGES
+    from supernet.training import BN_STATISTICS, STUDENT_TARGETS, SUBSET_IMAGES
 
     parser = ArgumentParser(prog=PROG, description="Train a latnas supernet (Gumbel phase or sandwich rule).",
                             epilog=EPILOG)
@@ -80,10 +80,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--tau-end", type=number_in(TEMPERATURE), default=0.5)
     parser.add_argument(
         "--bn-statistics",
-        choices=("all", "ends"),
+        choices=BN_STATISTICS,
         default="all",
         help="sandwich members that update BN running statistics: all (default; random sub-networks evaluate "
         "without recalibration) or ends (largest and smallest only; others need recalibrate_bn)",
+    )
+    parser.add_argument(
+        "--student-target",
+        choices=STUDENT_TARGETS,
+        default="teacher",
+        help="what the sandwich's smaller members learn: the largest network's soft predictions (default; "
+        "in-place distillation), the labels, or half of each",
     )
     parser.add_argument("--train-images", type=integer_in(SUBSET_IMAGES), default=0,
                         help="train on a fixed stratified subset of N training images (default 0: all)")
@@ -120,6 +127,7 @@ def config_from_args(args) -> "TrainConfig":
             tau_start=args.tau_start,
             tau_end=args.tau_end,
             bn_statistics=args.bn_statistics,
+            student_target=args.student_target,
             seed=args.seed,
             train_images=args.train_images,
             val_images=args.val_images,

@@ -3,8 +3,9 @@
 `--mode gumbel` trains the weights and the MetaPath logits α together (α with its own optimizer),
 mixing paths with Gumbel-softmax at a temperature annealed from `tau_start` to `tau_end`; at the
 end the importance of every slot and stage is reported. `--mode sandwich` trains, at every step,
-the largest, the smallest and `num_random` random sub-networks, the others distilled in place from
-the largest's soft predictions; gradients accumulate and one optimizer step follows.
+the largest, the smallest and `num_random` random sub-networks, the others learning what
+`student_target` says (by default distilled in place from the largest's soft predictions);
+gradients accumulate and one optimizer step follows.
 `bn_statistics` says which of them update BatchNorm running statistics (see `TrainConfig`).
 
 Reproducibility: every random stream (data order, random sub-networks, Gumbel noise) is reseeded
@@ -65,6 +66,9 @@ from supernet.supernet import Supernet, read_checkpoint
 
 MODES = ("gumbel", "sandwich")
 BN_STATISTICS = ("all", "ends")
+#: what the sandwich's students learn: the largest network's soft predictions (in-place
+#: distillation, BigNAS/OFA), the labels (each sub-network trained as if alone), or half of each
+STUDENT_TARGETS = ("teacher", "labels", "mixed")
 SUBSET_IMAGES = IntRange(0, IMAGES.high)  # a fixed subset of a split; 0 means the whole split
 
 
@@ -118,6 +122,9 @@ class TrainConfig:
     # largest and the smallest: exact statistics for those two, recalibration for everything else)
     bn_statistics: str = "all"
     recalibration_batches: int = 10  # with "ends": BN recalibration of each random sub-network before validation
+    # what the smallest and the random sub-networks learn (`STUDENT_TARGETS`): "teacher" is the V2
+    # sandwich's in-place distillation, whose teacher is itself weak early in a short run
+    student_target: str = "teacher"
     seed: int = 0
     # a fixed stratified subset of the train split (0: all of it), and of val for the per-epoch
     # validation (0: all); studies on 2 CPU cores cannot afford 50000 images at 64 px per epoch
@@ -154,6 +161,7 @@ _TRAIN_RANGES: dict[str, IntRange | FloatRange | tuple[str, ...]] = {
     "tau_end": TEMPERATURE,
     "val_random": SUBNETWORKS_PER_STEP,
     "bn_statistics": BN_STATISTICS,
+    "student_target": STUDENT_TARGETS,
     "recalibration_batches": RECALIBRATION_BATCHES,
     "seed": SEED,
     "train_images": SUBSET_IMAGES,
@@ -488,6 +496,16 @@ class Trainer:
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
 
+    def _student_loss(self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A sandwich student's loss: soft cross-entropy with the teacher's probabilities (in-place
+        distillation), the labels' loss, or the mean of the two (`TrainConfig.student_target`)."""
+        target = self.config.student_target
+        distilled = -(teacher * F.log_softmax(logits, dim=1)).sum(1).mean() if target != "labels" else None
+        supervised = self._loss(logits, labels) if target != "teacher" else None
+        if distilled is None:
+            return supervised
+        return distilled if supervised is None else 0.5 * (distilled + supervised)
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> tuple[float, float]:
         """One optimizer step; returns (loss of the largest / mixed network, its batch accuracy)."""
         net, config = self.supernet, self.config
@@ -511,8 +529,8 @@ class Trainer:
                 net.set_arch(arch)
                 frozen = index and config.bn_statistics == "ends"  # index 0 is the smallest
                 with frozen_bn_statistics(net) if frozen else contextlib.nullcontext():
-                    student = F.log_softmax(net(images), dim=1)
-                (-(teacher * student).sum(1).mean()).backward()  # in-place distillation (soft cross-entropy)
+                    logits = net(images)
+                self._student_loss(logits, teacher, labels).backward()
         parameters = net.weight_parameters()
         self.distributed.average_gradients(parameters + net.arch_parameters())
         gradient_norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,7 @@ def test_command_line_trains_and_writes_checkpoint_and_metrics(tmp_path, capsys)
         (["--data", "imagefolder:/no/such/dir"], "/no/such/dir"),
         (["--epochs", "0"], "--epochs: must be an integer in 1..10000"),
         (["--mode", "slimmable"], "invalid choice"),
+        (["--student-target", "both"], "invalid choice"),
         (["--label-smoothing", "1.5"], "label-smoothing"),
         (["--resume", "/no/such/checkpoint.pt"], "no such checkpoint"),
     ],
@@ -172,6 +174,7 @@ def test_corrupt_resume_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     ("tau_end", 9.0, "tau_end: must be at most tau_start"),
     ("space", "mobilenet", "space: unknown space 'mobilenet'"),
     ("batch_size", True, "batch_size"),
+    ("student_target", "both", "student_target"),
 ])
 def test_train_config_refuses_settings_outside_their_ranges(field, value, words):
     with pytest.raises(ValueError, match=re.escape(words)):
@@ -235,3 +238,28 @@ def test_untrained_batch_norms_skips_the_forward_pass_only_when_every_width_is_t
     found = untrained_batch_norms(net, smallest)
     assert len(passes) == 2 and found == [f"{name}[{narrowest.widths[0]}]" for name, m in net.named_modules()
                                           if m is narrowest]
+
+
+def test_sandwich_students_learn_the_teacher_the_labels_or_half_of_each(tmp_path):
+    """`student_target`: soft cross-entropy with the largest network's probabilities, the labels'
+    (label-smoothed) loss, or their mean; one step with each moves the weights differently, and the
+    default is in-place distillation."""
+    assert _config().student_target == "teacher"
+    bundle = load_data(DATA, 32, seed=0)
+    logits, labels = torch.randn(6, 10), torch.tensor([0, 1, 2, 3, 4, 5])
+    teacher = torch.softmax(torch.randn(6, 10), dim=1)
+    distilled = float(-(teacher * torch.log_softmax(logits, dim=1)).sum(1).mean())
+    supervised = float(F.cross_entropy(logits, labels, label_smoothing=0.1))
+    losses = {}
+    for target in ("teacher", "labels", "mixed"):
+        trainer = Trainer(_config(student_target=target), bundle, tmp_path / "s.pt", progress=False)
+        losses[target] = float(trainer._student_loss(logits, teacher, labels))
+    assert losses == pytest.approx({"teacher": distilled, "labels": supervised, "mixed": (distilled + supervised) / 2})
+
+    images, targets = next(iter(torch.utils.data.DataLoader(bundle.train, batch_size=16)))
+    weights = {}
+    for target in ("teacher", "labels"):
+        trainer = Trainer(_config(student_target=target), bundle, tmp_path / "s.pt", progress=False)
+        trainer.train_step(images, targets, np.random.default_rng(0))
+        weights[target] = torch.cat([p.detach().flatten() for p in trainer.supernet.weight_parameters()])
+    assert not torch.equal(weights["teacher"], weights["labels"])
