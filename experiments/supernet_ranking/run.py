@@ -140,9 +140,14 @@ def supernet_path(config: dict[str, Any]) -> Path:
     return ROOT / config["checkpoints"] / "supernet.pt"
 
 
-def train_supernet(config: dict[str, Any]) -> None:
-    settings = dict(config["supernet"])
-    train_config = TrainConfig(space=config["space"], data=config["data"], resolution=config["resolution"], **settings)
+def train_config_of(config: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(space=config["space"], data=config["data"], resolution=config["resolution"], **config["supernet"])
+
+
+def train_supernet(config: dict[str, Any], log_path: Path | None = None) -> None:
+    """Train (or resume) the study's supernet at `supernet_path(config)`; its training log goes to
+    `log_path` (default: `supernet_training.json` in the results folder)."""
+    train_config = train_config_of(config)
     bundle = load_data(config["data"], config["resolution"], train_config.seed)
     path = supernet_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +157,7 @@ def train_supernet(config: dict[str, Any]) -> None:
     resumed, started, load = trainer.epoch, time.perf_counter(), loadavg()
     log(f"supernet: epochs {resumed + 1}..{train_config.epochs} of {train_config.epochs} (load {load})")
     trainer.run()
-    write_json(results_of(config) / "supernet_training.json", {
+    write_json(log_path or results_of(config) / "supernet_training.json", {
         "config": dataclasses.asdict(train_config), "data": bundle.describe(), "checkpoint": relative(path),
         "accelerator": accelerator_name(config), "resumed_from_epoch": resumed, "seconds_this_run": round(time.perf_counter() - started, 1),
         "epoch_seconds_sum": round(sum(epoch["seconds"] for epoch in trainer.history), 1),
@@ -445,27 +450,63 @@ def evaluate(config: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     return result
 
 
+def attempt_config(config: dict[str, Any], name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """The study's config as attempt `name` scores with it: unchanged, or, when the attempt changes
+    the supernet's training (`supernet:` with `TrainConfig` fields), that training in a checkpoint
+    folder of its own (`<checkpoints>/attempts/<name>/`)."""
+    if "supernet" not in changes:
+        return config
+    if not isinstance(changes["supernet"], dict):
+        raise SystemExit(f"evaluation.attempts.{name}.supernet: a mapping of supernet settings, got {changes['supernet']!r}")
+    unknown = sorted(set(changes["supernet"]) - {field.name for field in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise SystemExit(f"evaluation.attempts.{name}.supernet: unknown setting(s) {unknown}")
+    scored = {**config, "supernet": {**config["supernet"], **changes["supernet"]},
+              "checkpoints": str(Path(config["checkpoints"]) / "attempts" / name)}
+    try:
+        train_config_of(scored)
+    except ValueError as error:
+        raise SystemExit(f"evaluation.attempts.{name}.supernet.{error}") from None
+    return scored
+
+
 def attempts(config: dict[str, Any]) -> dict[str, Any]:
     """The improvement attempts of `evaluation.attempts`: the supernet scored as `evaluation` says
     with each attempt's changes (e.g. more val images), correlated with the standalone val and test
-    accuracy like `evaluate`. Each finished attempt is kept in attempts.json with the digest of the
-    weights it scored; a rerun skips it unless its settings, networks or supernet changed."""
+    accuracy like `evaluate`. An attempt with a `supernet:` section trains that supernet first
+    (`attempt_config`; resumable), its log in `attempts/<name>_supernet_training.json`. Each
+    finished attempt is kept in attempts.json with the digest of the weights it scored; a rerun
+    skips it unless its settings, networks or supernet changed."""
     standalone = trained_standalone(config, partial=True)
     networks = [network for network in networks_of(config) if network["id"] in standalone]
     path = results_of(config) / "attempts.json"
     done = read_json(path) if path.is_file() else {}
     settings = config["evaluation"]
-    weights = supernet_weights_sha256(config) if settings.get("attempts") else None
+    shared = [changes for changes in settings.get("attempts", {}).values() if "supernet" not in changes]
+    weights = supernet_weights_sha256(config) if shared else None
     for name, changes in settings.get("attempts", {}).items():
-        variant = {**{k: v for k, v in settings.items() if k != "attempts"}, **changes}
+        scored, log_path = attempt_config(config, name, changes), None
+        if "supernet" in changes:  # its own supernet, trained (or resumed) here first
+            log_path = results_of(config) / "attempts" / f"{name}_supernet_training.json"
+            trained = read_json(log_path) if log_path.is_file() else None
+            finished = (trained is not None and len(trained["epochs"]) == trained["config"]["epochs"]
+                        and trained["config"] == dataclasses.asdict(train_config_of(scored)))
+            if not (finished and supernet_path(scored).is_file()):
+                log(f"attempt {name}: training its supernet with {changes['supernet']} (load {loadavg()})")
+                train_supernet(scored, log_path)
+        variant = {**{k: v for k, v in settings.items() if k != "attempts"},
+                   **{k: v for k, v in changes.items() if k != "supernet"}}
+        digest = weights if "supernet" not in changes else supernet_weights_sha256(scored)
         if (name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks)
-                and done[name].get("supernet_weights_sha256") == weights):
+                and done[name].get("supernet_weights_sha256") == digest):
             continue
         log(f"attempt {name}: {changes} (load {loadavg()})")
-        scores = supernet_scores(config, networks, variant)
+        scores = supernet_scores(scored, networks, variant)
         ids = [network["id"] for network in networks]
         record: dict[str, Any] = {"settings": variant, "changes": changes, "networks": len(networks),
-                                  "supernet_weights_sha256": weights, "load": loadavg(), "handlings": {}}
+                                  "supernet_weights_sha256": digest, "load": loadavg(), "handlings": {}}
+        if log_path is not None:
+            record["supernet_training"] = relative(log_path)
         seconds = {handling: values.pop("_seconds_per_evaluation") for handling, values in scores.items()}
         by_split = {split: correlations_with(config, standalone, scores, split) for split in ("val", "test")}
         for handling, values in scores.items():

@@ -70,6 +70,25 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
         assert attempts["unchanged"]["handlings"]["supernet_bn2"][key] == report[key]["supernet_bn2"]
     assert set(attempts["fewer_images"]["handlings"]) == {"supernet_shared_bn"}
     assert attempts["unchanged"]["supernet_weights_sha256"] == study.supernet_weights_sha256(config)
+
+    # an attempt that changes the supernet's training trains its own, beside the study's, and scores it
+    config["evaluation"]["attempts"] = {"labels": {"supernet": {"student_target": "labels"}, "recalibration_batches": [0]}}
+    path = _write(tmp_path, config)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "attempts"])) == 0
+    labels = json.loads((results / "attempts.json").read_text())["labels"]
+    trained = json.loads((results / "attempts" / "labels_supernet_training.json").read_text())
+    assert trained["config"]["student_target"] == "labels" and len(trained["epochs"]) == 1
+    assert (tmp_path / "checkpoints" / "attempts" / "labels" / "supernet.pt").is_file()
+    assert labels["supernet_weights_sha256"] != study.supernet_weights_sha256(config)
+    assert set(labels["handlings"]) == {"supernet_shared_bn"} and "supernet" not in labels["settings"]
+    config["evaluation"]["attempts"] = {"bad": {"supernet": {"students": "labels"}}}
+    path = _write(tmp_path, config)
+    with pytest.raises(SystemExit, match=r"evaluation.attempts.bad.supernet: unknown setting\(s\) \['students'\]"):
+        study.main(["--config", str(path), "--phase", "attempts"])
+    config["evaluation"]["attempts"] = {"bad": {"supernet": {"student_target": "both"}}}
+    path = _write(tmp_path, config)
+    with pytest.raises(SystemExit, match=r"evaluation.attempts.bad.supernet.student_target: must be one of"):
+        study.main(["--config", str(path), "--phase", "attempts"])
     committed = study.HERE / "attempts.json"
     assert not committed.exists() or committed.stat().st_mtime_ns < path.stat().st_mtime_ns
 
