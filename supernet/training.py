@@ -500,11 +500,10 @@ class Trainer:
         """A sandwich student's loss: soft cross-entropy with the teacher's probabilities (in-place
         distillation), the labels' loss, or the mean of the two (`TrainConfig.student_target`)."""
         target = self.config.student_target
-        distilled = -(teacher * F.log_softmax(logits, dim=1)).sum(1).mean() if target != "labels" else None
-        supervised = self._loss(logits, labels) if target != "teacher" else None
-        if distilled is None:
-            return supervised
-        return distilled if supervised is None else 0.5 * (distilled + supervised)
+        if target == "labels":
+            return self._loss(logits, labels)
+        distilled = -(teacher * F.log_softmax(logits, dim=1)).sum(1).mean()
+        return distilled if target == "teacher" else 0.5 * (distilled + self._loss(logits, labels))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> tuple[float, float]:
         """One optimizer step; returns (loss of the largest / mixed network, its batch accuracy)."""

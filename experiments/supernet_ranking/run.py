@@ -482,8 +482,8 @@ def attempts(config: dict[str, Any]) -> dict[str, Any]:
     path = results_of(config) / "attempts.json"
     done = read_json(path) if path.is_file() else {}
     settings = config["evaluation"]
-    shared = [changes for changes in settings.get("attempts", {}).values() if "supernet" not in changes]
-    weights = supernet_weights_sha256(config) if shared else None
+    scores_study_supernet = any("supernet" not in changes for changes in settings.get("attempts", {}).values())
+    weights = supernet_weights_sha256(config) if scores_study_supernet else None
     for name, changes in settings.get("attempts", {}).items():
         scored, log_path = attempt_config(config, name, changes), None
         if "supernet" in changes:  # its own supernet, trained (or resumed) here first
