@@ -518,10 +518,35 @@ def attempts(config: dict[str, Any]) -> dict[str, Any]:
             log(f"attempt {name} {handling}: τ vs test {test['kendall_tau']:+.3f} {test['kendall_tau_95']}")
         done[name] = record
         write_json(path, done)
+    plot_attempts(done, standalone, networks, results_of(config) / "attempts.png")
     return done
 
 
-def plot(rows, predictors, correlations, ids, path: Path, note: str = "") -> None:
+def plot_attempts(done: dict[str, Any], standalone: dict[str, dict[str, Any]], networks: list[dict[str, Any]],
+                  path: Path) -> None:
+    """attempts.png: each attempt's supernet scores (per BN handling) against standalone test
+    accuracy, over the networks every panel shares (attempts scored on fewer are left out)."""
+    ids = [network["id"] for network in networks]
+    predictors, correlations = {}, {}
+    for name, record in done.items():
+        for handling, values in record["handlings"].items():
+            if set(ids) <= set(values["scores"]):
+                label = f"{name} ({handling})"
+                predictors[label] = values["scores"]
+                correlations[label] = values["correlations_with_standalone_test_accuracy"]
+    if not predictors:
+        return
+    rows = [{"name": network["name"], "standalone_test": standalone[network["id"]]["accuracy"]["test"]}
+            for network in networks]
+    plot(rows, predictors, correlations, ids, path,
+         title="Fashion-MNIST, EfficientFormerV2 space at 64 px: each attempt's supernet scores (%) against "
+               "standalone training")
+
+
+PLOT_TITLE = "Fashion-MNIST, EfficientFormerV2 space at 64 px: each predictor against standalone training"
+
+
+def plot(rows, predictors, correlations, ids, path: Path, note: str = "", title: str = PLOT_TITLE) -> None:
     import matplotlib.pyplot as plt
 
     names = list(predictors)
@@ -544,8 +569,7 @@ def plot(rows, predictors, correlations, ids, path: Path, note: str = "") -> Non
         axis.grid(True, linewidth=0.3)
     for axis in list(axes.flat)[len(names):]:
         axis.axis("off")
-    figure.suptitle("Fashion-MNIST, EfficientFormerV2 space at 64 px: each predictor against standalone training"
-                    + (f" (partial: {note})" if note else ""), fontsize=10)
+    figure.suptitle(title + (f" (partial: {note})" if note else ""), fontsize=10)
     figure.tight_layout()
     write_bytes_atomic(path, png_bytes(figure, colours=256))
 

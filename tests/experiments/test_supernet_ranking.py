@@ -70,6 +70,7 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
         assert attempts["unchanged"]["handlings"]["supernet_bn2"][key] == report[key]["supernet_bn2"]
     assert set(attempts["fewer_images"]["handlings"]) == {"supernet_shared_bn"}
     assert attempts["unchanged"]["supernet_weights_sha256"] == study.supernet_weights_sha256(config)
+    assert (results / "attempts.png").is_file()  # one panel per attempt and BN handling
 
     # an attempt that changes the supernet's training trains its own, beside the study's, and scores it
     config["evaluation"]["attempts"] = {"labels": {"supernet": {"student_target": "labels"}, "recalibration_batches": [0]}}
