@@ -1,8 +1,10 @@
 """How long a search takes: the default command end to end, and supernet-evaluator searches.
 
     python benchmarks/search_speed.py [--repeats 3] [--supernet runs/v2_digits.pt] [--target 2.0ms]
-        [--study-supernet runs/supernet_ranking/supernet.pt] [--study-minutes 12]
-        [--study-screen-batches 1 --study-shortlist 3] [--only default,digits,study,study-screened]
+        [--study-supernet runs/supernet_ranking/supernet.pt] [--study-minutes 12] [--study-threads 2]
+        [--study-recalibrate 0] [--study-eval-batches 8 --study-batch-size 256]
+        [--study-screen-batches 1 --study-shortlist 3] [--study-min-step MS] [--study-drop-floor POINTS]
+        [--study-name NAME] [--only default,digits,study,study-screened]
 
 1. The default command, `python -m nas.search --target-latency 1.5ms --device iphone12`, run as a
    fresh process `--repeats` times: wall time including interpreter start-up and imports (target:
@@ -14,16 +16,22 @@
    missing.
 3. Issue 16's speed check: a greedy search (`nas.api.run_search`) whose evaluator is the Fashion-MNIST
    V2 supernet of `experiments/supernet_ranking` at that study's settings (64 px, `--study-eval-batches`
-   batches of 256 val images, BN recalibrated on `--study-recalibrate` training batches), on the
-   `iphone12` table at `--study-target`, stopped after `--study-minutes` if it has not finished:
-   steps taken, evaluations, seconds per evaluation and per step, and whether the search finished
-   inside the limit (issue 16: under 10 minutes on 2 cores). Skipped when the checkpoint is missing.
+   batches of `--study-batch-size` val images, BN handled as that study chose: the shared
+   statistics, `--study-recalibrate 0`), on the `iphone12` table at `--study-target`, in one
+   process with `--study-threads` torch threads (2: the machine's two cores), stopped after
+   `--study-minutes` if it has not finished: steps taken, evaluations, seconds per evaluation and
+   per step, and whether the search finished inside the limit (issue 16: under 10 minutes on 2
+   cores). `--study-min-step` and `--study-drop-floor` set greedy's compound steps and drop floor
+   (`nas.greedy`; the search study's chosen controller is `--study-min-step 0.05`, no floor).
+   Skipped when the checkpoint is missing.
 4. `study-screened`: the same search with screening greedy steps (`nas.greedy`): every candidate
    is screened on the first `--study-screen-batches` batches and `--study-shortlist` per step are
    scored on all of them; also reports screenings, and seconds per candidate (a step's time over
    its candidates). What screening keeps of the unscreened choices: `benchmarks/greedy_screening.py`.
 
-`--only` runs some parts and keeps the others' results from the existing JSON.
+`--only` runs some parts and keeps the others' results from the existing JSON. `--study-name NAME`
+files a study part's result under `study_runs.NAME` instead (several settings side by side, e.g.
+the ranking study's 2,048 images and the search study's 500).
 Writes `benchmarks/results/search_speed.json` with the machine load before and after.
 """
 
@@ -83,29 +91,50 @@ class CountedSupernetEvaluation(SupernetEvaluation):
         return evaluator, net
 
 
-def study_search(checkpoint: Path, data: str, recalibrate: int, eval_batches: int, target_ms: float,
-                 minutes: float, screen_batches: int = 0, shortlist: int = 0) -> dict:
+@dataclass(frozen=True)
+class StudySearchSettings:
+    """The settings of one study-settings greedy search: the evaluator's (`nas.evaluators.
+    SupernetEvaluation`), the controller's (`nas.greedy.greedy_search`), the target and the limit."""
+
+    checkpoint: Path
+    data: str
+    recalibrate: int
+    eval_batches: int
+    batch_size: int
+    target_ms: float
+    minutes: float
+    threads: int
+    screen_batches: int = 0
+    shortlist: int = 0
+    min_step_ms: float | None = None
+    drop_floor: float | None = None
+
+
+def study_search(settings: StudySearchSettings) -> dict:
     """Greedy search at the ranking study's evaluator settings (screening each step's candidates on
     `screen_batches` batches and scoring `shortlist` of them fully, when given), stopped after
     `minutes`."""
+    load_before = loadavg()
+    torch.set_num_threads(settings.threads)
     table = get_device("iphone12").default_table("efficientformer_v2")
-    spec = CountedSupernetEvaluation(checkpoint, data, recalibrate=recalibrate, eval_batches=eval_batches,
-                                     screen_batches=screen_batches)
+    spec = CountedSupernetEvaluation(settings.checkpoint, settings.data, recalibrate=settings.recalibrate,
+                                     eval_batches=settings.eval_batches, batch_size=settings.batch_size,
+                                     screen_batches=settings.screen_batches)
     steps: list[float] = []
-    started = time.perf_counter()
-
     last_latency: list[float] = []
+    started = time.perf_counter()
 
     def on_step(step) -> None:
         steps.append(time.perf_counter() - started)
         last_latency.append(step.latency)
-        if steps[-1] > 60.0 * minutes:
+        if steps[-1] > 60.0 * settings.minutes:
             raise TimeUp
 
     finished = True
     try:
-        outcome = run_search(SearchRequest("efficientformer_v2", table, target_ms, evaluator=spec, shortlist=shortlist),
-                             on_step=on_step)
+        outcome = run_search(SearchRequest("efficientformer_v2", table, settings.target_ms, evaluator=spec,
+                                           shortlist=settings.shortlist, min_step_ms=settings.min_step_ms,
+                                           drop_floor=settings.drop_floor), on_step=on_step)
     except TimeUp:
         finished, outcome = False, None
     wall = time.perf_counter() - started
@@ -113,25 +142,30 @@ def study_search(checkpoint: Path, data: str, recalibrate: int, eval_batches: in
     # the first on_step comes after the evaluator is built and the start is scored
     setup = steps[0] if steps else wall
     per_step = [b - a for a, b in itertools.pairwise(steps)]
+    checkpoint = settings.checkpoint
     report = {
         "settings": {"checkpoint": str(checkpoint.relative_to(ROOT)) if checkpoint.is_relative_to(ROOT) else str(checkpoint),
-                     "data": data, "recalibrate_batches": recalibrate, "eval_batches": eval_batches,
-                     "images_per_evaluation": evaluator.settings()["images"], "target_ms": target_ms,
-                     "time_limit_minutes": minutes,
-                     **({"screen_images": evaluator.settings()["screen_images"], "shortlist": shortlist}
-                        if shortlist else {})},
+                     "data": settings.data, "recalibrate_batches": settings.recalibrate,
+                     "eval_batches": settings.eval_batches, "images_per_evaluation": evaluator.settings()["images"],
+                     "target_ms": settings.target_ms, "time_limit_minutes": settings.minutes,
+                     "threads": settings.threads, "min_step_ms": settings.min_step_ms,
+                     "drop_floor": settings.drop_floor,
+                     **({"screen_images": evaluator.settings()["screen_images"], "shortlist": settings.shortlist}
+                        if settings.shortlist else {})},
+        "loadavg_before": load_before,
         "finished": finished,
         "meets_target_10_minutes": finished and wall <= 600.0,
         "wall_s": round(wall, 1),
         "setup_s": round(setup, 1),
         "steps_taken": max(len(steps) - 1, 0),
         "evaluations": evaluator.evaluations,
-        **({"screenings": evaluator.screenings} if shortlist else {}),
+        **({"screenings": evaluator.screenings} if settings.shortlist else {}),
         "auto_recalibrated": evaluator.report()["auto_recalibrated"],
         # without screening: seconds per candidate evaluation; with it, per candidate (screened, and
         # scored if shortlisted): what a step of C candidates costs divided by C
         "seconds_per_candidate": round((wall - setup) / max(max(evaluator.evaluations, evaluator.screenings) - 1, 1), 3),
         "seconds_per_step": [round(t, 1) for t in per_step],
+        "loadavg_after": loadavg(),
     }
     if outcome is None:  # where the stopped search had got to: the last step taken
         report["last_step_latency_ms"] = round(last_latency[-1], 4) if last_latency else None
@@ -193,8 +227,14 @@ def main() -> int:
     parser.add_argument("--target", default="2.0ms", help="target of the digits supernet-evaluator search (iphone12)")
     parser.add_argument("--study-supernet", type=Path, default=ROOT / "runs" / "supernet_ranking" / "supernet.pt")
     parser.add_argument("--study-data", default="fashion-mnist")
-    parser.add_argument("--study-recalibrate", type=int, default=2)
+    parser.add_argument("--study-recalibrate", type=int, default=0,
+                        help="BN recalibration batches (0: shared statistics, the ranking study's choice)")
     parser.add_argument("--study-eval-batches", type=int, default=8)
+    parser.add_argument("--study-batch-size", type=int, default=256)
+    parser.add_argument("--study-threads", type=int, default=2, help="torch threads of the study searches")
+    parser.add_argument("--study-min-step", type=float, default=None, help="greedy's min_step_ms (ms)")
+    parser.add_argument("--study-drop-floor", type=float, default=None, help="greedy's drop_floor (points)")
+    parser.add_argument("--study-name", default=None, help="file the study parts under study_runs.NAME")
     parser.add_argument("--study-target", type=float, default=1.1, help="ms on iphone12 (EfficientFormerV2-S1)")
     parser.add_argument("--study-minutes", type=float, default=12.0)
     parser.add_argument("--study-screen-batches", type=int, default=1, help="part study-screened: batches screened on")
@@ -215,25 +255,23 @@ def main() -> int:
         report["default_command"] = default_command(args.repeats, scratch)
     if "digits" in parts:
         report["supernet_search"] = digits_search(args.supernet, args.target, scratch)
-    if "study" in parts:
-        if args.study_supernet.is_file():
-            torch.set_num_threads(1)
-            report["study_settings_search"] = study_search(args.study_supernet, args.study_data, args.study_recalibrate,
-                                                           args.study_eval_batches, args.study_target,
-                                                           args.study_minutes)
-            print(f"study-settings search: {json.dumps(report['study_settings_search'])}", file=sys.stderr)
+    for part, key in (("study", "study_settings_search"), ("study-screened", "study_settings_screened_search")):
+        if part not in parts:
+            continue
+        if not args.study_supernet.is_file():
+            result: dict = {"skipped": f"no checkpoint at {args.study_supernet}"}
         else:
-            report["study_settings_search"] = {"skipped": f"no checkpoint at {args.study_supernet}"}
-    if "study-screened" in parts:
-        if args.study_supernet.is_file():
-            torch.set_num_threads(1)
-            report["study_settings_screened_search"] = study_search(
+            screened = part == "study-screened"
+            result = study_search(StudySearchSettings(
                 args.study_supernet, args.study_data, args.study_recalibrate, args.study_eval_batches,
-                args.study_target, args.study_minutes, args.study_screen_batches, args.study_shortlist)
-            print(f"screened study-settings search: {json.dumps(report['study_settings_screened_search'])}",
-                  file=sys.stderr)
+                args.study_batch_size, args.study_target, args.study_minutes, args.study_threads,
+                args.study_screen_batches if screened else 0, args.study_shortlist if screened else 0,
+                args.study_min_step, args.study_drop_floor))
+            print(f"{part} search: {json.dumps(result)}", file=sys.stderr)
+        if args.study_name:
+            report.setdefault("study_runs", {})[f"{args.study_name}/{part}"] = result
         else:
-            report["study_settings_screened_search"] = {"skipped": f"no checkpoint at {args.study_supernet}"}
+            report[key] = result
     report["machine"]["loadavg_after"] = loadavg()
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     return 0
