@@ -144,7 +144,7 @@ def study_search(settings: StudySearchSettings) -> dict:
     per_step = [b - a for a, b in itertools.pairwise(steps)]
     checkpoint = settings.checkpoint
     report = {
-        "settings": {"checkpoint": str(checkpoint.relative_to(ROOT)) if checkpoint.is_relative_to(ROOT) else str(checkpoint),
+        "settings": {"checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
                      "data": settings.data, "recalibrate_batches": settings.recalibrate,
                      "eval_batches": settings.eval_batches, "images_per_evaluation": evaluator.settings()["images"],
                      "target_ms": settings.target_ms, "time_limit_minutes": settings.minutes,
@@ -263,10 +263,12 @@ def main() -> int:
         else:
             screened = part == "study-screened"
             result = study_search(StudySearchSettings(
-                args.study_supernet, args.study_data, args.study_recalibrate, args.study_eval_batches,
-                args.study_batch_size, args.study_target, args.study_minutes, args.study_threads,
-                args.study_screen_batches if screened else 0, args.study_shortlist if screened else 0,
-                args.study_min_step, args.study_drop_floor))
+                checkpoint=args.study_supernet, data=args.study_data, recalibrate=args.study_recalibrate,
+                eval_batches=args.study_eval_batches, batch_size=args.study_batch_size, target_ms=args.study_target,
+                minutes=args.study_minutes, threads=args.study_threads,
+                screen_batches=args.study_screen_batches if screened else 0,
+                shortlist=args.study_shortlist if screened else 0,
+                min_step_ms=args.study_min_step, drop_floor=args.study_drop_floor))
             print(f"{part} search: {json.dumps(result)}", file=sys.stderr)
         if args.study_name:
             report.setdefault("study_runs", {})[f"{args.study_name}/{part}"] = result

@@ -56,7 +56,7 @@ EPILOG = ("exit codes: 0 trained; 2 bad input or a diverged run (one line; --out
 
 def build_parser() -> ArgumentParser:
     from supernet.data import DATA_SPECS_HELP
-    from supernet.training import BN_STATISTICS, STUDENT_TARGETS, SUBSET_IMAGES
+    from supernet.training import BN_STATISTICS, STUDENT_TARGETS, SUBSET_IMAGES, TrainConfig
 
     parser = ArgumentParser(prog=PROG, description="Train a latnas supernet (Gumbel phase or sandwich rule).",
                             epilog=EPILOG)
@@ -81,14 +81,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--bn-statistics",
         choices=BN_STATISTICS,
-        default="all",
+        default=TrainConfig.bn_statistics,
         help="sandwich members that update BN running statistics: all (default; random sub-networks evaluate "
         "without recalibration) or ends (largest and smallest only; others need recalibrate_bn)",
     )
     parser.add_argument(
         "--student-target",
         choices=STUDENT_TARGETS,
-        default="teacher",
+        default=TrainConfig.student_target,
         help="what the sandwich's smaller members learn: the largest network's soft predictions (default; "
         "in-place distillation), the labels, or half of each",
     )

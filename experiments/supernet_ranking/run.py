@@ -539,11 +539,11 @@ def plot_attempts(done: dict[str, Any], standalone: dict[str, dict[str, Any]], n
     rows = [{"name": network["name"], "standalone_test": standalone[network["id"]]["accuracy"]["test"]}
             for network in networks]
     plot(rows, predictors, correlations, ids, path,
-         title="Fashion-MNIST, EfficientFormerV2 space at 64 px: each attempt's supernet scores (%) against "
-               "standalone training")
+         title=f"{PLOT_SUBJECT}: each attempt's supernet scores (%) against standalone training")
 
 
-PLOT_TITLE = "Fashion-MNIST, EfficientFormerV2 space at 64 px: each predictor against standalone training"
+PLOT_SUBJECT = "Fashion-MNIST, EfficientFormerV2 space at 64 px"
+PLOT_TITLE = f"{PLOT_SUBJECT}: each predictor against standalone training"
 
 
 def plot(rows, predictors, correlations, ids, path: Path, note: str = "", title: str = PLOT_TITLE) -> None:
