@@ -2,7 +2,8 @@
 
     python benchmarks/search_speed.py [--repeats 3] [--supernet runs/v2_digits.pt] [--target 2.0ms]
         [--study-supernet runs/supernet_ranking/supernet.pt] [--study-minutes 12] [--study-threads 2]
-        [--study-recalibrate 0] [--study-eval-batches 8 --study-batch-size 256]
+        [--study-recalibrate 0] [--study-untrained-norms estimate|recalibrate]
+        [--study-eval-batches 8 --study-batch-size 256]
         [--study-screen-batches 1 --study-shortlist 3] [--study-min-step MS] [--study-drop-floor POINTS]
         [--study-name NAME] [--only default,digits,study,study-screened]
 
@@ -17,7 +18,10 @@
 3. Issue 16's speed check: a greedy search (`nas.api.run_search`) whose evaluator is the Fashion-MNIST
    V2 supernet of `experiments/supernet_ranking` at that study's settings (64 px, `--study-eval-batches`
    batches of `--study-batch-size` val images, BN handled as that study chose: the shared
-   statistics, `--study-recalibrate 0`), on the `iphone12` table at `--study-target`, in one
+   statistics, `--study-recalibrate 0`, the BN widths no training step updated estimated once
+   before the search, `--study-untrained-norms estimate`; `recalibrate` recalibrates each
+   candidate that runs one instead, as every search did before), on the `iphone12` table at
+   `--study-target`, in one
    process with `--study-threads` torch threads (2: the machine's two cores), stopped after
    `--study-minutes` if it has not finished: steps taken, evaluations, seconds per evaluation and
    per step, and whether the search finished inside the limit (issue 16: under 10 minutes on 2
@@ -108,6 +112,7 @@ class StudySearchSettings:
     shortlist: int = 0
     min_step_ms: float | None = None
     drop_floor: float | None = None
+    untrained_norms: str = "estimate"
 
 
 def study_search(settings: StudySearchSettings) -> dict:
@@ -119,7 +124,7 @@ def study_search(settings: StudySearchSettings) -> dict:
     table = get_device("iphone12").default_table("efficientformer_v2")
     spec = CountedSupernetEvaluation(settings.checkpoint, settings.data, recalibrate=settings.recalibrate,
                                      eval_batches=settings.eval_batches, batch_size=settings.batch_size,
-                                     screen_batches=settings.screen_batches)
+                                     screen_batches=settings.screen_batches, untrained_norms=settings.untrained_norms)
     steps: list[float] = []
     last_latency: list[float] = []
     started = time.perf_counter()
@@ -146,6 +151,7 @@ def study_search(settings: StudySearchSettings) -> dict:
     report = {
         "settings": {"checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
                      "data": settings.data, "recalibrate_batches": settings.recalibrate,
+                     "untrained_norms": settings.untrained_norms,
                      "eval_batches": settings.eval_batches, "images_per_evaluation": evaluator.settings()["images"],
                      "target_ms": settings.target_ms, "time_limit_minutes": settings.minutes,
                      "threads": settings.threads, "min_step_ms": settings.min_step_ms,
@@ -161,6 +167,8 @@ def study_search(settings: StudySearchSettings) -> dict:
         "evaluations": evaluator.evaluations,
         **({"screenings": evaluator.screenings} if settings.shortlist else {}),
         "auto_recalibrated": evaluator.report()["auto_recalibrated"],
+        **({"untrained_norms_estimated": evaluator.report()["untrained_norms_estimated"]}
+           if "untrained_norms_estimated" in evaluator.report() else {}),
         # without screening: seconds per candidate evaluation; with it, per candidate (screened, and
         # scored if shortlisted): what a step of C candidates costs divided by C
         "seconds_per_candidate": round((wall - setup) / max(max(evaluator.evaluations, evaluator.screenings) - 1, 1), 3),
@@ -229,6 +237,8 @@ def main() -> int:
     parser.add_argument("--study-data", default="fashion-mnist")
     parser.add_argument("--study-recalibrate", type=int, default=0,
                         help="BN recalibration batches (0: shared statistics, the ranking study's choice)")
+    parser.add_argument("--study-untrained-norms", default="estimate", choices=("estimate", "recalibrate"),
+                        help="BN widths no training step updated: estimated once, or recalibrated per candidate")
     parser.add_argument("--study-eval-batches", type=int, default=8)
     parser.add_argument("--study-batch-size", type=int, default=256)
     parser.add_argument("--study-threads", type=int, default=2, help="torch threads of the study searches")
@@ -268,7 +278,8 @@ def main() -> int:
                 minutes=args.study_minutes, threads=args.study_threads,
                 screen_batches=args.study_screen_batches if screened else 0,
                 shortlist=args.study_shortlist if screened else 0,
-                min_step_ms=args.study_min_step, drop_floor=args.study_drop_floor))
+                min_step_ms=args.study_min_step, drop_floor=args.study_drop_floor,
+                untrained_norms=args.study_untrained_norms))
             print(f"{part} search: {json.dumps(result)}", file=sys.stderr)
         if args.study_name:
             report.setdefault("study_runs", {})[f"{args.study_name}/{part}"] = result

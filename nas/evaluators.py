@@ -28,9 +28,11 @@ from nas.problem import Evaluator
 
 #: the largest number of BN recalibration or evaluation batches a request may ask for
 MAX_BATCHES = 100_000
-#: BN recalibration batches for a candidate whose statistics were never trained (64 images each:
-#: enough for stable per-channel means at these widths; see supernet.training.recalibrate_bn)
+#: calibration batches (64 images each: enough for stable per-channel means at these widths) for
+#: BatchNorm widths no training step updated: estimated once per supernet on them, or per candidate
 AUTO_RECALIBRATION_BATCHES = 10
+#: how a shared-statistics evaluator handles untrained BatchNorm widths (`SupernetEvaluator`)
+UNTRAINED_NORMS = ("estimate", "recalibrate")
 #: the default bound on the bytes of activations `SupernetEvaluator`'s prefix cache keeps
 PREFIX_CACHE_BYTES = 2 * 2**30
 #: torch's RNG seed while calibration batches are read (see `SupernetEvaluator.calibration`)
@@ -122,7 +124,8 @@ class SupernetEvaluation(EvaluatorSpec):
     """Top-1 accuracy through a trained supernet on split `split` of data `data`
     (`supernet.data`), optionally after re-estimating BN statistics on `recalibrate` training
     batches, on at most `eval_batches` batches of `batch_size` images; `screen_batches` > 0 also
-    screens on the first that many of them (`SupernetEvaluator.screen`)."""
+    screens on the first that many of them (`SupernetEvaluator.screen`). `untrained_norms` says
+    what shared statistics do about BatchNorm widths no training step updated (`UNTRAINED_NORMS`)."""
 
     checkpoint: Path
     data: str
@@ -131,6 +134,7 @@ class SupernetEvaluation(EvaluatorSpec):
     eval_batches: int | None = None
     batch_size: int = 256
     screen_batches: int = 0
+    untrained_norms: str = "estimate"
     name = "supernet"
 
     def validate(self, space: SearchSpace) -> None:
@@ -141,6 +145,8 @@ class SupernetEvaluation(EvaluatorSpec):
             raise EvaluatorError("split", "a search selects on val; test is for the report made after it")
         if self.split not in ("train", "val"):
             raise EvaluatorError("split", f"unknown split {self.split!r}; a search selects on val (or train)")
+        if self.untrained_norms not in UNTRAINED_NORMS:
+            raise EvaluatorError("untrained_norms", f"{self.untrained_norms!r} is not one of {', '.join(UNTRAINED_NORMS)}")
         for name, value, lowest in (("recalibrate", self.recalibrate, 0), ("eval_batches", self.eval_batches, 1),
                                     ("batch_size", self.batch_size, 1), ("screen_batches", self.screen_batches, 0)):
             if value is not None and not (isinstance(value, int) and lowest <= value <= MAX_BATCHES):
@@ -175,7 +181,8 @@ class SupernetEvaluation(EvaluatorSpec):
         except ValueError as error:
             raise EvaluatorError("screen_batches", f"{error}, in {self.data}'s {self.split} split") from None
         evaluator = SupernetEvaluator(net, loader, self.eval_batches, self.recalibrate, calibration, split=self.split,
-                                      test_loader=test, screen_batches=self.screen_batches)
+                                      test_loader=test, screen_batches=self.screen_batches,
+                                      untrained_norms=self.untrained_norms)
         return evaluator, net
 
 
@@ -185,10 +192,19 @@ class SupernetEvaluator:
     The first `max_batches` batches of `loader` (all when None) are read once and kept, so every
     architecture is scored on the same images without re-reading them. `recalibrate` > 0
     re-estimates the sub-network's BN statistics on that many batches of `calibration_loader`
-    (training data; default `loader`) before evaluating. Without it, a candidate that runs a
-    BatchNorm no training step updated (`supernet.training.untrained_batch_norms`: the narrower
-    widths of a Gumbel-trained supernet) is recalibrated anyway, on `AUTO_RECALIBRATION_BATCHES`
-    batches, rather than scored on initial statistics; `settings()` counts how many were.
+    (training data; default `loader`) before evaluating. Without it, every candidate is scored on
+    the supernet's shared statistics, and `untrained_norms` says what happens to the BatchNorm
+    widths no training step updated (`supernet.untrained_norms`: the narrower widths of a
+    Gumbel-trained supernet, the rare deep-slot widths of a sandwich-trained one), which would
+    otherwise normalise with the initial mean 0 and variance 1:
+    - `estimate` (default): on construction, each gets statistics estimated once, in a sub-network
+      that runs it, on `AUTO_RECALIBRATION_BATCHES` calibration batches
+      (`estimate_untrained_norms`; the trained widths are not touched). Every candidate is then
+      scored on shared statistics, and the prefix cache serves all of them. `norm_estimate` says
+      what was estimated. This changes the supernet's buffers in place;
+    - `recalibrate`: a candidate that runs one has its whole sub-network recalibrated on those
+      batches before it is scored (exact, but a calibration pass per such candidate, and scored
+      with other statistics than its neighbours); `report()` counts how many were.
 
     The calibration batches are read from `calibration_loader` once, on first need, and reused for
     every candidate (its images only): every candidate is recalibrated on the same images, so two
@@ -220,9 +236,12 @@ class SupernetEvaluator:
     def __init__(self, net, loader, max_batches: int | None = None, recalibrate: int = 0,
                  calibration_loader=None, prefix_cache: int = 256, split: str = "val", test_loader=None,
                  screen_batches: int = 0, calibration_images: list[torch.Tensor] | None = None,
-                 prefix_cache_bytes: int | None = None) -> None:
+                 prefix_cache_bytes: int | None = None, untrained_norms: str = "estimate") -> None:
+        if untrained_norms not in UNTRAINED_NORMS:
+            raise ValueError(f"untrained_norms must be one of {UNTRAINED_NORMS}, got {untrained_norms!r}")
         self.net = net
         self._weights_sha256: str | None = None
+        self.untrained_norms = untrained_norms
         self.split = split
         self.test_loader = test_loader
         # a prefix's activations: one tensor per batch (with recalibration: calibration and evaluation lists)
@@ -246,10 +265,20 @@ class SupernetEvaluator:
         self.auto_recalibrated = 0
         self.screen_batches = screen_batches
         check_screen_batches(screen_batches, len(self.batches))
+        self.norm_estimate = None
+        from supernet.untrained_norms import estimate_untrained_norms, untrained_norm_widths
+
+        if not recalibrate and untrained_norms == "estimate":
+            if untrained_norm_widths(net):
+                _ = self.weights_sha256  # of the weights as trained: the estimate follows from them and the settings
+                self.norm_estimate = estimate_untrained_norms(net, self.calibration(AUTO_RECALIBRATION_BATCHES))
+        # whether a candidate can run an untrained width at all (none can once every one is estimated)
+        self._untrained_left = bool(untrained_norm_widths(net))
         self._screener = (SupernetEvaluator(net, self.batches[:screen_batches], None, recalibrate,
                                             self.calibration_loader, prefix_cache, split,
                                             calibration_images=self._calibration,
-                                            prefix_cache_bytes=self.prefix_cache_bytes) if screen_batches else None)
+                                            prefix_cache_bytes=self.prefix_cache_bytes,
+                                            untrained_norms=untrained_norms) if screen_batches else None)
 
     def score(self, arch: Architecture) -> float:
         value = self._cache.get(arch)
@@ -272,10 +301,11 @@ class SupernetEvaluator:
         return self._screener.evaluations if self._screener is not None else 0
 
     def _evaluate(self, arch: Architecture) -> float:
-        from supernet.training import accuracy, evaluate, recalibrated_network, untrained_batch_norms
+        from supernet.training import accuracy, evaluate, recalibrated_network
+        from supernet.untrained_norms import untrained_batch_norms
 
         batches = self.recalibrate
-        if not batches and untrained_batch_norms(self.net, arch):
+        if not batches and self._untrained_left and untrained_batch_norms(self.net, arch):
             batches = AUTO_RECALIBRATION_BATCHES
             self.auto_recalibrated += 1
         if batches and not self.prefix_cache:
@@ -360,7 +390,8 @@ class SupernetEvaluator:
     @property
     def weights_sha256(self) -> str:
         """The sha256 of the supernet's weights and buffers (`supernet.checkpoint.content_digest`
-        of its state dict), computed once: which trained supernet the scores come from. A score
+        of its state dict) as trained, computed once (before untrained norms are estimated, which
+        follows from them and `settings()`): which trained supernet the scores come from. A score
         cache or a resumed search keyed on `settings()` then never mixes two supernets' scores,
         not even two trainings of one config (a checkpoint's own digest covers its training log,
         which holds wall times, so it differs between identical trainings; this does not)."""
@@ -373,6 +404,8 @@ class SupernetEvaluator:
     def settings(self) -> dict[str, Any]:
         settings = {"name": self.name, "split": self.split, "recalibrate_batches": self.recalibrate,
                     "images": sum(len(y) for _, y in self.batches), "weights_sha256": self.weights_sha256}
+        if not self.recalibrate:
+            settings["untrained_norms"] = self.untrained_norms
         if self._screener is not None:
             settings["screen_images"] = sum(len(y) for _, y in self._screener.batches)
         return settings
@@ -385,13 +418,16 @@ class SupernetEvaluator:
             return None
         # recalibrated on the images the search's scores were
         held_out = SupernetEvaluator(self.net, self.test_loader, None, self.recalibrate, self.calibration_loader,
-                                     prefix_cache=0, split="test", calibration_images=self._calibration)
+                                     prefix_cache=0, split="test", calibration_images=self._calibration,
+                                     untrained_norms=self.untrained_norms)
         return held_out.score(arch)
 
     def report(self) -> dict[str, Any]:
         """What happened during the search (not a setting): candidates recalibrated because they
-        ran untrained BatchNorm statistics."""
+        ran untrained BatchNorm statistics, and the untrained widths estimated on construction."""
         report = {"evaluations": self.evaluations, "auto_recalibrated": self.auto_recalibrated}
+        if self.norm_estimate is not None:
+            report["untrained_norms_estimated"] = self.norm_estimate.to_dict()
         if self._screener is not None:
             report.update(screenings=self.screenings, auto_recalibrated=report["auto_recalibrated"]
                           + self._screener.auto_recalibrated)

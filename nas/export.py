@@ -165,6 +165,10 @@ class WeightSource:
 
 
 # -- building the network -------------------------------------------------------------------------
+class UntrainedStatisticsWarning(UserWarning):
+    """An exported sub-network runs BatchNorm widths whose statistics no training step updated."""
+
+
 def build_network(
     arch: Architecture,
     supernet_path: str | os.PathLike[str] | None = None,
@@ -200,6 +204,14 @@ def build_network(
     net = Supernet.load(supernet_path, space=arch.space)
     arch = net.fit(arch)
     if not recalibrate:
+        from supernet.untrained_norms import untrained_batch_norms
+
+        untrained = untrained_batch_norms(net, arch)
+        if untrained:
+            warnings.warn(UntrainedStatisticsWarning(
+                f"the network runs {len(untrained)} BatchNorm width(s) no training step of the supernet updated "
+                f"(first {untrained[0]}): they keep the initial statistics (mean 0, variance 1); give --data SPEC "
+                "--recalibrate N to estimate every statistic on training images"), stacklevel=2)
         return net.eval().extract(arch).eval(), arch
 
     from torch.utils.data import DataLoader
@@ -460,7 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         progress.set_description("loading supernet" if args.supernet else "building network")
         try:
-            model, arch = build_network(arch, args.supernet, args.data, args.recalibrate, args.seed)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UntrainedStatisticsWarning)
+                model, arch = build_network(arch, args.supernet, args.data, args.recalibrate, args.seed)
+            for warning in caught:
+                print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
         except ArchitectureError as error:
             raise UsageError(f"{args.arch}: {error}") from None
         except (CheckpointError, DataError) as error:

@@ -3,7 +3,7 @@
     python -m nas.search --target-latency 1.5ms --device iphone12 [--space S] [--objective mes|latency]
         [--mes-params-unit 3M --mes-latency-unit 1ms --mes-alpha-params 0.5 --mes-alpha-latency 1.0]
         [--max-params 6M] [--supernet CKPT --data SPEC [--recalibrate N] [--eval-batches N]
-        [--screen-batches N --shortlist K]] [--drop-floor POINTS] [--min-step MS]
+        [--untrained-norms estimate|recalibrate] [--screen-batches N --shortlist K]] [--drop-floor POINTS] [--min-step MS]
         [--evaluator supernet|proxy] [--strategy greedy|random|evolution] [--budget N] [--state FILE]
         [--actions v1|v2] [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl]
         [--front FILE.yaml] [--lut FILE] [--verify [--verify-rounds N] [--verify-undershoot 5%]]
@@ -63,7 +63,7 @@ from nas.api import (
     space_named,
     validate_request,
 )
-from nas.evaluators import ProxyEvaluation, SupernetEvaluation
+from nas.evaluators import UNTRAINED_NORMS, ProxyEvaluation, SupernetEvaluation
 from nas.objectives import MobileEfficiencyScore
 from nas.problem import Step
 from nas.verify import DEFAULT_ROUNDS, DEFAULT_UNDERSHOOT
@@ -85,6 +85,7 @@ OPTION_OF_FIELD = {
     "start": "--start", "actions": "--actions", "state_path": "--state", "verify": "--verify",
     "evaluator": "--evaluator", "supernet": "--supernet", "data": "--data", "split": "--data",
     "recalibrate": "--recalibrate", "eval_batches": "--eval-batches", "batch_size": "--eval-batches",
+    "untrained_norms": "--untrained-norms",
     "screen_batches": "--screen-batches", "shortlist": "--shortlist", "drop_floor": "--drop-floor", "min_step_ms": "--min-step",
     "steps_past_target": "--steps-past-target",
     "mes": "--mes-*",
@@ -172,6 +173,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--recalibrate", type=integer_in(RECALIBRATION_BATCHES), default=0,
                         help="re-estimate BN statistics on N training batches before each supernet evaluation")
     parser.add_argument("--eval-batches", type=integer_in(EVALUATION_BATCHES), help="supernet evaluator: at most N validation batches")
+    parser.add_argument("--untrained-norms",
+                        help="supernet evaluator without --recalibrate: BN widths no training step updated get "
+                             "statistics estimated once, before the search (estimate, the default), or each "
+                             "candidate that runs one is recalibrated (recalibrate)")
     parser.add_argument("--screen-batches", type=integer_in(EVALUATION_BATCHES), default=0,
                         help="supernet evaluator, greedy: rank each step's candidates on the first N validation "
                              "batches, then score the --shortlist best on all of them")
@@ -261,14 +266,20 @@ def _evaluator(args):
         raise UsageError("--evaluator supernet needs --supernet CKPT and --data SPEC")
     if args.supernet and name == "supernet" and not args.data:
         raise UsageError("--supernet needs --data SPEC (the held-out images it is evaluated on)")
-    if (args.recalibrate or args.eval_batches or args.screen_batches) and name != "supernet":
-        raise UsageError("--recalibrate, --eval-batches and --screen-batches apply to the supernet evaluator only")
+    if (args.recalibrate or args.eval_batches or args.screen_batches or args.untrained_norms) and name != "supernet":
+        raise UsageError("--recalibrate, --eval-batches, --untrained-norms and --screen-batches apply to the supernet "
+                         "evaluator only")
+    if args.untrained_norms is not None and args.untrained_norms not in UNTRAINED_NORMS:
+        raise UsageError(f"--untrained-norms: {args.untrained_norms!r} is not one of {', '.join(UNTRAINED_NORMS)}")
+    if args.untrained_norms and args.recalibrate:
+        raise UsageError("--untrained-norms: with --recalibrate every candidate is recalibrated; give one of the two")
     if args.data and name != "supernet":
         raise UsageError("--data applies to the supernet evaluator only (give --supernet CKPT)")
     if name == "proxy":
         return ProxyEvaluation(Path(args.supernet) if args.supernet else None)
     return SupernetEvaluation(Path(args.supernet), args.data, recalibrate=args.recalibrate,
-                              eval_batches=args.eval_batches, screen_batches=args.screen_batches)
+                              eval_batches=args.eval_batches, screen_batches=args.screen_batches,
+                              untrained_norms=args.untrained_norms or UNTRAINED_NORMS[0])
 
 
 def _warn_about_runtime(table) -> None:

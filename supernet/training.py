@@ -61,7 +61,6 @@ from search_spaces.limits import (
 from search_spaces.network import Network
 from supernet.checkpoint import CheckpointError, checkpoint_label, non_finite_tensor, shown
 from supernet.data import stratified_subset
-from supernet.elastic import SwitchableBatchNorm2d
 from supernet.supernet import Supernet, read_checkpoint
 
 MODES = ("gumbel", "sandwich")
@@ -313,44 +312,6 @@ def recalibrated_outputs(module: nn.Module, calibration: list[torch.Tensor], inp
         module.eval()
         outputs = [module(x) for x in inputs]
     return calibrated, outputs
-
-
-def untrained_batch_norms(supernet: Supernet, arch: Architecture) -> list[str]:
-    """The BatchNorms (place and width) that sub-network `arch` runs but no training step ever
-    updated (`num_batches_tracked == 0`): evaluated as they are, they normalise with the initial
-    mean 0 and variance 1. A Gumbel-trained supernet trains only its largest widths, so every
-    width-cut candidate has some. Found with one batch-1 forward pass; activates `arch`.
-
-    A supernet whose every switchable BatchNorm has trained statistics at every width answers
-    without the pass (no sub-network can run an untrained one), which saves a whole forward of the
-    network per call. Sandwich training does not guarantee it: the search studies' 5-epoch V2
-    supernet (`experiments/supernet_ranking`) leaves 225 of its 7,263 norm widths untrained, nearly
-    all hidden (expansion) widths of the last blocks of the last two stages, which only the
-    deepest, rarely sampled sub-networks run, so it still takes the pass.
-    """
-    supernet.set_arch(supernet.fit(arch))
-    if not any(int(norm.num_batches_tracked) == 0 for module in supernet.modules()
-               if isinstance(module, SwitchableBatchNorm2d) for norm in module.norms.values()):
-        return []
-    found: list[str] = []
-    hooks = []
-    for name, module in supernet.named_modules():
-        if isinstance(module, SwitchableBatchNorm2d):
-            def check(norm, inputs, name=name):
-                width = inputs[0].shape[1]
-                if int(norm.norm_for(width).num_batches_tracked) == 0:
-                    found.append(f"{name}[{width}]")
-            hooks.append(module.register_forward_pre_hook(check))
-    was_training = supernet.training
-    supernet.eval()
-    try:
-        with torch.no_grad():
-            supernet(torch.zeros(1, 3, supernet.resolution, supernet.resolution, device=supernet.device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        supernet.train(was_training)
-    return found
 
 
 @dataclass

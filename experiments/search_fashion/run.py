@@ -64,7 +64,7 @@ from experiments.study import Claim, FileLock, exit_code_of, load_settings, log,
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.api import SearchRequest, run_search  # noqa: E402
-from nas.evaluators import SupernetEvaluation, SupernetEvaluator  # noqa: E402
+from nas.evaluators import UNTRAINED_NORMS, SupernetEvaluation, SupernetEvaluator  # noqa: E402
 from nas.objectives import MobileEfficiencyScore  # noqa: E402
 from nas.strategies import RandomSearch, RegularizedEvolution  # noqa: E402
 from supernet.data import load_data  # noqa: E402
@@ -229,7 +229,8 @@ def evaluation_spec(config: dict[str, Any]) -> SupernetEvaluation:
     settings = config["evaluator"]
     return SupernetEvaluation(ROOT / config["supernet"], config["data"], split="val",
                               recalibrate=settings["recalibrate"], eval_batches=settings["eval_batches"],
-                              batch_size=settings["batch_size"], screen_batches=settings["screen_batches"])
+                              batch_size=settings["batch_size"], screen_batches=settings["screen_batches"],
+                              untrained_norms=settings.get("untrained_norms", UNTRAINED_NORMS[0]))
 
 
 def build_evaluator(config: dict[str, Any], space) -> StoredScores:

@@ -260,14 +260,15 @@ def supernet_scores(config: dict[str, Any], networks: list[dict[str, Any]],
     scores: dict[str, dict[str, float]] = {}
     for batches in settings["recalibration_batches"]:
         name = f"supernet_bn{batches}" if batches else "supernet_shared_bn"
+        untrained = {} if batches else {"untrained_norms": settings["untrained_norms"]}
         key = json.dumps({"supernet": [stat.st_size, stat.st_mtime_ns], "recalibrate": batches,
                           "val_images": settings["val_images"], "batch_size": settings["recalibration_batch_size"],
-                          "train_images": config["supernet"]["train_images"],
+                          "train_images": config["supernet"]["train_images"], **untrained,
                           "networks": {n["id"]: n["arch"] for n in networks}}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()
         if digest not in cache:
             net, val, train = inputs()
-            evaluator = SupernetEvaluator(net, val, recalibrate=batches, calibration_loader=train)
+            evaluator = SupernetEvaluator(net, val, recalibrate=batches, calibration_loader=train, **untrained)
             started = time.perf_counter()
             values = {network["id"]: evaluator.score(Architecture.from_dict(network["arch"])) for network in networks}
             cache[digest] = {"scores": values, "seconds_per_evaluation": (time.perf_counter() - started) / len(networks)}

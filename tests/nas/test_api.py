@@ -338,30 +338,30 @@ def test_v1_refuses_a_checkpoint_without_trained_logits(tmp_path, capsys):
     assert code == 2 and "--actions" in err and "untrained" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
-def test_width_cut_candidates_are_not_scored_on_untrained_statistics():
-    """As after Gumbel training, only the largest widths' BatchNorms have statistics (EdgeViT: its
-    local aggregation and head are BatchNormed); a width-cut candidate is recalibrated, not scored
-    on the initial mean 0 / variance 1."""
+def _largest_widths_trained():
+    """`tests.norm_support.largest_widths_trained` (EdgeViT: its local aggregation and head are
+    BatchNormed) and synthetic val / train loaders."""
     from torch.utils.data import DataLoader
 
+    from supernet.data import load_data
+    from tests.norm_support import largest_widths_trained
+
+    bundle = load_data("synthetic:40", 32)
+    return largest_widths_trained(), DataLoader(bundle.val, batch_size=16), DataLoader(bundle.train, batch_size=16)
+
+
+@pytest.mark.slow
+def test_width_cut_candidates_are_recalibrated_when_asked_to():
+    """`untrained_norms="recalibrate"`: a width-cut candidate is recalibrated as a whole, not scored
+    on the initial mean 0 / variance 1; the largest network is scored on its shared statistics."""
     from nas.actions import v2_actions
     from nas.evaluators import AUTO_RECALIBRATION_BATCHES, SupernetEvaluator
-    from supernet import Supernet
-    from supernet.data import load_data
-    from supernet.training import accuracy, recalibrate_bn, untrained_batch_norms
+    from supernet.training import accuracy, recalibrate_bn
+    from supernet.untrained_norms import untrained_batch_norms
 
-    torch.manual_seed(0)
-    net = Supernet.from_space("edgevit", num_classes=10, resolution=32)
-    net.set_arch(net.fit(net.space.largest()))
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(8, 3, 32, 32))  # the largest widths' statistics move, no other's
-    net.eval()
-    bundle = load_data("synthetic:40", 32)
-    val = DataLoader(bundle.val, batch_size=16)
-    train = DataLoader(bundle.train, batch_size=16)
-    evaluator = SupernetEvaluator(net, val, calibration_loader=train)
+    net, val, train = _largest_widths_trained()
+    evaluator = SupernetEvaluator(net, val, calibration_loader=train, untrained_norms="recalibrate")
+    assert evaluator.norm_estimate is None and evaluator.settings()["untrained_norms"] == "recalibrate"
     largest = net.fit(net.space.largest())
     narrower = next(a.apply(largest) for a in v2_actions(net.space, largest) if a.name.startswith("width"))
     assert not untrained_batch_norms(net, largest) and untrained_batch_norms(net, narrower)
@@ -371,6 +371,42 @@ def test_width_cut_candidates_are_not_scored_on_untrained_statistics():
     assert evaluator.auto_recalibrated == 1
     expected = 100.0 * accuracy(recalibrate_bn(net, narrower, train, AUTO_RECALIBRATION_BATCHES), evaluator.batches)
     assert score == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_untrained_widths_are_estimated_once_and_every_candidate_scored_on_shared_statistics():
+    """The default (`estimate`): on construction every untrained width gets statistics, the trained
+    ones keep theirs bit for bit, and then no candidate is recalibrated; each is scored as
+    `evaluate` scores it on the supernet's (now complete) shared statistics, in any order."""
+    from nas.actions import v2_actions
+    from nas.evaluators import AUTO_RECALIBRATION_BATCHES, SupernetEvaluator
+    from supernet.training import evaluate
+    from supernet.untrained_norms import untrained_batch_norms, untrained_norm_widths
+
+    net, val, train = _largest_widths_trained()
+    before = {name: tensor.clone() for name, tensor in net.state_dict().items()}
+    untrained = untrained_norm_widths(net)
+    largest = net.fit(net.space.largest())
+    narrower = [a.apply(largest) for a in v2_actions(net.space, largest) if a.name.startswith("width")][:3]
+    assert all(untrained_batch_norms(net, arch) for arch in narrower)
+
+    evaluator = SupernetEvaluator(net, val, calibration_loader=train)
+    estimate = evaluator.norm_estimate
+    assert set(estimate.estimated) == set(untrained) and not estimate.unreachable and not untrained_norm_widths(net)
+    assert estimate.images == min(AUTO_RECALIBRATION_BATCHES * 16, len(train.dataset))
+    after = net.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {f"{norm}.norms.{width}.{buffer}" for norm, width in untrained
+                       for buffer in ("running_mean", "running_var", "num_batches_tracked")}
+    scores = [evaluator.score(arch) for arch in [*narrower, largest]]
+    assert evaluator.auto_recalibrated == 0
+    assert scores == [100.0 * float(evaluate(net, arch, evaluator.batches)) for arch in [*narrower, largest]]
+    reversed_order = SupernetEvaluator(net, val, calibration_loader=train)
+    assert reversed_order.norm_estimate is None  # nothing left to estimate
+    assert [reversed_order.score(arch) for arch in [largest, *reversed(narrower)]] == [scores[-1], *reversed(scores[:-1])]
+    report = evaluator.report()
+    assert report["untrained_norms_estimated"]["estimated"] == len(untrained)
+    assert evaluator.settings()["untrained_norms"] == "estimate"
 
 
 def test_alpha_learns_which_path_is_better():

@@ -171,6 +171,10 @@ def test_bad_latency_strings(latency, joined, capsys):
     (["--device", "iphone12", "--start", "/nonexistent.yaml"], "--start"),
     (["--device", "iphone12", "--supernet", "/nonexistent.pt", "--data", "digits"], "--supernet"),
     (["--device", "iphone12", "--recalibrate", "4"], "--recalibrate"),
+    (["--device", "iphone12", "--untrained-norms", "sometimes"], "--untrained-norms"),
+    (["--device", "iphone12", "--untrained-norms", "estimate"], "--untrained-norms"),
+    (["--device", "iphone12", "--supernet", "/nonexistent.pt", "--data", "digits", "--recalibrate", "2",
+      "--untrained-norms", "estimate"], "--untrained-norms"),
 ])
 def test_bad_input_exits_2_with_one_line(extra, needle, capsys):
     code, _, err = cli(["--target-latency", "1.5ms", *extra], capsys)

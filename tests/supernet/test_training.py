@@ -217,29 +217,6 @@ def test_the_command_line_reports_divergence_in_one_line_exit_2(tmp_path, capsys
     assert read_checkpoint(out)["extra"]["training"]["epoch"] == 1
 
 
-def test_untrained_batch_norms_skips_the_forward_pass_only_when_every_width_is_trained():
-    """With every switchable BatchNorm trained at every width the answer is empty without running
-    the network; one untrained width brings the pass back, and it finds exactly that norm."""
-    from supernet.elastic import SwitchableBatchNorm2d
-    from supernet.training import untrained_batch_norms
-
-    net = Supernet.from_space("edgevit", num_classes=10, resolution=32)
-    switchable = [m for m in net.modules() if isinstance(m, SwitchableBatchNorm2d)]
-    for module in switchable:
-        for norm in module.norms.values():
-            norm.num_batches_tracked.fill_(1)
-    passes = []
-    net.register_forward_pre_hook(lambda module, inputs: passes.append(inputs[0].shape))
-    smallest, largest = net.fit(net.space.smallest()), net.fit(net.space.largest())
-    assert untrained_batch_norms(net, smallest) == [] and passes == []
-    narrowest = next(m for m in switchable if len(m.widths) > 1)
-    narrowest.norm_for(narrowest.widths[0]).num_batches_tracked.zero_()
-    assert untrained_batch_norms(net, largest) == [] and len(passes) == 1
-    found = untrained_batch_norms(net, smallest)
-    assert len(passes) == 2 and found == [f"{name}[{narrowest.widths[0]}]" for name, m in net.named_modules()
-                                          if m is narrowest]
-
-
 def test_sandwich_students_learn_the_teacher_the_labels_or_half_of_each(tmp_path):
     """`student_target`: soft cross-entropy with the largest network's probabilities, the labels'
     (label-smoothed) loss, or their mean; one step with each moves the weights differently, and the
