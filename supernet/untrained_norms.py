@@ -82,6 +82,7 @@ class NormEstimate:
 
 
 def switchable_norms(supernet: Supernet) -> Iterator[tuple[str, SwitchableBatchNorm2d]]:
+    """Every switchable BatchNorm of `supernet` with its module name, in module order."""
     for name, module in supernet.named_modules():
         if isinstance(module, SwitchableBatchNorm2d):
             yield name, module
