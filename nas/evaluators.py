@@ -268,12 +268,12 @@ class SupernetEvaluator:
         self.norm_estimate = None
         from supernet.untrained_norms import estimate_untrained_norms, untrained_norm_widths
 
-        if not recalibrate and untrained_norms == "estimate":
-            if untrained_norm_widths(net):
-                _ = self.weights_sha256  # of the weights as trained: the estimate follows from them and the settings
-                self.norm_estimate = estimate_untrained_norms(net, self.calibration(AUTO_RECALIBRATION_BATCHES))
         # whether a candidate can run an untrained width at all (none can once every one is estimated)
         self._untrained_left = bool(untrained_norm_widths(net))
+        if self._untrained_left and not recalibrate and untrained_norms == "estimate":
+            _ = self.weights_sha256  # of the weights as trained: the estimate follows from them and the settings
+            self.norm_estimate = estimate_untrained_norms(net, self.calibration(AUTO_RECALIBRATION_BATCHES))
+            self._untrained_left = bool(self.norm_estimate.unreachable)
         self._screener = (SupernetEvaluator(net, self.batches[:screen_batches], None, recalibrate,
                                             self.calibration_loader, prefix_cache, split,
                                             calibration_images=self._calibration,
