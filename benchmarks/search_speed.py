@@ -19,9 +19,10 @@
    V2 supernet of `experiments/supernet_ranking` at that study's settings (64 px, `--study-eval-batches`
    batches of `--study-batch-size` val images, BN handled as that study chose: the shared
    statistics, `--study-recalibrate 0`, the BN widths no training step updated estimated once
-   before the search, `--study-untrained-norms estimate`; `recalibrate` recalibrates each
-   candidate that runs one instead, as every search did before), on the `iphone12` table at
-   `--study-target`, in one
+   per supernet, `--study-untrained-norms estimate`: by the first run, which keeps the estimate
+   beside the checkpoint, and read from there by later runs (`untrained_norms_estimated.read`);
+   `recalibrate` recalibrates each candidate that runs one instead, as every search did before),
+   on the `iphone12` table at `--study-target`, in one
    process with `--study-threads` torch threads (2: the machine's two cores), stopped after
    `--study-minutes` if it has not finished: steps taken, evaluations, seconds per evaluation and
    per step, and whether the search finished inside the limit (issue 16: under 10 minutes on 2

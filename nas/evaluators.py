@@ -182,7 +182,7 @@ class SupernetEvaluation(EvaluatorSpec):
             raise EvaluatorError("screen_batches", f"{error}, in {self.data}'s {self.split} split") from None
         evaluator = SupernetEvaluator(net, loader, self.eval_batches, self.recalibrate, calibration, split=self.split,
                                       test_loader=test, screen_batches=self.screen_batches,
-                                      untrained_norms=self.untrained_norms)
+                                      untrained_norms=self.untrained_norms, keep_estimate_beside=self.checkpoint)
         return evaluator, net
 
 
@@ -201,7 +201,10 @@ class SupernetEvaluator:
       that runs it, on `AUTO_RECALIBRATION_BATCHES` calibration batches
       (`estimate_untrained_norms`; the trained widths are not touched). Every candidate is then
       scored on shared statistics, and the prefix cache serves all of them. `norm_estimate` says
-      what was estimated. This changes the supernet's buffers in place;
+      what was estimated. This changes the supernet's buffers in place. With
+      `keep_estimate_beside` (the checkpoint the supernet was read from) the estimate is kept in a
+      file beside it and read back by the next evaluator of the same weights and images
+      (`supernet.untrained_norms.stored_estimate`) instead of being run again;
     - `recalibrate`: a candidate that runs one has its whole sub-network recalibrated on those
       batches before it is scored (exact, but a calibration pass per such candidate, and scored
       with other statistics than its neighbours); `report()` counts how many were.
@@ -227,6 +230,7 @@ class SupernetEvaluator:
     only the first `screen_batches` evaluation batches, a cheaper and noisier estimate of `score`
     that a greedy step can rank its candidates by before scoring a shortlist on all of them
     (`nas.greedy`). Screening and scoring keep separate caches and counts (`screenings`).
+    The evaluator puts the supernet in eval mode when it is built, and scores it there.
     `calibration_images` shares the calibration images read by another evaluator (a list both keep
     extending), so that both recalibrate every candidate on the same images.
     """
@@ -236,10 +240,12 @@ class SupernetEvaluator:
     def __init__(self, net, loader, max_batches: int | None = None, recalibrate: int = 0,
                  calibration_loader=None, prefix_cache: int = 256, split: str = "val", test_loader=None,
                  screen_batches: int = 0, calibration_images: list[torch.Tensor] | None = None,
-                 prefix_cache_bytes: int | None = None, untrained_norms: str = "estimate") -> None:
+                 prefix_cache_bytes: int | None = None, untrained_norms: str = "estimate",
+                 keep_estimate_beside: str | Path | None = None) -> None:
         if untrained_norms not in UNTRAINED_NORMS:
             raise ValueError(f"untrained_norms must be one of {UNTRAINED_NORMS}, got {untrained_norms!r}")
-        self.net = net
+        # scored in eval mode; put there once, since switching walks every module of the supernet
+        self.net = net.eval()
         self._weights_sha256: str | None = None
         self.untrained_norms = untrained_norms
         self.split = split
@@ -266,13 +272,20 @@ class SupernetEvaluator:
         self.screen_batches = screen_batches
         check_screen_batches(screen_batches, len(self.batches))
         self.norm_estimate = None
-        from supernet.untrained_norms import estimate_untrained_norms, untrained_norm_widths
+        from supernet.untrained_norms import (estimate_file, estimate_untrained_norms, stored_estimate,
+                                              untrained_norm_widths)
 
         # whether a candidate can run an untrained width at all (none can once every one is estimated)
         self._untrained_left = bool(untrained_norm_widths(net))
         if self._untrained_left and not recalibrate and untrained_norms == "estimate":
-            _ = self.weights_sha256  # of the weights as trained: the estimate follows from them and the settings
-            self.norm_estimate = estimate_untrained_norms(net, self.calibration(AUTO_RECALIBRATION_BATCHES))
+            # of the weights as trained: the estimate follows from them and the settings
+            weights = self.weights_sha256
+            images = self.calibration(AUTO_RECALIBRATION_BATCHES)
+            if keep_estimate_beside is None:
+                self.norm_estimate = estimate_untrained_norms(net, images)
+            else:
+                self.norm_estimate = stored_estimate(net, images, estimate_file(keep_estimate_beside, weights, images),
+                                                     weights)
             self._untrained_left = bool(self.norm_estimate.unreachable)
         self._screener = (SupernetEvaluator(net, self.batches[:screen_batches], None, recalibrate,
                                             self.calibration_loader, prefix_cache, split,
@@ -351,7 +364,11 @@ class SupernetEvaluator:
         net = self.net
         was_training = net.training
         net.set_arch(arch)
-        net.eval()
+        # `Module.eval()` walks every module of the supernet (every block type of every slot): a
+        # third of a screening's time when done per candidate, so only when the mode changes (the
+        # evaluator put the supernet in eval mode once; a caller may have trained it since)
+        if was_training:
+            net.eval()
         try:
             with torch.no_grad():
                 key: tuple = ("stem", arch.stages[0].width)
@@ -362,7 +379,8 @@ class SupernetEvaluator:
                     outputs = self._prefix(key, lambda stage=stage, previous=previous: [stage(x) for x in previous])
                 correct = sum(int((net.head(x).argmax(1) == labels).sum()) for x, (_, labels) in zip(outputs, self.batches))
         finally:
-            net.train(was_training)
+            if was_training:
+                net.train()
         return 100.0 * (correct / sum(len(labels) for _, labels in self.batches))  # as `evaluate` rounds
 
     def _prefix(self, key: tuple, compute) -> Any:

@@ -175,8 +175,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--eval-batches", type=integer_in(EVALUATION_BATCHES), help="supernet evaluator: at most N validation batches")
     parser.add_argument("--untrained-norms",
                         help="supernet evaluator without --recalibrate: BN widths no training step updated get "
-                             "statistics estimated once, before the search (estimate, the default), or each "
-                             "candidate that runs one is recalibrated (recalibrate)")
+                             "statistics estimated once per supernet, kept in a file beside the checkpoint that "
+                             "later searches read (estimate, the default), or each candidate that runs one is "
+                             "recalibrated (recalibrate)")
     parser.add_argument("--screen-batches", type=integer_in(EVALUATION_BATCHES), default=0,
                         help="supernet evaluator, greedy: rank each step's candidates on the first N validation "
                              "batches, then score the --shortlist best on all of them")

@@ -32,7 +32,9 @@ norms run in train mode, as exact averages over the images (momentum None). Ever
 eval mode, which is how a candidate is scored afterwards.
 
 Nothing depends on the order candidates are later scored in. The result is a function of the
-supernet's weights and the images.
+supernet's weights and the images, so it is kept: `stored_estimate` writes the estimated statistics
+to a file beside the checkpoint (`estimate_file`, named by a digest of both) and the next search of
+the same supernet on the same images copies them in instead of running the passes again.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -48,9 +51,11 @@ from torch import nn
 
 from search_spaces import Architecture, Block, Stage
 from search_spaces.architecture import IDENTITY_BLOCK
+from search_spaces.files import FileError
 from search_spaces.layers import LayerSpec
 
 from supernet.candidates import twin
+from supernet.checkpoint import CheckpointError, content_digest, load_checkpoint, write_checkpoint
 from supernet.elastic import SwitchableBatchNorm2d
 from supernet.supernet import Supernet
 
@@ -75,10 +80,16 @@ class NormEstimate:
     passes: int
     images: int
     seconds: float
+    #: where the estimate is kept (`stored_estimate`): the file it was read from or written to;
+    #: None when it is not kept (no file asked for, or the file could not be written)
+    kept_in: str | None = None
+    #: whether it was read from `kept_in` (then `passes` is the stored estimate's, `seconds` the reading's)
+    read: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {"estimated": len(self.estimated), "unreachable": [f"{name}[{width}]" for name, width in self.unreachable],
-                "passes": self.passes, "images": self.images, "seconds": round(self.seconds, 3)}
+                "passes": self.passes, "images": self.images, "seconds": round(self.seconds, 3),
+                "kept_in": self.kept_in, "read": self.read}
 
 
 def switchable_norms(supernet: Supernet) -> Iterator[tuple[str, SwitchableBatchNorm2d]]:
@@ -336,5 +347,89 @@ def estimate_untrained_norms(supernet: Supernet, images: list[torch.Tensor]) -> 
     return NormEstimate(tuple(estimated), unreachable, passes, count, time.perf_counter() - start)
 
 
-__all__ = ["NormEstimate", "NormWidth", "estimate_untrained_norms", "norm_widths", "switchable_norms",
-           "untrained_batch_norms", "untrained_norm_widths"]
+#: the format of a file `stored_estimate` keeps an estimate in
+ESTIMATE_FORMAT = "latnas-untrained-norm-estimate-v1"
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def estimate_file(checkpoint: str | Path, weights_sha256: str, images: list[torch.Tensor]) -> Path:
+    """Where `stored_estimate` keeps the estimate of the supernet at `checkpoint` (weights digest
+    `weights_sha256`) on `images`: beside the checkpoint, named by a digest of both, so estimates on
+    other images or of other weights never share a file."""
+    key = content_digest({"weights_sha256": weights_sha256, "images": list(images)})
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.name}.untrained-norms-{key[:16]}.pt")
+
+
+def stored_estimate(supernet: Supernet, images: list[torch.Tensor], path: str | Path,
+                    weights_sha256: str) -> NormEstimate:
+    """`estimate_untrained_norms(supernet, images)`, kept in the file `path` (`estimate_file`).
+
+    When `path` holds an estimate for these weights (`weights_sha256`, the digest of the supernet's
+    weights and buffers as trained) and these images, covering exactly the widths that are untrained
+    now, its statistics are copied in and nothing is run: the buffers end up bit-identical to a
+    fresh estimate's. Otherwise (no file, another key, damaged or foreign content) the widths are
+    estimated and the file is (re)written atomically; a file that cannot be written (a read-only
+    folder) leaves the estimate unkept (`kept_in` None), not failed.
+    """
+    path = Path(path)
+    start = time.perf_counter()
+    images_sha256 = content_digest({"images": list(images)})
+    untrained = set(untrained_norm_widths(supernet))
+    try:
+        payload = load_checkpoint(path, ESTIMATE_FORMAT, "untrained-norm estimate")
+    except CheckpointError:
+        payload = None
+    if payload is not None:
+        recalled = _recall(supernet, payload, weights_sha256, images_sha256, untrained)
+        if recalled is not None:
+            return NormEstimate(recalled.estimated, recalled.unreachable, recalled.passes, recalled.images,
+                                time.perf_counter() - start, kept_in=str(path), read=True)
+    estimate = estimate_untrained_norms(supernet, images)
+    modules = _norm_modules(supernet)
+    state = {f"{name}.norms.{width}.{buffer}": getattr(modules[name].norm_for(width), buffer).detach().clone()
+             for name, width in estimate.estimated for buffer in _BUFFERS}
+    record = {"format": ESTIMATE_FORMAT, "weights_sha256": weights_sha256, "images_sha256": images_sha256,
+              "estimated": [[name, width] for name, width in estimate.estimated],
+              "unreachable": [[name, width] for name, width in estimate.unreachable],
+              "passes": estimate.passes, "images": estimate.images, "seconds": estimate.seconds, "state": state}
+    try:
+        write_checkpoint(path, record)
+    except (OSError, FileError):  # an unwritable place, or non-finite statistics (CheckpointError): not kept
+        return estimate
+    return NormEstimate(estimate.estimated, estimate.unreachable, estimate.passes, estimate.images,
+                        estimate.seconds, kept_in=str(path))
+
+
+def _recall(supernet: Supernet, payload: dict, weights_sha256: str, images_sha256: str,
+            untrained: set[NormWidth]) -> NormEstimate | None:
+    """The stored estimate `payload` copied into `supernet`'s buffers, or None (nothing changed)
+    when it is for other weights or images, or does not cover exactly the `untrained` widths."""
+    try:
+        if payload["weights_sha256"] != weights_sha256 or payload["images_sha256"] != images_sha256:
+            return None
+        estimated = tuple((str(name), int(width)) for name, width in payload["estimated"])
+        unreachable = tuple((str(name), int(width)) for name, width in payload["unreachable"])
+        if set(estimated) | set(unreachable) != untrained or len(set(estimated)) != len(estimated):
+            return None
+        modules = _norm_modules(supernet)
+        copies = []
+        for name, width in estimated:
+            norm = modules[name].norm_for(width)
+            for buffer in _BUFFERS:
+                target, value = getattr(norm, buffer), payload["state"][f"{name}.norms.{width}.{buffer}"]
+                if not isinstance(value, torch.Tensor) or value.shape != target.shape or value.dtype != target.dtype:
+                    return None
+                copies.append((target, value))
+        record = NormEstimate(estimated, unreachable, int(payload["passes"]), int(payload["images"]),
+                              float(payload["seconds"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    with torch.no_grad():
+        for target, value in copies:
+            target.copy_(value)
+    return record
+
+
+__all__ = ["ESTIMATE_FORMAT", "NormEstimate", "NormWidth", "estimate_file", "estimate_untrained_norms", "norm_widths",
+           "stored_estimate", "switchable_norms", "untrained_batch_norms", "untrained_norm_widths"]

@@ -409,6 +409,31 @@ def test_untrained_widths_are_estimated_once_and_every_candidate_scored_on_share
     assert evaluator.settings()["untrained_norms"] == "estimate"
 
 
+@pytest.mark.slow
+def test_a_search_evaluator_keeps_its_estimate_beside_the_checkpoint_and_the_next_one_reads_it(tmp_path):
+    """`SupernetEvaluation.build` estimates the untrained widths once per supernet and images, not once
+    per search: the first build writes the estimate beside the checkpoint, a second build of the same
+    checkpoint reads it (no pass run) and scores every candidate exactly as the first."""
+    from nas.actions import v2_actions
+    from nas.evaluators import SupernetEvaluation
+    from tests.norm_support import largest_widths_trained
+
+    checkpoint = tmp_path / "supernet.pt"
+    largest_widths_trained().save(checkpoint)
+    spec = SupernetEvaluation(checkpoint, "synthetic:40", batch_size=16)
+    first, net = spec.build(get_space("edgevit"), seed=0)
+    kept = first.report()["untrained_norms_estimated"]
+    assert kept["estimated"] > 0 and not kept["read"]
+    assert Path(kept["kept_in"]).parent == tmp_path and Path(kept["kept_in"]).name.startswith("supernet.pt.untrained-norms-")
+    largest = net.fit(net.space.largest())
+    archs = [largest, *(a.apply(largest) for a in v2_actions(net.space, largest))][:4]
+    second, _ = spec.build(get_space("edgevit"), seed=0)
+    again = second.report()["untrained_norms_estimated"]
+    assert again["read"] and again["kept_in"] == kept["kept_in"] and again["estimated"] == kept["estimated"]
+    assert second.settings() == first.settings()
+    assert [second.score(arch) for arch in archs] == [first.score(arch) for arch in archs]
+
+
 def test_alpha_learns_which_path_is_better():
     """A MetaPath over a path that computes the target, one that computes its negative, and
     identity, trained on α alone the way `supernet.training` trains it (Gumbel-softmax at an

@@ -10,10 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from supernet.checkpoint import content_digest
 from supernet.elastic import SwitchableBatchNorm2d
 from supernet.untrained_norms import (
+    estimate_file,
     estimate_untrained_norms,
     norm_widths,
+    stored_estimate,
     switchable_norms,
     untrained_batch_norms,
     untrained_norm_widths,
@@ -161,3 +164,48 @@ def test_a_trained_supernet_is_left_alone(small_supernet):
     assert estimate.estimated == () and estimate.passes == 0
     assert all(torch.equal(before[name], tensor) for name, tensor in net.state_dict().items())
     assert isinstance(next(module for _, module in switchable_norms(net)), SwitchableBatchNorm2d)
+
+
+def test_a_kept_estimate_is_read_back_bit_identical_and_only_for_its_weights_and_images(tmp_path):
+    net = largest_widths_trained()
+    twin, other = copy.deepcopy(net), copy.deepcopy(net)
+    weights = content_digest(dict(net.state_dict()))
+    images = _images()
+    path = estimate_file(tmp_path / "supernet.pt", weights, images)
+    assert path.parent == tmp_path and path.name.startswith("supernet.pt.untrained-norms-")
+    assert estimate_file(tmp_path / "supernet.pt", weights, _images(count=2)) != path
+    assert estimate_file(tmp_path / "supernet.pt", "0" * 64, images) != path
+
+    first = stored_estimate(net, images, path, weights)
+    assert not first.read and first.kept_in == str(path) and path.is_file() and first.passes > 0
+    passes = []
+    twin.register_forward_pre_hook(lambda module, args: passes.append(1))
+    for _, module in switchable_norms(twin):
+        module.register_forward_pre_hook(lambda module, args: passes.append(1))
+    second = stored_estimate(twin, images, path, weights)
+    assert second.read and passes == [] and untrained_norm_widths(twin) == ()
+    assert (second.estimated, second.unreachable, second.passes) == (first.estimated, first.unreachable, first.passes)
+    assert second.to_dict()["read"] is True and second.to_dict()["kept_in"] == str(path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), twin.state_dict().values(), strict=True))
+
+    # the same file asked for by other weights: estimated afresh, and the file now holds theirs
+    third = stored_estimate(other, images, path, "0" * 64)
+    assert not third.read and third.passes == first.passes and untrained_norm_widths(other) == ()
+
+
+def test_a_damaged_or_unwritable_kept_estimate_is_estimated_again(tmp_path):
+    net = largest_widths_trained()
+    weights, images = content_digest(dict(net.state_dict())), _images(count=1)
+    reference = copy.deepcopy(net)
+    estimate_untrained_norms(reference, images)
+    path = tmp_path / "supernet.pt.untrained-norms-damaged.pt"
+    path.write_bytes(b"not a checkpoint")
+    fresh = copy.deepcopy(net)
+    estimate = stored_estimate(fresh, images, path, weights)
+    assert not estimate.read and estimate.kept_in == str(path)
+    assert stored_estimate(copy.deepcopy(net), images, path, weights).read
+    (tmp_path / "a file").write_text("not a folder")
+    unkept = stored_estimate(net, images, tmp_path / "a file" / "estimate.pt", weights)
+    assert unkept.kept_in is None and not unkept.read and unkept.passes == estimate.passes
+    for state in (fresh.state_dict(), net.state_dict()):
+        assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), state.values(), strict=True))
