@@ -76,7 +76,7 @@ KEYS = ("space", "data", "threads", "supernet", "runs", "results", "evaluator", 
 STRATEGY_KEYS = {"greedy": {"strategy", "objective", "drop_floor"},
                  "random": {"strategy", "objective", "seeds", "budget_multiple"},
                  "evolution": {"strategy", "objective", "seeds", "budget_multiple", "population_size", "sample_size"}}
-OPTIONAL_STRATEGY_KEYS = {"greedy": {"min_step_ms", "steps_past_target"}}
+OPTIONAL_STRATEGY_KEYS = {"greedy": {"min_step_ms", "steps_past_target", "actions"}}
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -176,6 +176,12 @@ class StoredScores:
         self.screened: dict[str, float] = dict(stored.get("screenings", {}))
         self.computed = 0
         self._unsaved = 0
+
+    @property
+    def net(self):
+        """The supernet behind the scores (`nas.api` reads a Gumbel-trained one's MetaPath
+        importance for the V1 actions)."""
+        return self.evaluator.net
 
     @property
     def evaluations(self) -> int:
@@ -329,6 +335,7 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
                             shortlist=config["evaluator"]["shortlist"] if greedy else 0,
                             drop_floor=settings["drop_floor"] if greedy else None,
                             min_step_ms=settings.get("min_step_ms") if greedy else None,
+                            actions=settings.get("actions") if greedy else None,
                             steps_past_target=settings.get("steps_past_target", 0) if greedy else 0)
     log(f"{target.table} {target.label} ({target.latency_ms:.3f} ms) {run}: searching (budget {budget}, load {loadavg()})")
     started, computed = time.perf_counter(), evaluator.computed
@@ -341,6 +348,7 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
     write_json(out, {
         "table": target.table, "target_ms": target.latency_ms, "target": target.label, "run": run,
         "strategy": settings["strategy"], "objective": settings["objective"], "seed": seed, "budget": budget,
+        **({"actions": outcome.meta["actions"]} if greedy else {}),
         "evaluations": result.evaluations, "screenings": result.screenings,
         "seconds": round(seconds, 1), "computed_this_run": evaluator.computed - computed, "load_at_end": loadavg(),
         "pick": {"arch": result.arch.to_dict(), "val_accuracy": result.score, "latency_ms": result.latency,

@@ -218,3 +218,42 @@ def test_a_greedy_run_holds_only_with_a_check_at_every_configured_target(tmp_pat
                    ["greedy_at_least_random_5x_at_most_targets"].values())  # 2 of 4 is not
     checks["greedy_vs_random"] = [c for c in checks["greedy_vs_random"] if c["greedy"] != greedy[0] or c["target"] == "1.6ms"]
     assert study.greedy_must_holds(config, checks, targets)["greedy_at_least_random_at_every_target"][greedy[0]] is False
+
+
+def test_the_v1_config_loads_with_v1_and_v2_greedy_runs_and_its_targets_from_the_highest_down(tmp_path):
+    config = study.load_config(study.HERE / "config_v1.yaml")
+    assert config["space"] == "efficientformer_v1"
+    actions = {name: settings.get("actions") for name, settings in config["strategies"].items()
+               if settings["strategy"] == "greedy"}
+    assert "v1" in actions.values() and "v2" in actions.values()
+    latencies = [t.latency_ms for t in _targets(config)]
+    assert latencies == sorted(latencies, reverse=True) and 3.0 in latencies and 1.6 in latencies
+
+
+@pytest.mark.slow
+def test_a_greedy_run_takes_the_action_set_it_is_configured_with_and_records_it(tmp_path):
+    """On a supernet with trained MetaPath logits, `actions: v1` walks the V1 steps (a MetaPath to
+    identity, an attention block to the conv type, a stage one width down) and `actions: v2` the
+    V2 ones; each result says which it took."""
+    from tests.gumbel_support import gumbel_checkpoint
+
+    checkpoint = gumbel_checkpoint(tmp_path / "supernet.pt", (3, 2))
+    data = make_fashion_mnist(tmp_path / "fashion")
+    config = yaml.safe_load((study.HERE / "config_v1.yaml").read_text())
+    config.update(space="edgenext", data=f"fashion-mnist:{data}", supernet=str(checkpoint), runs=str(tmp_path / "runs"),
+                  results=str(tmp_path / "results"),
+                  evaluator={"batch_size": 5, "eval_batches": 2, "recalibrate": 0, "untrained_norms": "estimate",
+                             "screen_batches": 1, "shortlist": 1})
+    config["tables"]["iphone12"].update(targets_ms=[], target_fractions=[0.97], references={})
+    config["strategies"] = {name: {**settings, "min_step_ms": None} for name, settings in config["strategies"].items()
+                            if name in ("greedy_latency_v1", "greedy_latency_v2")}
+    config["standalone"].update(also_train=[])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "search"])) == 0
+    results = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results").rglob("greedy_*.json")}
+    assert {name: result["actions"] for name, result in results.items()} == {"greedy_latency_v1": "v1",
+                                                                             "greedy_latency_v2": "v2"}
+    v1_steps = [step["action"] for step in results["greedy_latency_v1"]["path"]][1:]
+    assert v1_steps and all(a.startswith(("metapath ", "sdta->conv_encoder ", "width ")) for a in v1_steps)
+    assert v1_steps[0] == "metapath s3b2"  # the MetaPath its logits rank least important

@@ -21,6 +21,7 @@ from nas.search import main
 from nas.state import RESCORED_RECORDS
 from nas.strategies import STRATEGIES, RandomSearch, RegularizedEvolution, Strategy
 from tests.cli_support import invoke
+from tests.gumbel_support import gumbel_checkpoint
 from tests.nas.toys import ToyTable, toy_params, toy_problem
 
 SPACE = get_space("efficientformer_v2")
@@ -252,30 +253,11 @@ def test_mes_options_on_the_command_line(tmp_path, capsys):
 
 
 # -- the V1 search ------------------------------------------------------------------------------------
-def _gumbel_checkpoint(path: Path, unimportant: tuple[int, int]) -> Path:
-    """An EdgeNeXt supernet whose MetaPath logits say `unimportant` prefers identity, every other
-    slot its blocks (the largest widths' BatchNorms count as trained, the narrower ones do not)."""
-    from supernet import Supernet
-
-    torch.manual_seed(0)
-    net = Supernet.from_space("edgenext", num_classes=10, resolution=32)
-    with torch.no_grad():
-        for key, metapath in net.metapaths():
-            metapath.alpha.copy_(torch.full_like(metapath.alpha, 1.0))
-            metapath.alpha[-1] = 3.0 if key == unimportant else 0.0
-    net.set_arch(net.fit(net.space.largest()))
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(8, 3, 32, 32))  # one training-mode pass: the largest widths' BN statistics move
-    net.save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def v1_checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("v1")
-    return (_gumbel_checkpoint(folder / "stage2_unimportant.pt", (2, 8)),
-            _gumbel_checkpoint(folder / "stage3_unimportant.pt", (3, 2)))
+    return (gumbel_checkpoint(folder / "stage2_unimportant.pt", (2, 8)),
+            gumbel_checkpoint(folder / "stage3_unimportant.pt", (3, 2)))
 
 
 class FlatSupernetEvaluator(CountingEvaluator):
