@@ -63,6 +63,7 @@ from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E
 from experiments.study import Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
+from nas.actions import ACTION_SET_NAMES  # noqa: E402
 from nas.api import SearchRequest, run_search  # noqa: E402
 from nas.evaluators import UNTRAINED_NORMS, SupernetEvaluation, SupernetEvaluator  # noqa: E402
 from nas.objectives import MobileEfficiencyScore  # noqa: E402
@@ -90,6 +91,9 @@ def load_config(path: Path) -> dict[str, Any]:
         if not required <= set(settings) <= required | optional:
             raise SystemExit(f"{path}: strategies.{name}: keys {sorted(settings)}; a {kind} run takes "
                              f"{sorted(required)}" + (f" and optionally {sorted(optional)}" if optional else ""))
+        if settings.get("actions", "v2") not in ACTION_SET_NAMES:
+            raise SystemExit(f"{path}: strategies.{name}.actions: {settings['actions']!r}; choose from "
+                             f"{', '.join(ACTION_SET_NAMES)}")
     greedy = [name for name, settings in config["strategies"].items() if settings["strategy"] == "greedy"]
     if not greedy or list(config["strategies"])[:len(greedy)] != greedy:
         raise SystemExit(f"{path}: strategies: the greedy runs come first (they set the budgets)")

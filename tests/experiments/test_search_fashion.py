@@ -131,6 +131,7 @@ def test_the_standalone_must_holds_need_every_reference_target_and_no_loss():
     (lambda c: c["standalone"].update(also_train=["greedy_nonexistent"]), "standalone.also_train"),
     (lambda c: c["standalone"].update(also_train="greedy_mes"), "standalone.also_train"),
     (lambda c: c["standalone"].update(epochz=3), "standalone: keys"),
+    (lambda c: c["strategies"]["greedy_mes"].update(actions="v3"), "strategies.greedy_mes.actions"),
 ])
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, edit, message):
     config = yaml.safe_load(CONFIG.read_text())
