@@ -272,8 +272,8 @@ class SupernetEvaluator:
         self.screen_batches = screen_batches
         check_screen_batches(screen_batches, len(self.batches))
         self.norm_estimate = None
-        from supernet.untrained_norms import (estimate_file, estimate_untrained_norms, stored_estimate,
-                                              untrained_norm_widths)
+        from supernet.untrained_norms import (estimate_file, estimate_untrained_norms, images_digest,
+                                              stored_estimate, untrained_norm_widths)
 
         # whether a candidate can run an untrained width at all (none can once every one is estimated)
         self._untrained_left = bool(untrained_norm_widths(net))
@@ -284,8 +284,9 @@ class SupernetEvaluator:
             if keep_estimate_beside is None:
                 self.norm_estimate = estimate_untrained_norms(net, images)
             else:
-                self.norm_estimate = stored_estimate(net, images, estimate_file(keep_estimate_beside, weights, images),
-                                                     weights)
+                digest = images_digest(images)
+                self.norm_estimate = stored_estimate(net, images, estimate_file(keep_estimate_beside, weights, digest),
+                                                     weights, digest)
             self._untrained_left = bool(self.norm_estimate.unreachable)
         self._screener = (SupernetEvaluator(net, self.batches[:screen_batches], None, recalibrate,
                                             self.calibration_loader, prefix_cache, split,

@@ -352,21 +352,29 @@ ESTIMATE_FORMAT = "latnas-untrained-norm-estimate-v1"
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def estimate_file(checkpoint: str | Path, weights_sha256: str, images: list[torch.Tensor]) -> Path:
+def images_digest(images: list[torch.Tensor]) -> str:
+    """The sha256 of calibration `images` (their values, shapes and order): half of the key an
+    estimate is kept under (`estimate_file`, `stored_estimate`)."""
+    return content_digest({"images": list(images)})
+
+
+def estimate_file(checkpoint: str | Path, weights_sha256: str, images_sha256: str) -> Path:
     """Where `stored_estimate` keeps the estimate of the supernet at `checkpoint` (weights digest
-    `weights_sha256`) on `images`: beside the checkpoint, named by a digest of both, so estimates on
-    other images or of other weights never share a file."""
-    key = content_digest({"weights_sha256": weights_sha256, "images": list(images)})
+    `weights_sha256`) on the images of digest `images_sha256` (`images_digest`): beside the
+    checkpoint, named by a digest of both, so estimates on other images or of other weights never
+    share a file."""
+    key = content_digest({"weights_sha256": weights_sha256, "images_sha256": images_sha256})
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(f"{checkpoint.name}.untrained-norms-{key[:16]}.pt")
 
 
 def stored_estimate(supernet: Supernet, images: list[torch.Tensor], path: str | Path,
-                    weights_sha256: str) -> NormEstimate:
+                    weights_sha256: str, images_sha256: str) -> NormEstimate:
     """`estimate_untrained_norms(supernet, images)`, kept in the file `path` (`estimate_file`).
 
     When `path` holds an estimate for these weights (`weights_sha256`, the digest of the supernet's
-    weights and buffers as trained) and these images, covering exactly the widths that are untrained
+    weights and buffers as trained) and these images (`images_sha256`, `images_digest(images)`,
+    passed in so that a caller naming the file hashes them once), covering exactly the widths that are untrained
     now, its statistics are copied in and nothing is run: the buffers end up bit-identical to a
     fresh estimate's. Otherwise (no file, another key, damaged or foreign content) the widths are
     estimated and the file is (re)written atomically; a file that cannot be written (a read-only
@@ -374,7 +382,6 @@ def stored_estimate(supernet: Supernet, images: list[torch.Tensor], path: str | 
     """
     path = Path(path)
     start = time.perf_counter()
-    images_sha256 = content_digest({"images": list(images)})
     untrained = set(untrained_norm_widths(supernet))
     try:
         payload = load_checkpoint(path, ESTIMATE_FORMAT, "untrained-norm estimate")
@@ -431,5 +438,5 @@ def _recall(supernet: Supernet, payload: dict, weights_sha256: str, images_sha25
     return record
 
 
-__all__ = ["ESTIMATE_FORMAT", "NormEstimate", "NormWidth", "estimate_file", "estimate_untrained_norms", "norm_widths",
-           "stored_estimate", "switchable_norms", "untrained_batch_norms", "untrained_norm_widths"]
+__all__ = ["ESTIMATE_FORMAT", "NormEstimate", "NormWidth", "estimate_file", "estimate_untrained_norms", "images_digest",
+           "norm_widths", "stored_estimate", "switchable_norms", "untrained_batch_norms", "untrained_norm_widths"]

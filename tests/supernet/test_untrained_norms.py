@@ -15,6 +15,7 @@ from supernet.elastic import SwitchableBatchNorm2d
 from supernet.untrained_norms import (
     estimate_file,
     estimate_untrained_norms,
+    images_digest,
     norm_widths,
     stored_estimate,
     switchable_norms,
@@ -171,41 +172,45 @@ def test_a_kept_estimate_is_read_back_bit_identical_and_only_for_its_weights_and
     twin, other = copy.deepcopy(net), copy.deepcopy(net)
     weights = content_digest(dict(net.state_dict()))
     images = _images()
-    path = estimate_file(tmp_path / "supernet.pt", weights, images)
+    digest = images_digest(images)
+    path = estimate_file(tmp_path / "supernet.pt", weights, digest)
     assert path.parent == tmp_path and path.name.startswith("supernet.pt.untrained-norms-")
-    assert estimate_file(tmp_path / "supernet.pt", weights, _images(count=2)) != path
-    assert estimate_file(tmp_path / "supernet.pt", "0" * 64, images) != path
+    assert images_digest(_images(count=2)) != digest and images_digest(list(reversed(images))) != digest
+    assert estimate_file(tmp_path / "supernet.pt", weights, images_digest(_images(count=2))) != path
+    assert estimate_file(tmp_path / "supernet.pt", "0" * 64, digest) != path
 
-    first = stored_estimate(net, images, path, weights)
+    first = stored_estimate(net, images, path, weights, digest)
     assert not first.read and first.kept_in == str(path) and path.is_file() and first.passes > 0
     passes = []
     twin.register_forward_pre_hook(lambda module, args: passes.append(1))
     for _, module in switchable_norms(twin):
         module.register_forward_pre_hook(lambda module, args: passes.append(1))
-    second = stored_estimate(twin, images, path, weights)
+    second = stored_estimate(twin, images, path, weights, digest)
     assert second.read and passes == [] and untrained_norm_widths(twin) == ()
     assert (second.estimated, second.unreachable, second.passes) == (first.estimated, first.unreachable, first.passes)
     assert second.to_dict()["read"] is True and second.to_dict()["kept_in"] == str(path)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), twin.state_dict().values(), strict=True))
 
     # the same file asked for by other weights: estimated afresh, and the file now holds theirs
-    third = stored_estimate(other, images, path, "0" * 64)
+    third = stored_estimate(other, images, path, "0" * 64, digest)
     assert not third.read and third.passes == first.passes and untrained_norm_widths(other) == ()
 
 
 def test_a_damaged_or_unwritable_kept_estimate_is_estimated_again(tmp_path):
     net = largest_widths_trained()
     weights, images = content_digest(dict(net.state_dict())), _images(count=1)
+    digest = images_digest(images)
     reference = copy.deepcopy(net)
     estimate_untrained_norms(reference, images)
     path = tmp_path / "supernet.pt.untrained-norms-damaged.pt"
     path.write_bytes(b"not a checkpoint")
     fresh = copy.deepcopy(net)
-    estimate = stored_estimate(fresh, images, path, weights)
+    estimate = stored_estimate(fresh, images, path, weights, digest)
     assert not estimate.read and estimate.kept_in == str(path)
-    assert stored_estimate(copy.deepcopy(net), images, path, weights).read
+    assert stored_estimate(copy.deepcopy(net), images, path, weights, digest).read
+    assert not stored_estimate(copy.deepcopy(net), images, path, weights, images_digest(_images(count=2))).read
     (tmp_path / "a file").write_text("not a folder")
-    unkept = stored_estimate(net, images, tmp_path / "a file" / "estimate.pt", weights)
+    unkept = stored_estimate(net, images, tmp_path / "a file" / "estimate.pt", weights, digest)
     assert unkept.kept_in is None and not unkept.read and unkept.passes == estimate.passes
     for state in (fresh.state_dict(), net.state_dict()):
         assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), state.values(), strict=True))
