@@ -1,7 +1,7 @@
 """Study `search_fashion`: does greedy slimming find better networks than random search and
 regularized evolution at equal budgets, and than the EfficientFormerV2 references?
 
-    python experiments/search_fashion/run.py --phase search [--only iphone12]   # one process per core
+    python experiments/search_fashion/run.py --phase search [--only iphone12] [--target 0.25x]   # one process per core
     python experiments/search_fashion/run.py --phase rescore      # every pick on the test split
     python experiments/search_fashion/run.py --phase standalone   # one process per core
     python experiments/search_fashion/run.py --phase evaluate     # tables, verdicts, plots
@@ -366,13 +366,17 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
         f"{result.evaluations} evaluations + {result.screenings} screenings, {seconds:.0f} s")
 
 
-def search_phase(config: dict[str, Any], only: str | None) -> None:
-    """Run every search not yet done. Several processes may run this phase at once (one per
-    core): each takes the first job that is neither done, nor claimed by a running process, nor
-    waiting for another job's result (`experiments.study.Claim`), and waits when none is left."""
+def search_phase(config: dict[str, Any], only: str | None, target_label: str | None = None) -> None:
+    """Run every search not yet done (of one table with `only`, at the targets labelled
+    `target_label` with it). Several processes may run this phase at once (one per core): each
+    takes the first job that is neither done, nor claimed by a running process, nor waiting for
+    another job's result (`experiments.study.Claim`), and waits when none is left. Jobs at targets
+    left out are not waited for: a greedy run then starts without its shallower target's path in
+    the score cache (the same result, more evaluations computed)."""
     space = get_space(config["space"])
     tables = tables_of(config, space)
-    targets = [t for t in targets_of(config, space, tables) if only is None or t.table == only]
+    targets = [t for t in targets_of(config, space, tables)
+               if (only is None or t.table == only) and (target_label is None or t.label == target_label)]
     evaluator = build_evaluator(config, space)
     pending = search_jobs(config, targets)
     claims = ROOT / config["runs"] / "claims"
@@ -748,15 +752,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
     parser.add_argument("--phase", required=True, choices=(*PHASES, "all"))
     parser.add_argument("--only", help="search: only this table (a name under `tables`)")
+    parser.add_argument("--target", help="search: only the targets with this label (e.g. 0.25x or 1.1ms)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     if args.only is not None and args.only not in config["tables"]:
         raise SystemExit(f"--only {args.only}: choose from {', '.join(config['tables'])}")
+    if args.target is not None:
+        space = get_space(config["space"])
+        labels = list(dict.fromkeys(t.label for t in targets_of(config, space, tables_of(config, space))))
+        if args.target not in labels:
+            raise SystemExit(f"--target {args.target}: choose from {', '.join(labels)}")
     torch.set_num_threads(int(config["threads"]))
     phases = PHASES if args.phase == "all" else (args.phase,)
     for phase in phases:
         if phase == "search":
-            search_phase(config, args.only)
+            search_phase(config, args.only, args.target)
         elif phase == "rescore":
             rescore_phase(config)
         elif phase == "standalone":

@@ -53,6 +53,28 @@ def test_each_search_waits_for_what_it_needs_greedy_its_shallower_target_samplin
     assert needs[("1.1ms", "random_seed0")] == needs[("1.1ms", "random_5x_seed0")] == [("1.1ms", g) for g in greedy]
 
 
+def test_target_runs_only_the_searches_at_that_label_and_a_label_not_configured_is_one_line_and_exit_2(
+        tmp_path, monkeypatch, capsys):
+    config = _config(tmp_path)
+    config["runs"] = str(tmp_path / "runs")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    monkeypatch.setattr(study, "build_evaluator", lambda config, space: None)
+    ran = []
+
+    def search_one(config, space, table, evaluator, target, run, settings, seed):
+        ran.append((target.label, run))
+        _finish(config, target, run, 80.0)
+
+    monkeypatch.setattr(study, "search_one", search_one)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "search", "--target", "1.1ms"])) == 0
+    runs = [run for run, _, _ in study.runs_of(config)]
+    assert ran == [("1.1ms", run) for run in runs]  # greedy first; not waiting for 1.6ms's greedy path
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "search", "--target", "0.3x"])) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "--target 0.3x: choose from 1.6ms, 1.1ms, 0.9ms"
+
+
 def test_a_claim_is_one_processes_until_released_and_a_dead_holders_claim_is_taken_over(tmp_path):
     import subprocess
     import sys
