@@ -2,7 +2,7 @@
 regularized evolution at equal budgets, and than the EfficientFormerV2 references?
 
     python experiments/search_fashion/run.py --phase search [--only iphone12] [--target 0.25x]   # one process per core
-    python experiments/search_fashion/run.py --phase rescore      # every pick on the test split
+    python experiments/search_fashion/run.py --phase rescore [--remeasure]   # every pick on the test split
     python experiments/search_fashion/run.py --phase standalone   # one process per core
     python experiments/search_fashion/run.py --phase evaluate     # tables, verdicts, plots
     python experiments/search_fashion/run.py --phase all
@@ -400,9 +400,16 @@ def search_results(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- 2. rescore ----------------------------------------------------------------------------------
-def rescore_phase(config: dict[str, Any]) -> None:
+def rescore_phase(config: dict[str, Any], remeasure: bool = False) -> None:
+    """Every pick (and reference) not yet re-scored: its accuracy on the test split, and for a table
+    with `measure`, its latency measured there. `remeasure` drops the stored measurements first, so
+    that every pick is measured again in this run (after measurements taken on a busy machine); the
+    load average around this run's measurements is kept as `last_measurements`."""
     path = results_of(config) / "rescored.json"
     rescored = read_json(path) if path.is_file() else {"test_accuracy": {}, "measured_ms": {}}
+    if remeasure:
+        rescored["measured_ms"] = {}
+    measured, load_before = 0, loadavg()
     space = get_space(config["space"])
     stored = build_evaluator(config, space)
     evaluator = stored.evaluator
@@ -428,7 +435,12 @@ def rescore_phase(config: dict[str, Any]) -> None:
         if device_name and f"{device_name}|{key}" not in rescored["measured_ms"]:
             record = get_device(device_name, threads=config["threads"]).profile_network(arch)
             rescored["measured_ms"][f"{device_name}|{key}"] = record.p50_ms
+            measured += 1
             write_json(path, rescored)
+    if measured:
+        rescored["last_measurements"] = {"count": measured, "threads": int(config["threads"]),
+                                         "load_before": load_before, "load_after": loadavg()}
+        write_json(path, rescored)
 
 
 # -- 3. standalone -------------------------------------------------------------------------------
@@ -608,7 +620,7 @@ def evaluate_phase(config: dict[str, Any]) -> dict[str, Any]:
               "searches": len(results), "summary": summary, "checks": checks,
               "must_hold": {**greedy_must_holds(config, checks, configured), **standalone_must_holds(verdicts)},
               "standalone": verdicts, "reference_val_accuracy": rescored.get("reference_val_accuracy", {}),
-              "rows": rows}
+              "last_measurements": rescored.get("last_measurements"), "rows": rows}
     write_json(results_of(config) / "results.json", result)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -753,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", required=True, choices=(*PHASES, "all"))
     parser.add_argument("--only", help="search: only this table (a name under `tables`)")
     parser.add_argument("--target", help="search: only the targets with this label (e.g. 0.25x or 1.1ms)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="rescore: measure every pick's latency again (run it on an otherwise idle machine)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     if args.only is not None and args.only not in config["tables"]:
@@ -768,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         if phase == "search":
             search_phase(config, args.only, args.target)
         elif phase == "rescore":
-            rescore_phase(config)
+            rescore_phase(config, args.remeasure)
         elif phase == "standalone":
             standalone_phase(config)
         else:

@@ -75,6 +75,41 @@ def test_target_runs_only_the_searches_at_that_label_and_a_label_not_configured_
     assert error == "--target 0.3x: choose from 1.6ms, 1.1ms, 0.9ms"
 
 
+def test_rescore_measures_each_pick_once_and_remeasure_measures_every_one_again_keeping_the_load(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    config = _config(tmp_path)
+    config["tables"]["iphone12"]["measure"] = "ort-cpu"
+    config["tables"]["iphone12"]["references"] = {}
+    profiled = []
+
+    class Stored:
+        evaluator = SimpleNamespace(test_accuracy=lambda arch: 80.0)
+
+        def score(self, arch):
+            return 70.0
+
+        def save(self):
+            pass
+
+    def device(name, threads):
+        return SimpleNamespace(profile_network=lambda arch: profiled.append(name) or SimpleNamespace(p50_ms=3.0 + len(profiled)))
+
+    _finish(config, _targets(config)[0], "greedy_mes", 80.0)  # the s0 pick at 1.6ms
+    monkeypatch.setattr(study, "build_evaluator", lambda config, space: Stored())
+    monkeypatch.setattr(study, "get_device", device)
+    path = study.results_of(config) / "rescored.json"
+    study.rescore_phase(config)
+    first = json.loads(path.read_text())
+    assert profiled == ["ort-cpu"] and list(first["measured_ms"].values()) == [4.0]
+    assert first["last_measurements"]["count"] == 1 and set(first["last_measurements"]) >= {"load_before", "load_after"}
+    study.rescore_phase(config)  # nothing new to measure
+    assert profiled == ["ort-cpu"] and json.loads(path.read_text())["measured_ms"] == first["measured_ms"]
+    study.rescore_phase(config, remeasure=True)
+    again = json.loads(path.read_text())
+    assert len(profiled) == 2 and list(again["measured_ms"].values()) == [5.0] and again["test_accuracy"] == first["test_accuracy"]
+
+
 def test_a_claim_is_one_processes_until_released_and_a_dead_holders_claim_is_taken_over(tmp_path):
     import subprocess
     import sys
