@@ -93,7 +93,10 @@ def test_rescore_measures_each_pick_once_and_remeasure_measures_every_one_again_
             pass
 
     def device(name, threads):
-        return SimpleNamespace(profile_network=lambda arch: profiled.append(name) or SimpleNamespace(p50_ms=3.0 + len(profiled)))
+        def profile_network(arch):
+            profiled.append(name)
+            return SimpleNamespace(p50_ms=3.0 + len(profiled))
+        return SimpleNamespace(profile_network=profile_network)
 
     _finish(config, _targets(config)[0], "greedy_mes", 80.0)  # the s0 pick at 1.6ms
     monkeypatch.setattr(study, "build_evaluator", lambda config, space: Stored())
