@@ -14,14 +14,15 @@ the `mes` objective in the study's first and last settings (single steps with th
 compound 0.05 ms steps with the plain ratio, the one that held the study's must-hold; and the first
 setting walking `--steps-past-target` steps on past the target, returning the most accurate feasible
 network of its path), random search
-and evolution at `--seeds` seeds at greedy's budget, random search once more at 5x. At the default
-settings its searches took 48 minutes on two cores shared with a standalone training (load 2-3;
-the committed run): this supernet's narrower BatchNorms were never trained in its one epoch, so
-most width-cut candidates are scored with recalibrated statistics (0.6 s a screening of 40
-images), which is why the compound greedy run (1850 s) cost far more than the single-step one
-(118 s) at the same number of screenings. A 32 px, one-epoch supernet is a weak evaluator: this
-benchmark shows that the comparison runs end to end and what it costs, and gives a first reading
-of its verdicts; the study's configuration (`experiments/search_fashion/config.yaml`) decides them.
+and evolution at `--seeds` seeds at greedy's budget, random search once more at 5x. The committed
+run (2026-12-06, two idle cores) took 32 minutes: 165 s to train the supernet, 1,436 s of search
+(random at 5x alone 622 s: the budget is the most expensive greedy run's, and walking 30 steps
+past the target makes `greedy_mes_past` cost 393 evaluations against 122-140 for the other two),
+295 s to re-score the 12 picks on the 10,000 test images. The run before (48 minutes of search on
+shared cores) recalibrated every untrained BatchNorm width per candidate; the evaluator now
+estimates them once. A 32 px, one-epoch supernet is a weak evaluator: this benchmark shows that the
+comparison runs end to end and what it costs, and gives a first reading of its verdicts; the
+study's configuration (`experiments/search_fashion/config.yaml`) decides them.
 
 Writes `benchmarks/results/search_comparison.json`: the study's checks, its per-target summary,
 seconds per phase, and the load average before and after.
