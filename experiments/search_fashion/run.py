@@ -66,7 +66,7 @@ from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.actions import ACTION_SET_NAMES  # noqa: E402
 from nas.api import SearchRequest, run_search  # noqa: E402
 from nas.evaluators import UNTRAINED_NORMS, SupernetEvaluation, SupernetEvaluator  # noqa: E402
-from nas.objectives import MobileEfficiencyScore  # noqa: E402
+from nas.objectives import OBJECTIVES, MobileEfficiencyScore  # noqa: E402
 from nas.strategies import RandomSearch, RegularizedEvolution  # noqa: E402
 from supernet.data import load_data  # noqa: E402
 from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
@@ -91,14 +91,52 @@ def load_config(path: Path) -> dict[str, Any]:
         if not required <= set(settings) <= required | optional:
             raise SystemExit(f"{path}: strategies.{name}: keys {sorted(settings)}; a {kind} run takes "
                              f"{sorted(required)}" + (f" and optionally {sorted(optional)}" if optional else ""))
-        if settings.get("actions", "v2") not in ACTION_SET_NAMES:
-            raise SystemExit(f"{path}: strategies.{name}.actions: {settings['actions']!r}; choose from "
-                             f"{', '.join(ACTION_SET_NAMES)}")
+        check_strategy_values(path, name, settings)
     greedy = [name for name, settings in config["strategies"].items() if settings["strategy"] == "greedy"]
     if not greedy or list(config["strategies"])[:len(greedy)] != greedy:
         raise SystemExit(f"{path}: strategies: the greedy runs come first (they set the budgets)")
     check_standalone_settings(path, config)
     return config
+
+
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value: Any, low: float, strict: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > low if strict else value >= low
+
+
+def check_strategy_values(path: Path, name: str, settings: dict[str, Any]) -> None:
+    """A strategy's values (its keys are checked before), refused when the config is read rather
+    than when its search starts, possibly hours into a run."""
+    def refuse(key: str, accepted: str) -> None:
+        raise SystemExit(f"{path}: strategies.{name}.{key}: {settings[key]!r}; {accepted}")
+
+    if settings["objective"] not in OBJECTIVES:
+        refuse("objective", f"choose from {', '.join(sorted(OBJECTIVES))}")
+    if settings["strategy"] == "greedy":
+        if settings.get("actions", "v2") not in ACTION_SET_NAMES:
+            refuse("actions", f"choose from {', '.join(ACTION_SET_NAMES)}")
+        if settings["drop_floor"] is not None and not _number(settings["drop_floor"], 0, strict=False):
+            refuse("drop_floor", "give null or a number of accuracy points >= 0")
+        if settings.get("min_step_ms") is not None and not _number(settings["min_step_ms"], 0, strict=True):
+            refuse("min_step_ms", "give null or a number of ms > 0")
+        if "steps_past_target" in settings and not _whole(settings["steps_past_target"], 0):
+            refuse("steps_past_target", "give a whole number >= 0")
+        return
+    seeds = settings["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(_whole(seed, 0) for seed in seeds) or len(set(seeds)) < len(seeds):
+        refuse("seeds", "give a list of distinct whole numbers >= 0")
+    if not _whole(settings["budget_multiple"], 1):
+        refuse("budget_multiple", "give a whole number >= 1")
+    if settings["strategy"] == "evolution":
+        if not _whole(settings["population_size"], 1):
+            refuse("population_size", "give a whole number >= 1")
+        if not _whole(settings["sample_size"], 1) or settings["sample_size"] > settings["population_size"]:
+            refuse("sample_size", f"give a whole number from 1 to population_size ({settings['population_size']})")
 
 
 STANDALONE_KEYS = {field.name for field in dataclasses.fields(StandaloneRecipe)} - {"seed"} | {"seeds"}

@@ -193,6 +193,14 @@ def test_the_standalone_must_holds_need_every_reference_target_and_no_loss():
     (lambda c: c["standalone"].update(also_train="greedy_mes"), "standalone.also_train"),
     (lambda c: c["standalone"].update(epochz=3), "standalone: keys"),
     (lambda c: c["strategies"]["greedy_mes"].update(actions="v3"), "strategies.greedy_mes.actions"),
+    (lambda c: c["strategies"]["greedy_mes"].update(objective="speed"), "strategies.greedy_mes.objective: 'speed'"),
+    (lambda c: c["strategies"]["greedy_mes"].update(drop_floor=-1), "strategies.greedy_mes.drop_floor"),
+    (lambda c: c["strategies"]["greedy_mes_steps"].update(min_step_ms=0), "strategies.greedy_mes_steps.min_step_ms"),
+    (lambda c: c["strategies"]["greedy_mes"].update(steps_past_target=1.5), "strategies.greedy_mes.steps_past_target"),
+    (lambda c: c["strategies"]["random"].update(seeds=[0, 0]), "strategies.random.seeds"),
+    (lambda c: c["strategies"]["random"].update(seeds=[]), "strategies.random.seeds"),
+    (lambda c: c["strategies"]["random_5x"].update(budget_multiple=0), "strategies.random_5x.budget_multiple"),
+    (lambda c: c["strategies"]["evolution"].update(sample_size=21), "strategies.evolution.sample_size: 21; give a whole"),
 ])
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, edit, message):
     config = yaml.safe_load(CONFIG.read_text())
