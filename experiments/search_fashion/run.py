@@ -413,7 +413,11 @@ def search_phase(config: dict[str, Any], only: str | None, target_label: str | N
     the score cache (the same result, more evaluations computed)."""
     space = get_space(config["space"])
     tables = tables_of(config, space)
-    targets = [t for t in targets_of(config, space, tables)
+    configured = targets_of(config, space, tables)
+    labels = list(dict.fromkeys(t.label for t in configured))
+    if target_label is not None and target_label not in labels:
+        raise SystemExit(f"--target {target_label}: choose from {', '.join(labels)}")
+    targets = [t for t in configured
                if (only is None or t.table == only) and (target_label is None or t.label == target_label)]
     evaluator = build_evaluator(config, space)
     pending = search_jobs(config, targets)
@@ -809,11 +813,6 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     if args.only is not None and args.only not in config["tables"]:
         raise SystemExit(f"--only {args.only}: choose from {', '.join(config['tables'])}")
-    if args.target is not None:
-        space = get_space(config["space"])
-        labels = list(dict.fromkeys(t.label for t in targets_of(config, space, tables_of(config, space))))
-        if args.target not in labels:
-            raise SystemExit(f"--target {args.target}: choose from {', '.join(labels)}")
     torch.set_num_threads(int(config["threads"]))
     phases = PHASES if args.phase == "all" else (args.phase,)
     for phase in phases:
