@@ -146,6 +146,37 @@ def space_named(name: str) -> SearchSpace:
     return get_space(name)
 
 
+def check_strategy_settings(strategy: str, *, objective: str, actions: str | None = None,
+                            drop_floor: float | None = None, min_step_ms: float | None = None,
+                            steps_past_target: int = 0, target_latency: float | None = None) -> None:
+    """The strategy-level fields of a request, checked without a space, table or evaluator, so a
+    caller that configures many searches (a study's config) refuses a bad value when it reads it,
+    in `validate_request`'s words. Raises `RequestError(field, message)`. `target_latency=None`
+    leaves out the one check that needs the target (`min_step_ms` below it)."""
+    if objective not in OBJECTIVES:
+        raise RequestError("objective", f"unknown objective {objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")
+    if strategy not in STRATEGIES:
+        raise RequestError("strategy", f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    greedy_only = {"drop_floor": drop_floor is not None, "min_step_ms": min_step_ms is not None,
+                   "steps_past_target": bool(steps_past_target), "actions": actions is not None}
+    if drop_floor is not None:
+        if isinstance(drop_floor, bool) or not isinstance(drop_floor, (int, float)) or not 0 <= drop_floor <= MAX_DROP_FLOOR:
+            raise RequestError("drop_floor", f"{drop_floor!r} is not a number of accuracy points from 0 to {MAX_DROP_FLOOR:g}")
+    if min_step_ms is not None:
+        if not _positive_finite(min_step_ms):
+            raise RequestError("min_step_ms", f"{min_step_ms!r} is not a positive, finite latency in ms")
+        if target_latency is not None and min_step_ms >= target_latency:
+            raise RequestError("min_step_ms", f"{min_step_ms!r} is not a positive latency in ms below the "
+                                              f"target ({target_latency:g} ms)")
+    if steps_past_target not in STEPS_PAST_TARGET:
+        raise RequestError("steps_past_target", f"{steps_past_target!r} is not {STEPS_PAST_TARGET.describe()}")
+    if actions is not None and actions not in ACTION_SET_NAMES:
+        raise RequestError("actions", f"unknown action set {actions!r}; choose from {', '.join(ACTION_SET_NAMES)}")
+    for name, given in greedy_only.items():
+        if given and strategy != "greedy":
+            raise RequestError(name, "applies to --strategy greedy only")
+
+
 def validate_request(request: SearchRequest) -> SearchSpace:
     """Check every field and combination of `request` cheaply; return its space.
 
@@ -155,9 +186,6 @@ def validate_request(request: SearchRequest) -> SearchSpace:
     space = space_named(request.space)
     if not _positive_finite(request.target_latency):
         raise RequestError("target_latency", f"{request.target_latency!r} is not a positive, finite latency in ms")
-    if request.objective not in OBJECTIVES:
-        raise RequestError("objective", f"unknown objective {request.objective!r}; choose from "
-                                        f"{', '.join(sorted(OBJECTIVES))}")
     configured = not isinstance(request.strategy, str)
     if request.strategy_name not in STRATEGIES or (configured and not callable(getattr(request.strategy, "search", None))):
         raise RequestError("strategy", f"unknown strategy {request.strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -167,22 +195,9 @@ def validate_request(request: SearchRequest) -> SearchSpace:
         raise RequestError("strategy", "a configured strategy carries its own budget, start, actions, shortlist, "
                                        "drop floor, min step and steps past target; leave those fields of the "
                                        "request empty")
-    if request.drop_floor is not None:
-        floor = request.drop_floor
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= MAX_DROP_FLOOR:
-            raise RequestError("drop_floor", f"{floor!r} is not a number of accuracy points from 0 to {MAX_DROP_FLOOR:g}")
-        if request.strategy_name != "greedy":
-            raise RequestError("drop_floor", "applies to --strategy greedy only")
-    if request.min_step_ms is not None:
-        if not _positive_finite(request.min_step_ms) or request.min_step_ms >= request.target_latency:
-            raise RequestError("min_step_ms", f"{request.min_step_ms!r} is not a positive latency in ms below the "
-                                              f"target ({request.target_latency:g} ms)")
-        if request.strategy_name != "greedy":
-            raise RequestError("min_step_ms", "applies to --strategy greedy only")
-    if request.steps_past_target not in STEPS_PAST_TARGET:
-        raise RequestError("steps_past_target", f"{request.steps_past_target!r} is not {STEPS_PAST_TARGET.describe()}")
-    if request.steps_past_target and request.strategy_name != "greedy":
-        raise RequestError("steps_past_target", "applies to --strategy greedy only")
+    check_strategy_settings(request.strategy_name, objective=request.objective, actions=request.actions,
+                            drop_floor=request.drop_floor, min_step_ms=request.min_step_ms,
+                            steps_past_target=request.steps_past_target, target_latency=request.target_latency)
     if not callable(getattr(request.predictor, "predict", None)):
         raise RequestError("predictor", "is not a latency predictor (a table with predict(arch))")
     table_space = getattr(getattr(request.predictor, "metadata", None), "space", space.name)
@@ -215,11 +230,6 @@ def validate_request(request: SearchRequest) -> SearchSpace:
         except ArchitectureError as error:
             raise RequestError("start", f"{request.start_name or 'the start'}: {_first_line(error)}") from None
     if request.actions is not None:
-        if request.strategy_name != "greedy":
-            raise RequestError("actions", "applies to --strategy greedy only")
-        if request.actions not in ACTION_SET_NAMES:
-            raise RequestError("actions", f"unknown action set {request.actions!r}; choose from "
-                                          f"{', '.join(ACTION_SET_NAMES)}")
         if request.actions == "v1":
             _check_v1_possible(space, request.evaluator)
     _check_screening(request)

@@ -59,14 +59,14 @@ sys.path.insert(0, str(ROOT))
 
 from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
+from search_spaces.limits import SEED  # noqa: E402
 
 from experiments.study import Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
-from nas.actions import ACTION_SET_NAMES  # noqa: E402
-from nas.api import SearchRequest, run_search  # noqa: E402
+from nas.api import RequestError, SearchRequest, check_strategy_settings, run_search  # noqa: E402
 from nas.evaluators import UNTRAINED_NORMS, SupernetEvaluation, SupernetEvaluator  # noqa: E402
-from nas.objectives import OBJECTIVES, MobileEfficiencyScore  # noqa: E402
+from nas.objectives import MobileEfficiencyScore  # noqa: E402
 from nas.strategies import RandomSearch, RegularizedEvolution  # noqa: E402
 from supernet.data import load_data  # noqa: E402
 from supernet.standalone import StandaloneRecipe, train_standalone  # noqa: E402
@@ -103,33 +103,25 @@ def _whole(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _number(value: Any, low: float, strict: bool) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    return value > low if strict else value >= low
-
-
 def check_strategy_values(path: Path, name: str, settings: dict[str, Any]) -> None:
     """A strategy's values (its keys are checked before), refused when the config is read rather
-    than when its search starts, possibly hours into a run."""
+    than when its search starts, possibly hours into a run: the search's own settings by the search
+    API's checks (`nas.api.check_strategy_settings`), the study's seeds and budgets here."""
     def refuse(key: str, accepted: str) -> None:
         raise SystemExit(f"{path}: strategies.{name}.{key}: {settings[key]!r}; {accepted}")
 
-    if settings["objective"] not in OBJECTIVES:
-        refuse("objective", f"choose from {', '.join(sorted(OBJECTIVES))}")
+    try:
+        check_strategy_settings(settings["strategy"], objective=settings["objective"], actions=settings.get("actions"),
+                                drop_floor=settings.get("drop_floor"), min_step_ms=settings.get("min_step_ms"),
+                                steps_past_target=settings.get("steps_past_target", 0))
+    except RequestError as error:
+        raise SystemExit(f"{path}: strategies.{name}.{error.field}: {error}") from None
     if settings["strategy"] == "greedy":
-        if settings.get("actions", "v2") not in ACTION_SET_NAMES:
-            refuse("actions", f"choose from {', '.join(ACTION_SET_NAMES)}")
-        if settings["drop_floor"] is not None and not _number(settings["drop_floor"], 0, strict=False):
-            refuse("drop_floor", "give null or a number of accuracy points >= 0")
-        if settings.get("min_step_ms") is not None and not _number(settings["min_step_ms"], 0, strict=True):
-            refuse("min_step_ms", "give null or a number of ms > 0")
-        if "steps_past_target" in settings and not _whole(settings["steps_past_target"], 0):
-            refuse("steps_past_target", "give a whole number >= 0")
         return
     seeds = settings["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(_whole(seed, 0) for seed in seeds) or len(set(seeds)) < len(seeds):
-        refuse("seeds", "give a list of distinct whole numbers >= 0")
+    if not isinstance(seeds, list) or not seeds or not all(_whole(seed, 0) and seed in SEED for seed in seeds) \
+            or len(set(seeds)) < len(seeds):
+        refuse("seeds", f"give a list of distinct whole numbers, each {SEED.describe()}")
     if not _whole(settings["budget_multiple"], 1):
         refuse("budget_multiple", "give a whole number >= 1")
     if settings["strategy"] == "evolution":
