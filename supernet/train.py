@@ -56,7 +56,7 @@ EPILOG = ("exit codes: 0 trained; 2 bad input or a diverged run (one line; --out
 
 def build_parser() -> ArgumentParser:
     from supernet.data import DATA_SPECS_HELP
-    from supernet.training import BN_STATISTICS, STUDENT_TARGETS, SUBSET_IMAGES, TrainConfig
+    from supernet.training import BN_STATISTICS, GUMBEL_SAMPLING, STUDENT_TARGETS, SUBSET_IMAGES, TrainConfig
 
     parser = ArgumentParser(prog=PROG, description="Train a latnas supernet (Gumbel phase or sandwich rule).",
                             epilog=EPILOG)
@@ -78,6 +78,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--arch-lr", type=number_in(LEARNING_RATE), default=3e-3, help="learning rate of α (gumbel)")
     parser.add_argument("--tau-start", type=number_in(TEMPERATURE), default=5.0)
     parser.add_argument("--tau-end", type=number_in(TEMPERATURE), default=0.5)
+    parser.add_argument(
+        "--gumbel-sampling",
+        choices=GUMBEL_SAMPLING,
+        default=TrainConfig.gumbel_sampling,
+        help="gumbel: soft (default; every path mixed, as in EfficientFormer V1) or hard (one sampled path per "
+        "slot and step, so the weights are trained as the sub-networks a search evaluates)",
+    )
     parser.add_argument(
         "--bn-statistics",
         choices=BN_STATISTICS,
@@ -126,6 +133,7 @@ def config_from_args(args) -> "TrainConfig":
             arch_lr=args.arch_lr,
             tau_start=args.tau_start,
             tau_end=args.tau_end,
+            gumbel_sampling=args.gumbel_sampling,
             bn_statistics=args.bn_statistics,
             student_target=args.student_target,
             seed=args.seed,

@@ -64,6 +64,12 @@ from supernet.data import stratified_subset
 from supernet.supernet import Supernet, read_checkpoint
 
 MODES = ("gumbel", "sandwich")
+#: how the Gumbel phase runs a MetaPath: "soft" mixes every path with Gumbel-softmax weights (the
+#: EfficientFormer V1 paper's supernet), "hard" samples one path per slot and step and runs only it,
+#: α's gradient passing straight through (GDAS). Only "hard" trains the weights as the fixed
+#: sub-networks a search evaluates: a soft mixture scales each block's residual by its weight, so
+#: a sub-network that runs its blocks alone is off the distribution its weights were trained on.
+GUMBEL_SAMPLING = ("soft", "hard")
 BN_STATISTICS = ("all", "ends")
 #: what the sandwich's students learn: the largest network's soft predictions (in-place
 #: distillation, BigNAS/OFA), the labels (each sub-network trained as if alone), or half of each
@@ -115,6 +121,7 @@ class TrainConfig:
     arch_lr: float = 3e-3
     tau_start: float = 5.0  # V1 / FBNet-style: start near-uniform mixing...
     tau_end: float = 0.5  # ...and end close to one-hot, so α's preference shows in the loss
+    gumbel_sampling: str = "soft"  # `GUMBEL_SAMPLING`
     val_random: int = 3  # random sub-networks evaluated each epoch (their mean is logged)
     # which sandwich members update BatchNorm running statistics: "all" (random sub-networks too;
     # their shared statistics then serve any sub-network without recalibration) or "ends" (only the
@@ -158,6 +165,7 @@ _TRAIN_RANGES: dict[str, IntRange | FloatRange | tuple[str, ...]] = {
     "arch_lr": LEARNING_RATE,
     "tau_start": TEMPERATURE,
     "tau_end": TEMPERATURE,
+    "gumbel_sampling": GUMBEL_SAMPLING,
     "val_random": SUBNETWORKS_PER_STEP,
     "bn_statistics": BN_STATISTICS,
     "student_target": STUDENT_TARGETS,
@@ -473,7 +481,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.arch_optimizer is not None:
             self.arch_optimizer.zero_grad(set_to_none=True)
-            net.set_mode("gumbel", tau=self.tau())
+            mode = "gumbel" if config.gumbel_sampling == "soft" else "gumbel_hard"
+            net.set_mode(mode, tau=self.tau())
             logits = net(images)
             loss = self._loss(logits, labels)
             loss.backward()

@@ -54,6 +54,38 @@ def test_a_few_steps_reduce_the_loss(tmp_path, space, mode):
         assert importance["trained"]  # α moved from zero
 
 
+@pytest.mark.parametrize("sampling, paths_per_slot", [("hard", {1}), ("soft", None)])
+def test_gumbel_sampling_runs_one_path_per_slot_when_hard(tmp_path, monkeypatch, sampling, paths_per_slot):
+    """Hard sampling trains the sub-networks a search evaluates: one path per slot and step, α
+    still learning (straight through); soft runs every path of every slot."""
+    config = _config("edgenext", "gumbel", epochs=1, gumbel_sampling=sampling)
+    bundle = load_data(DATA, 32, seed=0)
+    trainer = Trainer(config, bundle, tmp_path / "net.pt", progress=False)
+    trainer.supernet.set_arch(trainer.largest)
+    runs: dict[int, int] = {}
+    from supernet.supernet import MetaPath
+
+    original = MetaPath._run_path
+
+    def counted(self, index, x):
+        runs[id(self)] = runs.get(id(self), 0) + 1
+        return original(self, index, x)
+
+    monkeypatch.setattr(MetaPath, "_run_path", counted)
+    images, labels = next(iter(torch.utils.data.DataLoader(bundle.train, batch_size=16)))
+    alphas = [path.alpha.detach().clone() for _, path in trainer.supernet.metapaths()]
+    trainer.train_step(images, labels, np.random.default_rng(0))
+    slots = [path for _, path in trainer.supernet.metapaths()]
+    expected = paths_per_slot or {len(path.paths) for path in slots}
+    assert set(runs.values()) <= expected and len(runs) == len(slots)
+    assert any(not torch.equal(before, path.alpha) for before, path in zip(alphas, slots))
+
+
+def test_gumbel_sampling_is_refused_outside_its_choices():
+    with pytest.raises(ValueError, match="gumbel_sampling"):
+        _config("edgenext", "gumbel", gumbel_sampling="straight")
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     config = _config(epochs=2)
     bundle = load_data(DATA, 32, seed=0)
