@@ -89,7 +89,9 @@ class NormEstimate:
     def to_dict(self) -> dict[str, object]:
         return {"estimated": len(self.estimated), "unreachable": [f"{name}[{width}]" for name, width in self.unreachable],
                 "passes": self.passes, "images": self.images, "seconds": round(self.seconds, 3),
-                "kept_in": self.kept_in, "read": self.read}
+                # the file's name only: it lies beside the checkpoint, and a record (a search's meta, a
+                # study's results) must not carry one machine's absolute paths
+                "kept_in": None if self.kept_in is None else Path(self.kept_in).name, "read": self.read}
 
 
 def switchable_norms(supernet: Supernet) -> Iterator[tuple[str, SwitchableBatchNorm2d]]:
