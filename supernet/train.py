@@ -82,8 +82,8 @@ def build_parser() -> ArgumentParser:
         "--gumbel-sampling",
         choices=GUMBEL_SAMPLING,
         default=TrainConfig.gumbel_sampling,
-        help="gumbel: soft (default; every path mixed, as in EfficientFormer V1) or hard (one sampled path per "
-        "slot and step, so the weights are trained as the sub-networks a search evaluates)",
+        help="gumbel: hard (default; one sampled path per slot and step, so the weights are trained as the "
+        "sub-networks a search scores) or soft (every path mixed, as in the EfficientFormer V1 paper)",
     )
     parser.add_argument(
         "--bn-statistics",

@@ -127,6 +127,24 @@ def test_resume_reads_a_config_field_the_checkpoint_predates_as_its_default(tmp_
         Trainer(_config(epochs=2, train_images=48), bundle, tmp_path / "b.pt", progress=False).load(tmp_path / "old.pt")
 
 
+def test_a_gumbel_checkpoint_from_before_the_sampling_setting_resumes_as_soft(tmp_path):
+    """Gumbel runs mixed every path (soft) before `gumbel_sampling` existed, whose default is now
+    hard: resuming such a checkpoint with the default must be refused, not silently switch."""
+    bundle = load_data(DATA, 32, seed=0)
+    trainer = Trainer(_config("edgenext", "gumbel", epochs=1, gumbel_sampling="soft"), bundle, tmp_path / "old.pt",
+                      progress=False)
+    trainer.run()
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["extra"]["training"]["config"]["gumbel_sampling"]
+    del payload["content_sha256"]
+    torch.save(payload, tmp_path / "old.pt")
+    soft = Trainer(_config("edgenext", "gumbel", epochs=2, gumbel_sampling="soft"), bundle, tmp_path / "a.pt", progress=False)
+    soft.load(tmp_path / "old.pt")
+    assert soft.epoch == 1
+    with pytest.raises(CheckpointError, match="trained with gumbel_sampling='soft', this run has gumbel_sampling='hard'"):
+        Trainer(_config("edgenext", "gumbel", epochs=2), bundle, tmp_path / "b.pt", progress=False).load(tmp_path / "old.pt")
+
+
 def test_recalibrate_bn_is_pure_and_evaluate_reports_accuracy(tmp_path):
     bundle = load_data(DATA, 32, seed=0)
     net = Supernet.from_space("edgevit", num_classes=bundle.num_classes, resolution=32)
