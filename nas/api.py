@@ -229,9 +229,8 @@ def validate_request(request: SearchRequest) -> SearchSpace:
             space.validate(request.start)
         except ArchitectureError as error:
             raise RequestError("start", f"{request.start_name or 'the start'}: {_first_line(error)}") from None
-    if request.actions is not None:
-        if request.actions == "v1":
-            _check_v1_possible(space, request.evaluator)
+    if request.actions == "v1":
+        _check_v1_possible(space, request.evaluator)
     _check_screening(request)
     if request.state_path is not None and Path(request.state_path).is_dir():
         raise RequestError("state_path", f"{request.state_path} is a directory; give a state file path")
