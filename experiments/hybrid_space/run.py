@@ -222,12 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
     parser.add_argument("--phase", required=True, choices=(*PHASES, "all"))
+    parser.add_argument("--threads", type=int, help="supernet: torch threads, instead of the recipe's "
+                        "(which are set for training beside other processes; threads change no result)")
     args = parser.parse_args(argv)
+    if args.threads is not None and not 1 <= args.threads <= 256:
+        parser.error(f"--threads: an integer from 1 to 256, got {args.threads}")
     config = load_config(args.config)
     for phase in PHASES if args.phase == "all" else (args.phase,):
         if phase == "supernet":
             training = training_config(config)
-            torch.set_num_threads(int(training["threads"]))
+            torch.set_num_threads(args.threads or int(training["threads"]))
             ranking_study.train_supernet(training)
         elif phase == "compare":
             compare_phase(config)

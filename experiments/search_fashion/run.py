@@ -396,10 +396,12 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
         f"{result.evaluations} evaluations + {result.screenings} screenings, {seconds:.0f} s")
 
 
-def search_phase(config: dict[str, Any], only: str | None, target_label: str | None = None) -> None:
+def search_phase(config: dict[str, Any], only: str | None, target_label: str | None = None,
+                 strategies: tuple[str, ...] = ()) -> None:
     """Run every search not yet done (of one table with `only`, at the targets labelled
-    `target_label` with it). Several processes may run this phase at once (one per core): each
-    takes the first job that is neither done, nor claimed by a running process, nor waiting for
+    `target_label` with it, of the `strategies` named with them: names under the config's
+    `strategies`, e.g. its greedy runs at every target before any sampling run). Several processes
+    may run this phase at once (one per core): each takes the first job that is neither done, nor claimed by a running process, nor waiting for
     another job's result (`experiments.study.Claim`), and waits when none is left. Jobs at targets
     left out are not waited for: a greedy run then starts without its shallower target's path in
     the score cache (the same result, more evaluations computed)."""
@@ -411,8 +413,17 @@ def search_phase(config: dict[str, Any], only: str | None, target_label: str | N
         raise SystemExit(f"--target {target_label}: choose from {', '.join(labels)}")
     targets = [t for t in configured
                if (only is None or t.table == only) and (target_label is None or t.label == target_label)]
+    unknown = [name for name in strategies if name not in config["strategies"]]
+    if unknown:
+        raise SystemExit(f"--strategy {unknown[0]}: choose from {', '.join(config['strategies'])}")
     evaluator = build_evaluator(config, space)
-    pending = search_jobs(config, targets)
+    pending = [job for job in search_jobs(config, targets)
+               if not strategies or group_of(job.run) in strategies]
+    for job in pending:  # a sampling run left to wait for a greedy run nobody was asked to run would wait forever
+        for target, run in job.needs:
+            if strategies and run not in strategies and not result_path(config, target, run).is_file():
+                raise SystemExit(f"--strategy {group_of(job.run)}: its budget at {target.label} is set by {run}, "
+                                 f"which has no result there; name --strategy {run} too, or run it first")
     claims = ROOT / config["runs"] / "claims"
     while pending:
         pending = [job for job in pending if not job.result(config).is_file()]
@@ -799,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", required=True, choices=(*PHASES, "all"))
     parser.add_argument("--only", help="search: only this table (a name under `tables`)")
     parser.add_argument("--target", help="search: only the targets with this label (e.g. 0.25x or 1.1ms)")
+    parser.add_argument("--strategy", action="append", default=[],
+                        help="search: only this strategy (a name under `strategies`; repeat for several)")
     parser.add_argument("--remeasure", action="store_true",
                         help="rescore: measure every pick's latency again (run it on an otherwise idle machine)")
     args = parser.parse_args(argv)
@@ -809,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = PHASES if args.phase == "all" else (args.phase,)
     for phase in phases:
         if phase == "search":
-            search_phase(config, args.only, args.target)
+            search_phase(config, args.only, args.target, tuple(args.strategy))
         elif phase == "rescore":
             rescore_phase(config, args.remeasure)
         elif phase == "standalone":

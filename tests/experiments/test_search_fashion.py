@@ -34,6 +34,24 @@ def _targets(config) -> list[study.Target]:
     return study.targets_of(config, space, study.tables_of(config, space))
 
 
+def _recorded_searches(tmp_path, monkeypatch) -> tuple[dict, object, list]:
+    """The study's config written under tmp_path, with searches that only record (target, run) and
+    write a result."""
+    config = _config(tmp_path)
+    config["runs"] = str(tmp_path / "runs")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    monkeypatch.setattr(study, "build_evaluator", lambda config, space: None)
+    ran = []
+
+    def search_one(config, space, table, evaluator, target, run, settings, seed):
+        ran.append((target.label, run))
+        _finish(config, target, run, 80.0)
+
+    monkeypatch.setattr(study, "search_one", search_one)
+    return config, path, ran
+
+
 def test_targets_run_from_the_highest_latency_down(tmp_path):
     assert [t.latency_ms for t in _targets(_config(tmp_path))] == [1.6, 1.1, 0.9]
 
@@ -55,24 +73,33 @@ def test_each_search_waits_for_what_it_needs_greedy_its_shallower_target_samplin
 
 def test_target_runs_only_the_searches_at_that_label_and_a_label_not_configured_is_one_line_and_exit_2(
         tmp_path, monkeypatch, capsys):
-    config = _config(tmp_path)
-    config["runs"] = str(tmp_path / "runs")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    monkeypatch.setattr(study, "build_evaluator", lambda config, space: None)
-    ran = []
-
-    def search_one(config, space, table, evaluator, target, run, settings, seed):
-        ran.append((target.label, run))
-        _finish(config, target, run, 80.0)
-
-    monkeypatch.setattr(study, "search_one", search_one)
+    config, path, ran = _recorded_searches(tmp_path, monkeypatch)
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "search", "--target", "1.1ms"])) == 0
     runs = [run for run, _, _ in study.runs_of(config)]
     assert ran == [("1.1ms", run) for run in runs]  # greedy first; not waiting for 1.6ms's greedy path
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "search", "--target", "0.3x"])) == 2
     error = capsys.readouterr().err.strip()
     assert error == "--target 0.3x: choose from 1.6ms, 1.1ms, 0.9ms"
+
+
+def test_strategy_runs_only_the_named_strategies_at_every_target_and_an_unknown_name_is_one_line_and_exit_2(
+        tmp_path, monkeypatch, capsys):
+    config, path, ran = _recorded_searches(tmp_path, monkeypatch)
+    argv = ["--config", str(path), "--phase", "search", "--strategy", "greedy_mes"]
+    assert exit_code_of(lambda: study.main(argv)) == 0
+    assert ran == [(label, "greedy_mes") for label in ("1.6ms", "1.1ms", "0.9ms")]
+    # random's budget is set by every greedy run: without the other greedy runs' results it would wait forever
+    others = [name for name, settings in config["strategies"].items()
+              if settings["strategy"] == "greedy" and name != "greedy_mes"]
+    assert exit_code_of(lambda: study.main([*argv, "--strategy", "random"])) == 2
+    assert capsys.readouterr().err.strip() == (f"--strategy random: its budget at 1.6ms is set by {others[0]}, "
+                                               f"which has no result there; name --strategy {others[0]} too, or run it first")
+    named = [option for name in ("random", *others) for option in ("--strategy", name)]
+    assert exit_code_of(lambda: study.main([*argv, *named])) == 0
+    random_seeds = [run for run, _, _ in study.runs_of(config) if run.startswith("random_seed")]
+    assert ran[3:] == [(label, run) for label in ("1.6ms", "1.1ms", "0.9ms") for run in (*others, *random_seeds)]
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "search", "--strategy", "greedy"])) == 2
+    assert capsys.readouterr().err.strip() == f"--strategy greedy: choose from {', '.join(config['strategies'])}"
 
 
 def test_rescore_measures_each_pick_once_and_remeasure_measures_every_one_again_keeping_the_load(tmp_path, monkeypatch):
