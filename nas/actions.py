@@ -10,6 +10,10 @@ Generated for any space from its declared `StageChoices`; only actions whose res
   importance a Gumbel-trained supernet learned (`supernet.importance`); the first attention-style
   block (V1: `meta3d`) to its stage's conv-style type (V1: the 4D partition `meta4d`); the least
   important stage's width down one step.
+- V2 set with block types (`v2_type_actions`): the V2 set, plus per stage and per block type the
+  stage allows, the stage's last block of another type turned into that type (`type_actions`).
+  For spaces whose slots choose among block types (`hybrid`): the V2 set alone only slims the
+  largest network's own types, so a greedy search could never pick any other.
 """
 
 from __future__ import annotations
@@ -92,6 +96,32 @@ def v2_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
             actions.append(Action(f"expansion s{s}b{slot}", f"stage {s} block {slot} expansion {block.expansion} -> {smaller.expansion}",
                                   lambda a, s=s, slot=slot, b=smaller: _set_block(a, s, slot, b), f"expansion s{s}"))
     return _keep_valid(space, arch, actions)
+
+
+def type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
+    """Per stage and per non-identity block type the stage allows: the stage's last block of
+    another type (not identity) turned into that type (`_as_type`: knobs kept where valid), in
+    stage order, then the stage's type order. One action per stage and type, not per slot, so a
+    step offers at most (types - 1) candidates per stage; `compound` continues one with the next
+    block of the stage (its group is `TYPE sS`). Whether the swap saves anything is the
+    objective's business: a swap to a dearer type gains nothing and is never chosen."""
+    actions: list[Action] = []
+    for s, stage in enumerate(arch.stages):
+        types = [name for name in space.stages[s].block_types if name != IDENTITY]
+        for type_name in types if len(types) > 1 else ():
+            others = [slot for slot, block in enumerate(stage.blocks) if not block.is_identity and block.type != type_name]
+            if not others:
+                continue
+            slot, block = others[-1], stage.blocks[others[-1]]
+            new = _as_type(space, s, stage.width, block, type_name)
+            actions.append(Action(f"{block.type}->{type_name} s{s}b{slot}", f"stage {s} block {slot} {block.type} -> {type_name}",
+                                  lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b), f"{type_name} s{s}"))
+    return _keep_valid(space, arch, actions)
+
+
+def v2_type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
+    """The V2 steps (`v2_actions`), then the block-type steps (`type_actions`)."""
+    return v2_actions(space, arch) + type_actions(space, arch)
 
 
 def v1_actions(space: SearchSpace, arch: Architecture, importance: MetaPathImportance | None = None) -> list[Action]:
@@ -222,4 +252,4 @@ class V1Actions:
         return {"name": "v1", "importance": self.importance.to_dict()}
 
 
-ACTION_SET_NAMES = ("v1", "v2")
+ACTION_SET_NAMES = ("v1", "v2", "v2-types")

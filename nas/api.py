@@ -29,7 +29,7 @@ from search_spaces import Architecture, ArchitectureError, SearchSpace, count_ma
 from search_spaces.limits import EVALUATION_BUDGET, SEED, SHORTLIST, STEPS_PAST_TARGET, VERIFY_ROUNDS
 
 import nas
-from nas.actions import ACTION_SET_NAMES, V1Actions, supports_v1_actions, v2_actions
+from nas.actions import ACTION_SET_NAMES, V1Actions, supports_v1_actions, v2_actions, v2_type_actions
 from nas.evaluators import EvaluatorSpec, ProxyEvaluation, SupernetEvaluation
 from nas.objectives import OBJECTIVES, MobileEfficiencyScore, get_objective
 from nas.problem import Evaluator, LatencyPredictor, SearchProblem, SearchResult, Step, Unreachable
@@ -231,6 +231,9 @@ def validate_request(request: SearchRequest) -> SearchSpace:
             raise RequestError("start", f"{request.start_name or 'the start'}: {_first_line(error)}") from None
     if request.actions == "v1":
         _check_v1_possible(space, request.evaluator)
+    if request.actions == "v2-types" and not supports_v1_actions(space):
+        raise RequestError("actions", f"v2-types swaps block types, and every stage of {space.name} has one block "
+                                      "type (use v2)")
     _check_screening(request)
     if request.state_path is not None and Path(request.state_path).is_dir():
         raise RequestError("state_path", f"{request.state_path} is a directory; give a state file path")
@@ -393,7 +396,7 @@ def _build_evaluator(request: SearchRequest, space: SearchSpace) -> tuple[Evalua
 
 
 def _actions(request: SearchRequest, space: SearchSpace, supernet) -> tuple[str, Any]:
-    """The action set's name and the set: v1 with the checkpoint's importance, else v2.
+    """The action set's name and the set: v1 with the checkpoint's importance, v2, or v2-types.
 
     Default: v1 when the supernet's MetaPath logits were trained (`--mode gumbel`), else v2.
     """
@@ -403,6 +406,8 @@ def _actions(request: SearchRequest, space: SearchSpace, supernet) -> tuple[str,
     name = request.actions or ("v1" if trained and supports_v1_actions(space) else "v2")
     if name == "v2":
         return name, v2_actions
+    if name == "v2-types":
+        return name, v2_type_actions
     if supernet is None:
         raise RequestError("actions", "v1 needs a Gumbel-trained supernet (--supernet)")
     if not trained:

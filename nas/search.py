@@ -5,7 +5,7 @@
         [--max-params 6M] [--supernet CKPT --data SPEC [--recalibrate N] [--eval-batches N]
         [--untrained-norms estimate|recalibrate] [--screen-batches N --shortlist K]] [--drop-floor POINTS] [--min-step MS]
         [--evaluator supernet|proxy] [--strategy greedy|random|evolution] [--budget N] [--state FILE]
-        [--actions v1|v2] [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl]
+        [--actions v1|v2|v2-types] [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl]
         [--front FILE.yaml] [--lut FILE] [--verify [--verify-rounds N] [--verify-undershoot 5%]]
 
 A thin adapter over `nas.api`: the options become a `SearchRequest`, `run_search` validates and
@@ -18,7 +18,8 @@ The evaluator is the trained supernet's accuracy when `--supernet` is given, oth
 SynFlow proxy (`nas.synflow`) on a supernet initialised from `--seed`; `--evaluator proxy` with
 `--supernet` computes the proxy on the trained weights instead. Greedy uses the V1 action set
 (MetaPath importance) when the checkpoint's MetaPath logits were trained (`--mode gumbel`), else
-V2's; `--actions` overrides.
+V2's; `--actions` overrides (`v2-types`: V2's steps plus block-type swaps, for spaces whose slots
+choose among block types).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--budget", type=integer_in(EVALUATION_BUDGET), help="evaluations for random/evolution (default 200)")
     parser.add_argument("--state", help="resumable state file (continued when it exists)")
     parser.add_argument("--actions", help="greedy action set: v1 (MetaPath importance; default with a Gumbel-trained "
-                                          "--supernet) or v2 (default otherwise)")
+                                          "--supernet), v2 (default otherwise) or v2-types (v2 plus block-type swaps)")
     parser.add_argument("--start", help="greedy: start from this architecture YAML instead of the largest")
     parser.add_argument("--supernet", help="trained supernet checkpoint (accuracy evaluator)")
     parser.add_argument("--data", help="data spec for --supernet; searches select on its val split (e.g. digits)")

@@ -67,7 +67,7 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
         *base.stages[1:])))
     # the hybrid side: at 0.9 ms the val-best pick (mixed, 80.0 val) has the lower test accuracy
     _pick(hybrid_config, "0.9ms", 0.9, "random_seed0", hybrid.smallest(), 70.0, 79.0)
-    _pick(hybrid_config, "0.9ms", 0.9, "greedy_mes_steps_plain", mixed, 80.0, 78.0)
+    _pick(hybrid_config, "0.9ms", 0.9, "greedy_mes_types", mixed, 80.0, 78.0)
     _pick(v2_config, "0.9ms", 0.9, "random_seed0", v2.smallest(), 75.0, 77.0)
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 0
     report = json.loads((tmp_path / "results" / "comparison.json").read_text())
@@ -75,7 +75,7 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     assert set(rows) == {"0.9ms", "1.1ms", "1.6ms"}
     predictor = get_device("iphone12").default_table(hybrid)  # V2's pick priced by the hybrid table
     assert rows["0.9ms"]["efficientformer_v2"]["latency_ms"] == pytest.approx(predictor.predict(base), abs=1e-5)
-    assert rows["0.9ms"]["hybrid"]["run"] == "greedy_mes_steps_plain"  # chosen on val, not on test
+    assert rows["0.9ms"]["hybrid"]["run"] == "greedy_mes_types"  # chosen on val, not on test
     assert rows["0.9ms"]["hybrid"]["test_accuracy"] == 78.0
     assert rows["0.9ms"]["hybrid_at_least_as_good"] == {"efficientformer_v2": True}
     stage1 = report["tables"]["iphone12"]["block_types_per_stage"][0]

@@ -4,6 +4,7 @@ reported MES, and the EfficientFormer V1 search (Gumbel importance driving the V
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -94,6 +95,10 @@ def test_v1_actions_need_a_space_with_several_block_types_and_a_supernet():
     assert caught.value.field == "actions"
     with pytest.raises(RequestError, match="Gumbel-trained supernet"):
         validate_request(SearchRequest("efficientformer_v2", iphone12_table(), 1.5, actions="v1"))
+    with pytest.raises(RequestError, match="v2-types swaps block types, and every stage of edgevit") as caught:
+        validate_request(dataclasses.replace(edgevit, actions="v2-types"))
+    assert caught.value.field == "actions"
+    validate_request(SearchRequest("efficientformer_v2", iphone12_table(), 1.5, actions="v2-types"))
 
 
 def test_cli_refuses_a_greedy_budget_before_touching_the_trace(tmp_path, capsys):

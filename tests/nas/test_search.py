@@ -9,7 +9,7 @@ import pytest
 from search_spaces import get_space, list_spaces
 from search_spaces.command_line import run_command
 
-from nas.actions import v1_actions, v2_actions
+from nas.actions import compound, type_actions, v1_actions, v2_actions, v2_type_actions
 from supernet.importance import MetaPathImportance
 from nas.greedy import greedy_search
 from nas.problem import Unreachable
@@ -42,6 +42,9 @@ def test_actions_stay_in_the_space(name):
     assert all(a.apply(largest) != largest for a in actions)
     assert v2_actions(space, space.smallest()) == []
     assert all(space.contains(a.apply(largest)) for a in v1_actions(space, largest))
+    swaps = type_actions(space, largest)
+    assert all(space.contains(a.apply(largest)) and a.apply(largest) != largest for a in swaps)
+    assert [a.name for a in v2_type_actions(space, largest)] == [a.name for a in actions + swaps]
 
 
 def test_v1_actions_use_importance_and_turn_meta3d_into_meta4d():
@@ -52,6 +55,29 @@ def test_v1_actions_use_importance_and_turn_meta3d_into_meta4d():
     importance = MetaPathImportance({**importance.slots, (2, 3): 0.1}, (1.0, 0.5, 2.0, 1.5))
     names = [a.name for a in v1_actions(space, arch, importance)]
     assert names == ["metapath s2b3", "meta3d->meta4d s3b0", "width s1"]
+
+
+def test_type_actions_turn_each_stages_last_block_of_another_type_into_each_allowed_type_and_compound_along_the_stage():
+    space = get_space("hybrid")
+    largest = space.largest()  # ffn in stages 0-1; ffn then attn_ffn in stages 2-3
+    swaps = type_actions(space, largest)
+    expected = [f"{largest.stages[s].blocks[-1].type}->{t} s{s}b{len(largest.stages[s].blocks) - 1}"
+                for s, choices in enumerate(space.stages) for t in choices.block_types
+                if t != "identity" and t != largest.stages[s].blocks[-1].type]
+    by_name = {a.name: a for a in swaps}
+    # in stages 2 and 3 the last block is attn_ffn: the swap to attn_ffn takes the last ffn instead
+    for s in (2, 3):
+        last_ffn = max(i for i, b in enumerate(largest.stages[s].blocks) if b.type == "ffn")
+        assert f"ffn->attn_ffn s{s}b{last_ffn}" in by_name
+    assert set(expected) <= set(by_name) and len(swaps) == len(expected) + 2
+    assert not any(a.name.startswith(("identity", "ffn->ffn")) for a in swaps)
+    conv = by_name["ffn->conv_encoder s1b4"].apply(largest).stages[1].blocks[4]
+    assert conv.type == "conv_encoder" and conv.expansion == largest.stages[1].blocks[4].expansion
+    assert type_actions(get_space("edgevit"), get_space("edgevit").largest()) == []  # one block type per stage
+    # compounded, a swap continues with the stage's next block (from the end) to the same type
+    saving = lambda arch: sum(b.type == "meta4d" for st in arch.stages for b in st.blocks)  # noqa: E731
+    stepped = compound(space, largest, by_name["attn_ffn->meta4d s3b9"], v2_type_actions, saving, 3).apply(largest)
+    assert [b.type for b in stepped.stages[3].blocks][-4:] == ["attn_ffn", "meta4d", "meta4d", "meta4d"]
 
 
 # -- greedy on a toy with analytic latency, params and accuracy -----------------------------------
