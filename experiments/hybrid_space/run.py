@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,11 +141,51 @@ def total_variation(first: dict[str, float], second: dict[str, float]) -> float:
     return round(0.5 * sum(abs(first.get(name, 0.0) - second.get(name, 0.0)) for name in set(first) | set(second)), 4)
 
 
+def standalone_fronts(studies: dict[str, dict[str, Any]], table: str) -> dict[str, dict[str, Any]]:
+    """Per target label of `table`, per study: of its picks trained standalone at that target (the
+    val-best pick once every search there finished, `also_train` picks once theirs did), the one of
+    the highest val accuracy (a decision, so on val), with its test accuracy per seed and the
+    study's one-run spread."""
+    fronts: dict[str, dict[str, Any]] = {}
+    for label, study in studies.items():
+        val = {(r["target"], r["run"]): float(r["pick"]["val_accuracy"])
+               for r in search_study.search_results(study) if r["table"] == table}
+        verdicts = search_study.standalone_verdicts(study)
+        for compared in verdicts["comparisons"]:
+            key = (compared["target"], compared["found_run"])
+            if compared["table"] != table or key not in val:
+                continue
+            held = fronts.setdefault(compared["target"], {}).get(label)
+            if held is not None and held["val_accuracy"] >= val[key]:
+                continue
+            seeds = {str(seed): round(value, 4) for seed, value in compared["found_test"].items()}
+            fronts[compared["target"]][label] = {
+                "run": compared["found_run"], "selected": compared["selected"], "val_accuracy": val[key],
+                "test_by_seed": seeds, "mean": round(float(np.mean(list(seeds.values()))), 4),
+                "one_run_std_points": verdicts["one_run_std_points"]}
+    return fronts
+
+
+def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """Hybrid minus rival in mean standalone test accuracy, against twice its standard error (each
+    study's one-run spread over its own number of seeds), as the search study judges found vs reference."""
+    difference = ours["mean"] - theirs["mean"]
+    spreads = (ours["one_run_std_points"], theirs["one_run_std_points"])
+    error = None if None in spreads else math.sqrt(spreads[0] ** 2 / len(ours["test_by_seed"])
+                                                   + spreads[1] ** 2 / len(theirs["test_by_seed"]))
+    verdict = ("unknown spread" if error is None else "hybrid better" if difference > 2 * error
+               else "hybrid worse" if difference < -2 * error else "tie within the seed spread")
+    return {"difference_points": round(difference, 3), "standard_error_points": None if error is None else round(error, 3),
+            "verdict": verdict}
+
+
 def compare_table(table: str, predictor, search: dict[str, Any], rivals: dict[str, dict[str, Any]],
                   targets: list, results: Path) -> dict[str, Any]:
-    """One table: the fronts at its targets, the hybrid picks' block types, the plot."""
+    """One table: the fronts at its targets (in the supernets and, where trained, standalone), the
+    hybrid picks' block types, the plot."""
     ours = picks_of(SPACE, search, table, predictor)
     theirs = {label: picks_of(label, study, table, predictor) for label, study in rivals.items()}
+    trained = standalone_fronts({SPACE: search, **rivals}, table)
     rows = []
     for target in targets:
         row: dict[str, Any] = {"target": target.label, "target_ms": target.latency_ms}
@@ -156,6 +198,10 @@ def compare_table(table: str, predictor, search: dict[str, Any], rivals: dict[st
         row["hybrid_at_least_as_good"] = {
             label: None if mine is None or row[label] is None or None in (mine["test_accuracy"], row[label]["test_accuracy"])
             else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in theirs}
+        standalone = trained.get(target.label, {})
+        row["standalone"] = {**standalone, "hybrid_vs": {
+            label: standalone_verdict(standalone[SPACE], standalone[label]) for label in theirs
+            if SPACE in standalone and label in standalone}}
         rows.append(row)
     plot_fronts(table, ours, theirs, rows, results / f"fronts_{table}.png")
     fronts = [pick for pick in (front_at(ours, row["target_ms"]) for row in rows) if pick is not None]
@@ -185,34 +231,48 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
         for row in summary["targets"]:
             log(f"compare {table} {row['target']}: " + ", ".join(
                 f"{label} {row[label]['test_accuracy'] if row[label] else 'none'}"
-                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good")))
+                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good", "standalone"))
+                + "".join(f"; standalone vs {label}: {verdict['difference_points']:+.2f} points ({verdict['verdict']})"
+                          for label, verdict in row["standalone"]["hybrid_vs"].items()))
     return report
 
 
 def plot_fronts(table: str, ours: list[Pick], rivals: dict[str, list[Pick]], rows: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against the hybrid table's latency: every pick, and each study's front (the
-    val-best pick within each target) joined."""
+    """Left: test accuracy in each supernet against the hybrid table's latency, every pick and each
+    study's front (the val-best pick within each target) joined. Right: each study's front trained
+    standalone, at its target (mean over seeds, bars from the lowest to the highest seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7.0, 4.6))
+    figure, (inside, alone) = plt.subplots(1, 2, figsize=(11.0, 4.6))
     for index, (label, picks) in enumerate({SPACE: ours, **rivals}.items()):
         colour = plt.get_cmap("tab10")(index)
         scored = [p for p in picks if p.test_accuracy is not None]
-        axis.scatter([p.latency_ms for p in scored], [p.test_accuracy for p in scored], s=14, alpha=0.45, color=colour)
+        inside.scatter([p.latency_ms for p in scored], [p.test_accuracy for p in scored], s=14, alpha=0.45, color=colour)
         front = [(row["target_ms"], row[label]["test_accuracy"]) for row in rows
                  if row.get(label) and row[label]["test_accuracy"] is not None]
         if front:
-            axis.plot(*zip(*sorted(front)), "-o", color=colour, lw=1.5, ms=5, label=f"{label}: val-best pick per target")
-    for row in rows:
-        axis.axvline(row["target_ms"], color="black", ls=":", lw=0.8)
-    axis.set_xlabel(f"latency on {table}, priced by the hybrid table (ms)")
-    axis.set_ylabel("test accuracy in the supernet (%)")
-    axis.set_title(f"hybrid vs single-family picks, {table}", fontsize=10)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+            inside.plot(*zip(*sorted(front)), "-o", color=colour, lw=1.5, ms=5, label=f"{label}: val-best pick per target")
+        trained = sorted((row["target_ms"], row["standalone"][label]) for row in rows if label in row["standalone"])
+        if trained:
+            means = [entry["mean"] for _, entry in trained]
+            low = [mean - min(entry["test_by_seed"].values()) for mean, (_, entry) in zip(means, trained, strict=True)]
+            high = [max(entry["test_by_seed"].values()) - mean for mean, (_, entry) in zip(means, trained, strict=True)]
+            alone.errorbar([ms for ms, _ in trained], means, yerr=[low, high], fmt="-o", color=colour, capsize=3,
+                           label=f"{label}: trained pick per target")
+    for axis in (inside, alone):
+        for row in rows:
+            axis.axvline(row["target_ms"], color="black", ls=":", lw=0.8)
+        axis.set_xlabel(f"latency on {table}, priced by the hybrid table (ms)")
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    inside.set_ylabel("test accuracy in the supernet (%)")
+    inside.set_title(f"hybrid vs single-family picks, {table}: in each supernet", fontsize=10)
+    alone.set_ylabel("test accuracy trained standalone (%)")
+    alone.set_title("the same fronts trained standalone (at the target)", fontsize=10)
     figure.tight_layout()
     write_bytes_atomic(path, png_bytes(figure))
     plt.close(figure)

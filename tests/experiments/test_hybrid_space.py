@@ -56,6 +56,16 @@ def _pick(config_path, target: str, target_ms: float, run: str, arch, val: float
     rescored.write_text(json.dumps(scores))
 
 
+def _trained(config_path, target: str, role: str, arch, tests: tuple[float, ...]) -> None:
+    """`arch` trained standalone (as `role` at `target`) with the study's recipe, one test accuracy per seed."""
+    config = search_study.load_config(config_path)
+    for seed, test in enumerate(tests):
+        path = search_study.results_of(config) / "standalone" / f"iphone12_{target}_{role}_seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"arch": arch.to_dict(), "accuracy": {"test": test / 100},
+                                    "recipe": dataclasses.asdict(search_study.recipe_of(config, seed))}))
+
+
 def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_path):
     config = _study_config(tmp_path)
     path = _write(tmp_path / "study.yaml", config)
@@ -68,7 +78,13 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     # the hybrid side: at 0.9 ms the val-best pick (mixed, 80.0 val) has the lower test accuracy
     _pick(hybrid_config, "0.9ms", 0.9, "random_seed0", hybrid.smallest(), 70.0, 79.0)
     _pick(hybrid_config, "0.9ms", 0.9, "greedy_mes_types", mixed, 80.0, 78.0)
-    _pick(v2_config, "0.9ms", 0.9, "random_seed0", v2.smallest(), 75.0, 77.0)
+    _pick(v2_config, "0.9ms", 0.9, "greedy_mes_steps_plain", v2.smallest(), 75.0, 77.0)
+    # standalone: each side's also_train pick at 0.9 ms (the val-best pick is trained only once every
+    # search at the target finished), and S0 (a pick is judged with its reference)
+    _trained(hybrid_config, "0.9ms", "greedy_mes_types", mixed, (83.0, 82.0))
+    _trained(v2_config, "0.9ms", "greedy_mes_steps_plain", v2.smallest(), (80.0, 79.0))
+    for config_path, space in ((hybrid_config, hybrid), (v2_config, v2)):
+        _trained(config_path, "0.9ms", "reference", space.reference("s0"), (83.5, 82.5))
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 0
     report = json.loads((tmp_path / "results" / "comparison.json").read_text())
     rows = {row["target"]: row for row in report["tables"]["iphone12"]["targets"]}
@@ -78,6 +94,13 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     assert rows["0.9ms"]["hybrid"]["run"] == "greedy_mes_types"  # chosen on val, not on test
     assert rows["0.9ms"]["hybrid"]["test_accuracy"] == 78.0
     assert rows["0.9ms"]["hybrid_at_least_as_good"] == {"efficientformer_v2": True}
+    standalone = rows["0.9ms"]["standalone"]
+    assert standalone["hybrid"]["run"] == "greedy_mes_types" and standalone["hybrid"]["mean"] == pytest.approx(82.5)
+    assert standalone["efficientformer_v2"]["run"] == "greedy_mes_steps_plain"
+    assert standalone["efficientformer_v2"]["mean"] == pytest.approx(79.5)
+    verdict = standalone["hybrid_vs"]["efficientformer_v2"]  # one-run spreads 0.707 on both sides: SE 0.707
+    assert verdict == {"difference_points": 3.0, "standard_error_points": 0.707, "verdict": "hybrid better"}
+    assert rows["1.1ms"]["standalone"] == {"hybrid_vs": {}}
     stage1 = report["tables"]["iphone12"]["block_types_per_stage"][0]
     assert set(stage1) <= {"meta4d", "ffn"} and stage1["meta4d"] > 0.5
     assert (tmp_path / "results" / "fronts_iphone12.png").is_file()
