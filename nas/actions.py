@@ -19,6 +19,7 @@ Generated for any space from its declared `StageChoices`; only actions whose res
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -100,11 +101,13 @@ def v2_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
 
 def type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
     """Per stage and per non-identity block type the stage allows: the stage's last block of
-    another type (not identity) turned into that type (`_as_type`: knobs kept where valid), in
-    stage order, then the stage's type order. One action per stage and type, not per slot, so a
-    step offers at most (types - 1) candidates per stage; `compound` continues one with the next
-    block of the stage (its group is `TYPE sS`). Whether the swap saves anything is the
-    objective's business: a swap to a dearer type gains nothing and is never chosen."""
+    another type (not identity) turned into that type, once per variant of the type (`_type_variants`:
+    the block's knobs kept where the type has them and they are valid, every valid choice of the
+    others, e.g. each conv-encoder kernel), in stage order, then the stage's type order. One slot
+    per stage, type and variant, so a step offers a few candidates per stage, not one per slot;
+    `compound` continues one with the next block of the stage into the same variant (its group is
+    `VARIANT sS`). Whether a swap saves anything is the objective's business: a swap to a dearer
+    block gains nothing and is never chosen."""
     actions: list[Action] = []
     for s, stage in enumerate(arch.stages):
         types = [name for name in space.stages[s].block_types if name != IDENTITY]
@@ -113,10 +116,29 @@ def type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
             if not others:
                 continue
             slot, block = others[-1], stage.blocks[others[-1]]
-            new = _as_type(space, s, stage.width, block, type_name)
-            actions.append(Action(f"{block.type}->{type_name} s{s}b{slot}", f"stage {s} block {slot} {block.type} -> {type_name}",
-                                  lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b), f"{type_name} s{s}"))
+            for variant, new in _type_variants(space, s, stage.width, block, type_name):
+                actions.append(Action(f"{block.type}->{variant} s{s}b{slot}", f"stage {s} block {slot} {block.type} -> {variant}",
+                                      lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b), f"{variant} s{s}"))
     return _keep_valid(space, arch, actions)
+
+
+def _type_variants(space: SearchSpace, stage_index: int, width: int, block: Block, type_name: str) -> list[tuple[str, Block]]:
+    """`block` as `type_name`, one per combination of the knobs it cannot keep (the type's knobs
+    the block lacks or holds an invalid value of), each named `type[knob=value,...]` (just `type`
+    when every knob is kept)."""
+    choices, kept, free = space.stages[stage_index], {}, {}
+    for knob in space.block_type(type_name).knobs():
+        valid = space.knob_choices(choices, width, knob)
+        if getattr(block, knob) in valid:
+            kept[knob] = getattr(block, knob)
+        else:
+            free[knob] = valid
+    variants = []
+    for values in itertools.product(*free.values()):
+        chosen = dict(zip(free, values, strict=True))
+        label = ",".join(f"{knob}={value}" for knob, value in chosen.items())
+        variants.append((f"{type_name}[{label}]" if label else type_name, Block(type_name, **kept, **chosen)))
+    return variants
 
 
 def v2_type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:

@@ -47,7 +47,8 @@ Heads (of `sdta` and `lgl`; `attn_ffn` keeps V2's fixed 8) are a per-slot choice
 divide the width: 2, 4, 8 in stage 2 (EdgeViT uses 2 there, EdgeNeXt 4 or 8), 4, 8 later.
 Conv-encoder kernels are 3, 5, 7, 9 in every stage (EdgeNeXt grows them 3 -> 9 with depth; here
 the search decides). The largest network is V2-L's layout (FFNs, six `attn_ffn` last in stages 3
-and 4), so greedy slimming from it starts in the V2 subspace; random search and evolution draw
+and 4), so greedy slimming from it starts in the V2 subspace and leaves it only through block-type
+swaps (the action set `v2-types`, `nas.actions.type_actions`); random search and evolution draw
 and mutate every type and knob. The smallest is one `meta4d` block per stage (the type with the
 fewest weights: no depthwise conv, no attention).
 

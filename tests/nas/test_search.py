@@ -57,27 +57,31 @@ def test_v1_actions_use_importance_and_turn_meta3d_into_meta4d():
     assert names == ["metapath s2b3", "meta3d->meta4d s3b0", "width s1"]
 
 
-def test_type_actions_turn_each_stages_last_block_of_another_type_into_each_allowed_type_and_compound_along_the_stage():
+def test_type_actions_turn_each_stages_last_block_of_another_type_into_each_variant_and_compound_along_the_stage():
     space = get_space("hybrid")
     largest = space.largest()  # ffn in stages 0-1; ffn then attn_ffn in stages 2-3
-    swaps = type_actions(space, largest)
-    expected = [f"{largest.stages[s].blocks[-1].type}->{t} s{s}b{len(largest.stages[s].blocks) - 1}"
-                for s, choices in enumerate(space.stages) for t in choices.block_types
-                if t != "identity" and t != largest.stages[s].blocks[-1].type]
-    by_name = {a.name: a for a in swaps}
+    by_name = {a.name: a for a in type_actions(space, largest)}
+    assert "ffn->meta4d s0b4" in by_name and "attn_ffn->meta4d s3b9" in by_name
     # in stages 2 and 3 the last block is attn_ffn: the swap to attn_ffn takes the last ffn instead
     for s in (2, 3):
         last_ffn = max(i for i, b in enumerate(largest.stages[s].blocks) if b.type == "ffn")
         assert f"ffn->attn_ffn s{s}b{last_ffn}" in by_name
-    assert set(expected) <= set(by_name) and len(swaps) == len(expected) + 2
-    assert not any(a.name.startswith(("identity", "ffn->ffn")) for a in swaps)
-    conv = by_name["ffn->conv_encoder s1b4"].apply(largest).stages[1].blocks[4]
-    assert conv.type == "conv_encoder" and conv.expansion == largest.stages[1].blocks[4].expansion
+    # a knob the block lacks is offered at every valid choice, a knob it has is kept
+    kernels = [name for name in by_name if name.startswith("ffn->conv_encoder") and name.endswith("s1b4")]
+    assert kernels == [f"ffn->conv_encoder[kernel={k}] s1b4" for k in (3, 5, 7, 9)]
+    conv = by_name["ffn->conv_encoder[kernel=5] s1b4"].apply(largest).stages[1].blocks[4]
+    assert (conv.type, conv.kernel, conv.expansion) == ("conv_encoder", 5, largest.stages[1].blocks[4].expansion)
+    lgl = [name for name in by_name if name.startswith("ffn->lgl")]
+    assert len(lgl) == 3 * 2 and all(name.endswith("s1b4") for name in lgl)  # heads 2/4/8 x ratio 2/4, stage 2 only
+    assert not any("attn_ffn" in name.split("->")[1] for name in by_name if name.endswith(("s0b4", "s1b4")))
+    assert not any(name.split("->")[1].startswith("identity") for name in by_name)
     assert type_actions(get_space("edgevit"), get_space("edgevit").largest()) == []  # one block type per stage
-    # compounded, a swap continues with the stage's next block (from the end) to the same type
-    saving = lambda arch: sum(b.type == "meta4d" for st in arch.stages for b in st.blocks)  # noqa: E731
-    stepped = compound(space, largest, by_name["attn_ffn->meta4d s3b9"], v2_type_actions, saving, 3).apply(largest)
-    assert [b.type for b in stepped.stages[3].blocks][-4:] == ["attn_ffn", "meta4d", "meta4d", "meta4d"]
+    # compounded, a swap continues with the stage's next block (from the end) into the same variant
+    saving = lambda arch: sum(b.type == "conv_encoder" for st in arch.stages for b in st.blocks)  # noqa: E731
+    first = by_name["attn_ffn->conv_encoder[kernel=3] s3b9"]
+    assert first.group == "conv_encoder[kernel=3] s3"
+    stepped = compound(space, largest, first, v2_type_actions, saving, 3).apply(largest)
+    assert [(b.type, b.kernel) for b in stepped.stages[3].blocks][-4:] == [("attn_ffn", None)] + [("conv_encoder", 3)] * 3
 
 
 # -- greedy on a toy with analytic latency, params and accuracy -----------------------------------
