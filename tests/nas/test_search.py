@@ -150,6 +150,26 @@ def test_mes_objective_takes_the_nearly_free_expansion_cut_first():
     assert all(s.delta_params <= 0 for s in result.steps[1:])
 
 
+def test_greedy_with_block_type_swaps_buys_latency_by_a_cheaper_type_where_v2_steps_must_slim():
+    class TypedTable(ToyTable):
+        """A meta4d block costs a fifth of any other block."""
+
+        def predict(self, arch):
+            blocks = [b for st in arch.stages for b in st.blocks if not b.is_identity]
+            return super().predict(arch) - 0.008 * sum(b.type == "meta4d" for b in blocks)
+
+    hybrid = get_space("hybrid")
+    target = TypedTable().predict(hybrid.largest()) - 0.05  # five meta4d swaps, or 50 channels less
+    swapped = greedy_search(toy_problem(ToyEvaluator(), LatencyObjective(), target, table=TypedTable(), space=hybrid),
+                            actions=v2_type_actions)
+    dropped = greedy_search(toy_problem(ToyEvaluator(), LatencyObjective(), target, table=TypedTable(), space=hybrid))
+    types = lambda arch: [b.type for st in arch.stages for b in st.blocks if not b.is_identity]  # noqa: E731
+    assert "meta4d" in types(swapped.arch) and "meta4d" not in types(dropped.arch)
+    assert swapped.arch.depths == hybrid.largest().depths and swapped.arch.widths == hybrid.largest().widths
+    assert sum(dropped.arch.widths) < sum(hybrid.largest().widths)
+    assert swapped.score > dropped.score  # a swap costs the toy evaluator nothing, a channel 0.001
+
+
 def test_size_budget_and_determinism():
     run = lambda: greedy_search(toy_problem(ToyEvaluator(), LatencyObjective(), 1.0, max_params=2_000_000))
     first, second = run(), run()
