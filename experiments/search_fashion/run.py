@@ -401,8 +401,9 @@ def search_phase(config: dict[str, Any], only: str | None, target_label: str | N
     """Run every search not yet done (of one table with `only`, at the targets labelled
     `target_label` with it, of the `strategies` named with them: names under the config's
     `strategies`, e.g. its greedy runs at every target before any sampling run). Several processes
-    may run this phase at once (one per core): each takes the first job that is neither done, nor claimed by a running process, nor waiting for
-    another job's result (`experiments.study.Claim`), and waits when none is left. Jobs at targets
+    may run this phase at once (one per core): each takes the first job that is neither done, nor
+    claimed by a running process, nor waiting for another job's result (`experiments.study.Claim`),
+    and waits when none is left. Jobs at targets
     left out are not waited for: a greedy run then starts without its shallower target's path in
     the score cache (the same result, more evaluations computed)."""
     space = get_space(config["space"])
@@ -518,6 +519,13 @@ def comparisons(config: dict[str, Any]) -> list[dict[str, Any]]:
     return compared
 
 
+def found_role(config: dict[str, Any], found: dict[str, Any]) -> str:
+    """The name a target's best pick on val is trained under: its run's when `standalone.also_train`
+    names that run (it was trained under that name as soon as its own search finished, and is the
+    same network), else `found`."""
+    return found["run"] if found["run"] in config["standalone"].get("also_train", []) else "found"
+
+
 def recipe_of(config: dict[str, Any], seed: int) -> StandaloneRecipe:
     settings = {key: value for key, value in config["standalone"].items() if key not in ("seeds", "also_train")}
     return StandaloneRecipe(**settings, seed=seed)
@@ -533,7 +541,7 @@ def standalone_jobs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], i
         prefix = f"{comparison['table']}_{comparison['target']}"
         networks = [(pick["run"], pick["arch"]) for pick in comparison["also"]] + [("reference", comparison["reference_arch"])]
         if comparison["found"] is not None:
-            networks.insert(0, ("found", comparison["found"]["arch"]))
+            networks.insert(0, (found_role(config, comparison["found"]), comparison["found"]["arch"]))
         for role, arch in networks:
             jobs += [(f"{prefix}_{role}", arch, int(seed)) for seed in config["standalone"]["seeds"]]
     return jobs
@@ -712,7 +720,8 @@ def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
     for comparison in comparisons(config):
         prefix = f"{comparison['table']}_{comparison['target']}"
         reference = runs.get(f"{prefix}_reference", {})
-        picks = [("found", comparison["found"], "best on val")] if comparison["found"] is not None else []
+        picks = ([(found_role(config, comparison["found"]), comparison["found"], "best on val")]
+                 if comparison["found"] is not None else [])
         picks += [(pick["run"], pick, "also_train") for pick in comparison["also"]]
         for role, pick, selected in picks:
             found = runs.get(f"{prefix}_{role}", {})

@@ -179,7 +179,7 @@ def test_references_train_from_the_start_and_a_found_network_once_its_target_is_
     assert len(study.standalone_jobs(config)) == (4 + len(named)) * seeds
 
 
-def test_a_pick_named_in_also_train_is_trained_once_its_search_finished_and_not_twice_if_it_is_the_best(tmp_path):
+def test_a_pick_named_in_also_train_is_trained_once_its_search_finished_and_once_only_if_it_is_the_best(tmp_path):
     config = _config(tmp_path)
     config["standalone"]["also_train"] = ["greedy_mes", "random_seed1"]
     target = next(t for t in _targets(config) if t.label == "1.6ms")
@@ -192,7 +192,11 @@ def test_a_pick_named_in_also_train_is_trained_once_its_search_finished_and_not_
         if run != "greedy_mes":
             _finish(config, target, run, 99.0 if run == "random_seed1" else 80.0 + index / 100)
     names = [name for name, _, _ in study.standalone_jobs(config) if name.startswith("iphone12_1.6ms")]
-    # random_seed1 is the best pick on val: trained as `found`, not a second time under its run name
+    # random_seed1 is the best pick on val and named in also_train: trained once, under its run name
+    # (greedy_mes, trained as soon as its search finished, would otherwise be trained again as `found`)
+    assert sorted(set(names)) == ["iphone12_1.6ms_greedy_mes", "iphone12_1.6ms_random_seed1", "iphone12_1.6ms_reference"]
+    config["standalone"]["also_train"] = ["greedy_mes"]
+    names = [name for name, _, _ in study.standalone_jobs(config) if name.startswith("iphone12_1.6ms")]
     assert sorted(set(names)) == ["iphone12_1.6ms_found", "iphone12_1.6ms_greedy_mes", "iphone12_1.6ms_reference"]
     assert study.recipe_of(config, 0) == study.recipe_of(study.load_config(CONFIG), 0)  # not a recipe field
 
