@@ -126,13 +126,7 @@ def _type_variants(space: SearchSpace, stage_index: int, width: int, block: Bloc
     """`block` as `type_name`, one per combination of the knobs it cannot keep (the type's knobs
     the block lacks or holds an invalid value of), each named `type[knob=value,...]` (just `type`
     when every knob is kept)."""
-    choices, kept, free = space.stages[stage_index], {}, {}
-    for knob in space.block_type(type_name).knobs():
-        valid = space.knob_choices(choices, width, knob)
-        if getattr(block, knob) in valid:
-            kept[knob] = getattr(block, knob)
-        else:
-            free[knob] = valid
+    kept, free = _knobs_as_type(space, stage_index, width, block, type_name)
     variants = []
     for values in itertools.product(*free.values()):
         chosen = dict(zip(free, values, strict=True))
@@ -240,14 +234,25 @@ def compound(space: SearchSpace, arch: Architecture, action: Action, actions: "A
     return Action(name, "; ".join(part.description for part in parts), apply, action.group)
 
 
+def _knobs_as_type(space: SearchSpace, stage_index: int, width: int, block: Block,
+                   type_name: str) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """`type_name`'s knobs split into those `block` keeps (it has them with a valid value) and the
+    others, with their valid choices at `width`."""
+    choices, kept, free = space.stages[stage_index], {}, {}
+    for knob in space.block_type(type_name).knobs():
+        valid = space.knob_choices(choices, width, knob)
+        if getattr(block, knob) in valid:
+            kept[knob] = getattr(block, knob)
+        else:
+            free[knob] = valid
+    return kept, free
+
+
 def _as_type(space: SearchSpace, stage_index: int, width: int, block: Block, type_name: str) -> Block:
     """`block` turned into `type_name`, keeping its knobs (expansion, heads, kernel, sample ratio)
     where the new type has them and they are valid, else taking the largest choice."""
-    choices, knobs = space.stages[stage_index], {}
-    for knob in space.block_type(type_name).knobs():
-        valid = space.knob_choices(choices, width, knob)
-        knobs[knob] = getattr(block, knob) if getattr(block, knob) in valid else max(valid)
-    return Block(type_name, **knobs)
+    kept, free = _knobs_as_type(space, stage_index, width, block, type_name)
+    return Block(type_name, **kept, **{knob: max(valid) for knob, valid in free.items()})
 
 
 def supports_v1_actions(space: SearchSpace) -> bool:
