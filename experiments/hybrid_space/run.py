@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(which are set for training beside other processes; threads change no result)")
     args = parser.parse_args(argv)
     if args.threads is not None and not 1 <= args.threads <= 256:
-        parser.error(f"--threads: an integer from 1 to 256, got {args.threads}")
+        raise SystemExit(f"--threads: an integer from 1 to 256, got {args.threads}")
     config = load_config(args.config)
     for phase in PHASES if args.phase == "all" else (args.phase,):
         if phase == "supernet":

@@ -136,3 +136,10 @@ def test_the_supernet_phase_trains_the_hybrid_space_with_the_ranking_recipe(tmp_
     training = json.loads((tmp_path / "results" / "supernet_training.json").read_text())
     assert training["config"]["space"] == "hybrid" and training["config"]["lr"] == recipe["supernet"]["lr"]
     assert (tmp_path / "checkpoints" / "supernet.pt").is_file()
+
+
+def test_threads_out_of_range_is_one_line_and_exit_2(tmp_path, capsys):
+    path = _write(tmp_path / "study.yaml", _study_config(tmp_path))
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "supernet", "--threads", "0"])) == 2
+    assert capsys.readouterr().err.strip() == "--threads: an integer from 1 to 256, got 0"
+    assert not (tmp_path / "checkpoints").exists()
