@@ -23,7 +23,9 @@ Nothing of the two earlier studies is written again here; this runner composes t
    host, and on `iphone12` the two tables agree exactly). At each target, the front's network is
    the pick of the highest **val** accuracy within the target (a decision, so made on val), and its
    test accuracy is what is compared. Then the block types the hybrid picks use per stage, per
-   table, and how far the two devices' choices differ (total variation distance per stage).
+   table, and how far the two devices' choices differ (total variation distance per stage); and
+   what each block type costs in place of an `ffn` per stage on each table (`type_prices`), the
+   device's side of that question, which no supernet colours.
 
 Outputs (under `results`): supernet_training.json, the search study's files (searches/,
 rescored.json, standalone/, results.json, results.csv, search_<table>.png), comparison.json and
@@ -47,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from nas.actions import type_actions  # noqa: E402
 from search_spaces import Architecture, ArchitectureError, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic  # noqa: E402
 
@@ -137,6 +140,23 @@ def block_types(picks: list[Pick]) -> list[dict[str, float]]:
     return shares
 
 
+def type_prices(predictor) -> list[dict[str, float]]:
+    """Per stage, what each block type (each variant: kernel, heads x sample ratio) costs in place of
+    a V2 `ffn` block, in percent of the largest network's latency on `predictor`'s table: the
+    stage's last block of the largest network swapped to it (`nas.actions.type_actions`, the swaps
+    greedy screens), less the same swap to `ffn`. A price of the table, not of any search: what a
+    slimming search weighs against accuracy at its first step."""
+    space = get_space(SPACE)
+    largest = space.largest()
+    base = float(predictor.predict(largest))
+    prices: list[dict[str, float]] = [{largest.stages[s].blocks[-1].type: 0.0} for s in range(len(space.stages))]
+    for action in type_actions(space, largest):
+        stage, swapped = int(action.group.rsplit(" s", 1)[1]), action.apply(largest)
+        if swapped.stages[stage].blocks[:-1] == largest.stages[stage].blocks[:-1]:  # not a swap of an earlier block
+            prices[stage][action.group.rsplit(" ", 1)[0]] = float(predictor.predict(swapped)) - base
+    return [{name: round(100 * (delta - stage["ffn"]) / base, 3) for name, delta in stage.items()} for stage in prices]
+
+
 def total_variation(first: dict[str, float], second: dict[str, float]) -> float:
     return round(0.5 * sum(abs(first.get(name, 0.0) - second.get(name, 0.0)) for name in set(first) | set(second)), 4)
 
@@ -206,7 +226,7 @@ def compare_table(table: str, predictor, search: dict[str, Any], rivals: dict[st
     plot_fronts(table, ours, theirs, rows, results / f"fronts_{table}.png")
     fronts = [pick for pick in (front_at(ours, row["target_ms"]) for row in rows) if pick is not None]
     return {"targets": rows, "picks": len(ours), "block_types_per_stage": block_types(ours),
-            "front_block_types_per_stage": block_types(fronts)}
+            "front_block_types_per_stage": block_types(fronts), "type_price_vs_ffn_percent_per_stage": type_prices(predictor)}
 
 
 def compare_phase(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from experiments.hybrid_space import run as study
 from experiments.search_fashion import run as search_study
 from experiments.study import exit_code_of
 from lut import get_device
-from search_spaces import get_space
+from search_spaces import Block, Stage, get_space
 from tests.supernet.test_data import make_fashion_mnist
 
 
@@ -143,3 +143,27 @@ def test_threads_out_of_range_is_one_line_and_exit_2(tmp_path, capsys):
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "supernet", "--threads", "0"])) == 2
     assert capsys.readouterr().err.strip() == "--threads: an integer from 1 to 256, got 0"
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_type_prices_cost_each_allowed_type_in_place_of_the_stages_last_block_against_ffn():
+    hybrid = get_space("hybrid")
+    predictor = get_device("iphone12").default_table(hybrid)
+    prices = study.type_prices(predictor)
+    largest = hybrid.largest()
+    base = float(predictor.predict(largest))
+    assert len(prices) == len(hybrid.stages)
+    for index, (stage, choices) in enumerate(zip(prices, hybrid.stages, strict=True)):
+        assert stage["ffn"] == 0.0
+        assert {name.split("[")[0] for name in stage} == set(choices.block_types)
+        last = largest.stages[index]
+
+        def swapped(type_name: str, last=last, index=index) -> float:
+            blocks = (*last.blocks[:-1], Block(type_name, expansion=last.blocks[-1].expansion))
+            return float(predictor.predict(hybrid.validate(largest.replace_stage(index, Stage(last.width, blocks)))))
+
+        ffn_ms, meta4d_ms = swapped("ffn"), swapped("meta4d")
+        assert stage["meta4d"] == pytest.approx(100 * (meta4d_ms - ffn_ms) / base, abs=1e-3)
+        # the last block's own type is priced as it stands, not by a swap of an earlier block
+        assert stage[last.blocks[-1].type] == pytest.approx(100 * (base - ffn_ms) / base, abs=1e-3)
+    assert "attn_ffn" not in prices[0]  # no global attention at 1/4 resolution
+    assert largest.stages[2].blocks[-1].type == "attn_ffn" and prices[2]["attn_ffn"] > 0
