@@ -5,6 +5,7 @@
     python experiments/hybrid_space/run.py --phase rescore      # every pick on the test split
     python experiments/hybrid_space/run.py --phase standalone   # one process per core
     python experiments/hybrid_space/run.py --phase evaluate     # the search study's tables and verdicts
+    python experiments/hybrid_space/run.py --phase fronts       # each front's network trained standalone
     python experiments/hybrid_space/run.py --phase compare      # hybrid vs single-family fronts, block types
     python experiments/hybrid_space/run.py --phase all
 
@@ -17,7 +18,11 @@ Nothing of the two earlier studies is written again here; this runner composes t
 2. search, rescore, standalone, evaluate: `experiments/search_fashion/run.py` on the config named
    by `search` (the search study's own format, with `space: hybrid` and this supernet): the same
    targets, strategies, budgets, test-split re-scoring and standalone verdicts as the V2 study.
-3. compare: per table, the hybrid picks against the picks of every single-family study in
+3. fronts: the network of every study's front at every target (below) trained from scratch with the
+   hybrid search config's standalone recipe at each of its seeds, unless a training of the same
+   layers with the same recipe and seed is already in one of the studies' `standalone/` folders (a
+   V2 network trains the same under either space's name). Several processes may run it at once.
+4. compare: per table, the hybrid picks against the picks of every single-family study in
    `compare_with`, each of their picks priced again with the hybrid study's table (a V2 network is
    a network of this space, so on `ort-cpu` both sides are priced by one table measured on one
    host, and on `iphone12` the two tables agree exactly). At each target, the front's network is
@@ -25,17 +30,21 @@ Nothing of the two earlier studies is written again here; this runner composes t
    test accuracy is what is compared. Then the block types the hybrid picks use per stage, per
    table, and how far the two devices' choices differ (total variation distance per stage); and
    what each block type costs in place of an `ffn` per stage on each table (`type_prices`), the
-   device's side of that question, which no supernet colours.
+   device's side of that question, which no supernet colours. Trained standalone, each front's mean
+   test accuracy over seeds, hybrid minus rival against twice its standard error (the recipe's
+   one-run spread pooled over every network trained with it that the studies hold).
 
 Outputs (under `results`): supernet_training.json, the search study's files (searches/,
-rescored.json, standalone/, results.json, results.csv, search_<table>.png), comparison.json and
-fronts_<table>.png.
+rescored.json, standalone/, results.json, results.csv, search_<table>.png), standalone_fronts/,
+comparison.json and fronts_<table>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import sys
 from collections import Counter
@@ -55,10 +64,13 @@ from search_spaces.files import write_bytes_atomic  # noqa: E402
 
 import experiments.search_fashion.run as search_study  # noqa: E402
 import experiments.supernet_ranking.run as ranking_study  # noqa: E402
-from experiments.study import exit_code_of, load_settings, log, png_bytes, read_json, write_json  # noqa: E402
+from experiments.study import Claim, exit_code_of, load_settings, log, png_bytes, read_json, write_json  # noqa: E402
+from supernet.data import load_data  # noqa: E402
+from supernet.standalone import train_standalone  # noqa: E402
 
 SPACE = "hybrid"
-PHASES = ("supernet", *search_study.PHASES, "compare")
+PHASES = ("supernet", *search_study.PHASES, "fronts", "compare")
+FRONTS = "standalone_fronts"  # under `results`: the fronts' standalone trainings
 KEYS = ("recipe", "checkpoints", "results", "searches")
 
 
@@ -161,86 +173,160 @@ def total_variation(first: dict[str, float], second: dict[str, float]) -> float:
     return round(0.5 * sum(abs(first.get(name, 0.0) - second.get(name, 0.0)) for name in set(first) | set(second)), 4)
 
 
-def standalone_fronts(studies: dict[str, dict[str, Any]], table: str) -> dict[str, dict[str, Any]]:
-    """Per target label of `table`, per study: of its picks trained standalone at that target (the
-    val-best pick once every search there finished, `also_train` picks once theirs did), the one of
-    the highest val accuracy (a decision, so on val), with its test accuracy per seed and the
-    study's one-run spread."""
-    fronts: dict[str, dict[str, Any]] = {}
-    for label, study in studies.items():
-        val = {(r["target"], r["run"]): float(r["pick"]["val_accuracy"])
-               for r in search_study.search_results(study) if r["table"] == table}
-        verdicts = search_study.standalone_verdicts(study)
-        for compared in verdicts["comparisons"]:
-            key = (compared["target"], compared["found_run"])
-            if compared["table"] != table or key not in val:
-                continue
-            held = fronts.setdefault(compared["target"], {}).get(label)
-            if held is not None and held["val_accuracy"] >= val[key]:
-                continue
-            seeds = {str(seed): round(value, 4) for seed, value in compared["found_test"].items()}
-            fronts[compared["target"]][label] = {
-                "run": compared["found_run"], "selected": compared["selected"], "val_accuracy": val[key],
-                "test_by_seed": seeds, "mean": round(float(np.mean(list(seeds.values()))), 4),
-                "one_run_std_points": verdicts["one_run_std_points"]}
-    return fronts
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One table of one `searches` entry: its predictor, its targets, and every study's picks
+    priced by that table (the hybrid study's first)."""
+
+    table: str
+    predictor: Any
+    targets: list
+    picks: dict[str, list[Pick]]
+    search: dict[str, Any]  # the hybrid search-study config: its standalone recipe trains the fronts
+    studies: dict[str, dict[str, Any]]  # label -> search-study config, the hybrid study's first
 
 
-def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
-    """Hybrid minus rival in mean standalone test accuracy, against twice its standard error (each
-    study's one-run spread over its own number of seeds), as the search study judges found vs reference."""
+def comparisons_of(config: dict[str, Any]) -> list[Comparison]:
+    """Every table of every `searches` entry, with the picks of the hybrid study and its rivals."""
+    space = get_space(SPACE)
+    found = []
+    for entry in config["searches"]:
+        search = search_study.load_config(ROOT / entry["search"])
+        studies = {SPACE: search, **{label: search_study.load_config(ROOT / other)
+                                     for label, other in entry["compare_with"].items()}}
+        tables = search_study.tables_of(search, space)
+        targets = search_study.targets_of(search, space, tables)
+        for table, predictor in tables.items():
+            picks = {label: picks_of(label, study, table, predictor) for label, study in studies.items()}
+            found.append(Comparison(table, predictor, [t for t in targets if t.table == table], picks, search, studies))
+    return found
+
+
+def front_jobs(config: dict[str, Any]) -> list[tuple[Comparison, Any, str, Pick]]:
+    """(comparison, target, study label, front pick) for every study's front at every target."""
+    return [(comparison, target, label, pick) for comparison in comparisons_of(config) for target in comparison.targets
+            for label, picks in comparison.picks.items() if (pick := front_at(picks, target.latency_ms)) is not None]
+
+
+def trainings(comparison: Comparison, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every standalone training result the comparison can use: the studies' `standalone/`
+    folders and this study's fronts folder."""
+    folders = [search_study.results_of(study) / "standalone" for study in comparison.studies.values()]
+    folders.append(ROOT / config["results"] / FRONTS)
+    return [read_json(path) for folder in folders if folder.is_dir() for path in sorted(folder.glob("*.json"))]
+
+
+def _recipe_text(recipe: dict[str, Any]) -> str:
+    return json.dumps(recipe, sort_keys=True)
+
+
+def trained_test(done: list[dict[str, Any]], arch: Architecture, recipes: dict[int, Any]) -> dict[int, float]:
+    """Per seed, the test accuracy (%) of `arch` trained with `recipes[seed]`, where `done` holds it."""
+    wanted = {_recipe_text(json.loads(json.dumps(dataclasses.asdict(recipe)))): seed for seed, recipe in recipes.items()}
+    layers = search_study.layers_key(arch.to_dict())
+    return {wanted[_recipe_text(result["recipe"])]: 100 * float(result["accuracy"]["test"]) for result in done
+            if _recipe_text(result["recipe"]) in wanted and search_study.layers_key(result["arch"]) == layers}
+
+
+def one_run_spread(done: list[dict[str, Any]]) -> float | None:
+    """The recipe's one-run standard deviation in points, from the differences between the seeds
+    of every network trained more than once in `done` (a recipe apart from its seed is one group)."""
+    groups: dict[tuple[str, str], dict[int, float]] = {}
+    for result in done:
+        recipe = dict(result["recipe"])
+        seed = recipe.pop("seed")
+        group = groups.setdefault((search_study.layers_key(result["arch"]), _recipe_text(recipe)), {})
+        group[seed] = 100 * float(result["accuracy"]["test"])
+    differences = [values[a] - values[b] for values in groups.values()
+                   for a, b in zip(sorted(values), sorted(values)[1:], strict=False)]
+    return float(np.sqrt(np.mean(np.square(differences)) / 2)) if differences else None
+
+
+def fronts_phase(config: dict[str, Any]) -> None:
+    """Train the network of every front (`front_jobs`) at each seed of the hybrid search config's
+    recipe, unless `trainings` already holds it; processes share the jobs through claim files."""
+    bundles: dict[tuple[str, int], Any] = {}
+    for comparison, target, label, pick in front_jobs(config):
+        search = comparison.search
+        for seed in (int(seed) for seed in search["standalone"]["seeds"]):
+            recipe = search_study.recipe_of(search, seed)
+            if trained_test(trainings(comparison, config), pick.arch, {seed: recipe}):
+                continue
+            name = f"{hashlib.sha256(search_study.layers_key(pick.arch.to_dict()).encode()).hexdigest()[:12]}_seed{seed}"
+            with Claim(ROOT / search["runs"] / "claims" / FRONTS / f"{name}.pid") as mine:
+                if not mine:
+                    continue
+                data = (search["data"], search_study.get_resolution(search))
+                if data not in bundles:
+                    bundles[data] = load_data(*data)
+                log(f"fronts {comparison.table} {target.label} {label} ({pick.run}) seed {seed}: training")
+                checkpoint = ROOT / search["runs"] / FRONTS / f"{name}.pt"
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                result = train_standalone(pick.arch, bundles[data], recipe, checkpoint, label=f"{label} {target.label}")
+                write_json(ROOT / config["results"] / FRONTS / f"{name}.json",
+                           {"name": name, "study": label, "run": pick.run, "table": comparison.table, "target": target.label,
+                            "seed": seed, "arch": pick.arch.to_dict(), "recipe": dataclasses.asdict(recipe),
+                            **result.to_dict()})
+                log(f"fronts {comparison.table} {target.label} {label} seed {seed}: test {100 * result.accuracy['test']:.2f}%")
+
+
+def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], spread_points: float | None) -> dict[str, Any]:
+    """Hybrid minus rival in mean standalone test accuracy, against twice its standard error (the
+    recipe's one-run spread over each side's number of seeds), as the search study judges found vs
+    reference."""
     difference = ours["mean"] - theirs["mean"]
-    spreads = (ours["one_run_std_points"], theirs["one_run_std_points"])
-    error = None if None in spreads else math.sqrt(spreads[0] ** 2 / len(ours["test_by_seed"])
-                                                   + spreads[1] ** 2 / len(theirs["test_by_seed"]))
+    error = None if spread_points is None else spread_points * math.sqrt(1 / len(ours["test_by_seed"])
+                                                                         + 1 / len(theirs["test_by_seed"]))
     verdict = ("unknown spread" if error is None else "hybrid better" if difference > 2 * error
                else "hybrid worse" if difference < -2 * error else "tie within the seed spread")
     return {"difference_points": round(difference, 3), "standard_error_points": None if error is None else round(error, 3),
             "verdict": verdict}
 
 
-def compare_table(table: str, predictor, search: dict[str, Any], rivals: dict[str, dict[str, Any]],
-                  targets: list, results: Path) -> dict[str, Any]:
+def compare_table(comparison: Comparison, config: dict[str, Any], results: Path) -> dict[str, Any]:
     """One table: the fronts at its targets (in the supernets and, where trained, standalone), the
-    hybrid picks' block types, the plot."""
-    ours = picks_of(SPACE, search, table, predictor)
-    theirs = {label: picks_of(label, study, table, predictor) for label, study in rivals.items()}
-    trained = standalone_fronts({SPACE: search, **rivals}, table)
+    hybrid picks' block types, the block types' prices, the plot."""
+    ours = comparison.picks[SPACE]
+    rivals = [label for label in comparison.picks if label != SPACE]
+    done = trainings(comparison, config)
+    spread_points = one_run_spread(done)
+    seeds = [int(seed) for seed in comparison.search["standalone"]["seeds"]]
+    recipes = {seed: search_study.recipe_of(comparison.search, seed) for seed in seeds}
     rows = []
-    for target in targets:
+    for target in comparison.targets:
         row: dict[str, Any] = {"target": target.label, "target_ms": target.latency_ms}
-        for label, picks in {SPACE: ours, **theirs}.items():
+        standalone: dict[str, Any] = {}
+        for label, picks in comparison.picks.items():
             best = front_at(picks, target.latency_ms)
             row[label] = None if best is None else {
                 "run": best.run, "latency_ms": round(best.latency_ms, 5), "val_accuracy": round(best.val_accuracy, 4),
                 "test_accuracy": None if best.test_accuracy is None else round(best.test_accuracy, 4)}
+            tests = {} if best is None else trained_test(done, best.arch, recipes)
+            if tests:
+                standalone[label] = {"run": best.run, "mean": round(float(np.mean(list(tests.values()))), 4),
+                                     "test_by_seed": {str(seed): round(tests[seed], 4) for seed in sorted(tests)}}
         mine = row[SPACE]
         row["hybrid_at_least_as_good"] = {
             label: None if mine is None or row[label] is None or None in (mine["test_accuracy"], row[label]["test_accuracy"])
-            else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in theirs}
-        standalone = trained.get(target.label, {})
+            else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in rivals}
         row["standalone"] = {**standalone, "hybrid_vs": {
-            label: standalone_verdict(standalone[SPACE], standalone[label]) for label in theirs
+            label: standalone_verdict(standalone[SPACE], standalone[label], spread_points) for label in rivals
             if SPACE in standalone and label in standalone}}
         rows.append(row)
-    plot_fronts(table, ours, theirs, rows, results / f"fronts_{table}.png")
+    plot_fronts(comparison.table, ours, {label: comparison.picks[label] for label in rivals}, rows,
+                results / f"fronts_{comparison.table}.png")
     fronts = [pick for pick in (front_at(ours, row["target_ms"]) for row in rows) if pick is not None]
-    return {"targets": rows, "picks": len(ours), "block_types_per_stage": block_types(ours),
-            "front_block_types_per_stage": block_types(fronts), "type_price_vs_ffn_percent_per_stage": type_prices(predictor)}
+    return {"targets": rows, "picks": len(ours),
+            "standalone_one_run_std_points": None if spread_points is None else round(spread_points, 3),
+            "block_types_per_stage": block_types(ours), "front_block_types_per_stage": block_types(fronts),
+            "type_price_vs_ffn_percent_per_stage": type_prices(comparison.predictor)}
 
 
 def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
-    space = get_space(SPACE)
     results = ROOT / config["results"]
     report: dict[str, Any] = {"study": "hybrid_space", "config": config, "tables": {}}
-    for entry in config["searches"]:
-        search = search_study.load_config(ROOT / entry["search"])
-        tables = search_study.tables_of(search, space)
-        targets = search_study.targets_of(search, space, tables)
-        rivals = {label: search_study.load_config(ROOT / other) for label, other in entry["compare_with"].items()}
-        for table, predictor in tables.items():
-            report["tables"][table] = compare_table(table, predictor, search, rivals,
-                                                    [t for t in targets if t.table == table], results)
+    for comparison in comparisons_of(config):
+        report["tables"][comparison.table] = compare_table(comparison, config, results)
     names = list(report["tables"])
     if len(names) == 2:  # do the two devices pick differently? (the papers say they should)
         first, second = (report["tables"][name]["block_types_per_stage"] for name in names)
@@ -315,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             ranking_study.train_supernet(training)
         elif phase == "compare":
             compare_phase(config)
+        elif phase == "fronts":
+            torch.set_num_threads(args.threads or 1)
+            fronts_phase(config)
         else:
             for entry in config["searches"]:
                 search_study.main(["--config", str(ROOT / entry["search"]), "--phase", phase])

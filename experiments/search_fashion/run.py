@@ -554,11 +554,13 @@ def trained(path: Path, arch: dict[str, Any], recipe: StandaloneRecipe) -> bool:
     if not path.is_file():
         return False
     done = read_json(path)
+    return layers_key(done["arch"]) == layers_key(arch) and done["recipe"] == json.loads(json.dumps(dataclasses.asdict(recipe)))
 
-    def layers(text: dict[str, Any]) -> str:
-        return json.dumps(Architecture.from_dict(text).to_dict()["stages"], sort_keys=True)
 
-    return layers(done["arch"]) == layers(arch) and done["recipe"] == json.loads(json.dumps(dataclasses.asdict(recipe)))
+def layers_key(arch: dict[str, Any]) -> str:
+    """An architecture's blocks and widths as text: what training it depends on (not its space's
+    name, resolution or classes, which training sets to the data's)."""
+    return json.dumps(Architecture.from_dict(arch).to_dict()["stages"], sort_keys=True)
 
 
 def standalone_phase(config: dict[str, Any]) -> None:

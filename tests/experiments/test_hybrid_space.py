@@ -1,7 +1,8 @@
 """The hybrid study's runner (`experiments/hybrid_space/run.py`): its config refusals, the supernet
 phase on tiny Fashion-MNIST-shaped files (the ranking study's recipe, this space), and the
 comparison on hand-made search results: every pick priced by the hybrid table, fronts chosen on
-val, block types counted per stage."""
+val, each front's network trained standalone once (a training any study already holds is reused),
+block types counted and priced per stage."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from experiments.search_fashion import run as search_study
 from experiments.study import exit_code_of
 from lut import get_device
 from search_spaces import Block, Stage, get_space
+from supernet.standalone import StandaloneResult
 from tests.supernet.test_data import make_fashion_mnist
 
 
@@ -29,6 +31,7 @@ def _search_configs(tmp_path) -> tuple:
     hybrid = search_study.load_config(study.HERE / "search_iphone12.yaml")
     hybrid["results"] = str(tmp_path / "hybrid")
     hybrid["supernet"] = str(tmp_path / "checkpoints" / "supernet.pt")
+    hybrid["runs"] = str(tmp_path / "runs")
     v2 = search_study.load_config(search_study.HERE / "config.yaml")
     v2["results"] = str(tmp_path / "v2")
     return _write(tmp_path / "hybrid.yaml", hybrid), _write(tmp_path / "v2.yaml", v2)
@@ -79,8 +82,8 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     _pick(hybrid_config, "0.9ms", 0.9, "random_seed0", hybrid.smallest(), 70.0, 79.0)
     _pick(hybrid_config, "0.9ms", 0.9, "greedy_mes_types", mixed, 80.0, 78.0)
     _pick(v2_config, "0.9ms", 0.9, "greedy_mes_steps_plain", v2.smallest(), 75.0, 77.0)
-    # standalone: each side's also_train pick at 0.9 ms (the val-best pick is trained only once every
-    # search at the target finished), and S0 (a pick is judged with its reference)
+    # standalone, in the studies' own folders: each side's front at 0.9 ms and S0 (a training of the
+    # same layers and recipe counts wherever it was made, under either space's name)
     _trained(hybrid_config, "0.9ms", "greedy_mes_types", mixed, (83.0, 82.0))
     _trained(v2_config, "0.9ms", "greedy_mes_steps_plain", v2.smallest(), (80.0, 79.0))
     for config_path, space in ((hybrid_config, hybrid), (v2_config, v2)):
@@ -100,7 +103,8 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     assert standalone["efficientformer_v2"]["mean"] == pytest.approx(79.5)
     verdict = standalone["hybrid_vs"]["efficientformer_v2"]  # one-run spreads 0.707 on both sides: SE 0.707
     assert verdict == {"difference_points": 3.0, "standard_error_points": 0.707, "verdict": "hybrid better"}
-    assert rows["1.1ms"]["standalone"] == {"hybrid_vs": {}}
+    assert rows["1.1ms"]["standalone"] == standalone  # the val-best picks within 1.1 ms are the same networks
+    assert report["tables"]["iphone12"]["standalone_one_run_std_points"] == 0.707
     stage1 = report["tables"]["iphone12"]["block_types_per_stage"][0]
     assert set(stage1) <= {"meta4d", "ffn"} and stage1["meta4d"] > 0.5
     assert (tmp_path / "results" / "fronts_iphone12.png").is_file()
@@ -167,3 +171,38 @@ def test_type_prices_cost_each_allowed_type_in_place_of_the_stages_last_block_ag
         assert stage[last.blocks[-1].type] == pytest.approx(100 * (base - ffn_ms) / base, abs=1e-3)
     assert "attn_ffn" not in prices[0]  # no global attention at 1/4 resolution
     assert largest.stages[2].blocks[-1].type == "attn_ffn" and prices[2]["attn_ffn"] > 0
+
+
+def test_the_fronts_phase_trains_each_fronts_network_once_and_reuses_any_studys_training(tmp_path, monkeypatch):
+    config = _study_config(tmp_path)
+    path = _write(tmp_path / "study.yaml", config)
+    hybrid_config, v2_config = config["searches"][0]["search"], config["searches"][0]["compare_with"]["efficientformer_v2"]
+    v2, hybrid = get_space("efficientformer_v2"), get_space("hybrid")
+    _pick(hybrid_config, "1.6ms", 1.6, "greedy_mes_types", hybrid.reference("s1"), 81.0, 80.0)
+    _pick(hybrid_config, "0.9ms", 0.9, "greedy_mes_types", hybrid.smallest(), 70.0, 69.0)
+    _pick(v2_config, "0.9ms", 0.9, "greedy_mes_steps_plain", v2.smallest(), 75.0, 77.0)
+    _trained(v2_config, "0.9ms", "found", v2.smallest(), (80.0, 79.0))  # V2's front: trained already
+    _trained(hybrid_config, "0.9ms", "reference", hybrid.smallest(), (71.0,))  # seed 0 only
+    trained = []
+
+    def train_standalone(arch, bundle, recipe, checkpoint, label=""):
+        trained.append((search_study.arch_key(arch), recipe.seed))
+        return StandaloneResult(arch, {"train": 0.9, "val": 0.8, "test": 0.8 + recipe.seed / 100}, 1, recipe.epochs, 0, 1.0, ())
+
+    monkeypatch.setattr(study, "train_standalone", train_standalone)
+    monkeypatch.setattr(study, "load_data", lambda data, resolution: None)
+    monkeypatch.setattr(search_study, "get_resolution", lambda search: 64)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "fronts"])) == 0
+    # hybrid: S1 (the front at 1.6 ms) at both seeds, its smallest (0.9 and 1.1 ms) at seed 1 only; V2: nothing
+    assert sorted(trained) == sorted([(search_study.arch_key(hybrid.reference("s1")), 0),
+                                      (search_study.arch_key(hybrid.reference("s1")), 1),
+                                      (search_study.arch_key(hybrid.smallest()), 1)])
+    assert len(list((tmp_path / "results" / study.FRONTS).glob("*.json"))) == 3
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "fronts"])) == 0
+    assert len(trained) == 3  # a second run trains nothing again
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 0
+    rows = {row["target"]: row for row in json.loads((tmp_path / "results" / "comparison.json").read_text())
+            ["tables"]["iphone12"]["targets"]}
+    assert rows["1.6ms"]["standalone"]["hybrid"] == {"run": "greedy_mes_types", "mean": 80.5,
+                                                     "test_by_seed": {"0": 80.0, "1": 81.0}}
+    assert rows["0.9ms"]["standalone"]["hybrid"]["test_by_seed"] == {"0": 71.0, "1": 81.0}
