@@ -28,7 +28,9 @@ Nothing of the two earlier studies is written again here; this runner composes t
    host, and on `iphone12` the two tables agree exactly). At each target, the front's network is
    the pick of the highest **val** accuracy within the target (a decision, so made on val), and its
    test accuracy is what is compared. Then the block types the hybrid picks use per stage, per
-   table, and how far the two devices' choices differ (total variation distance per stage); and
+   table (all picks, the fronts, and greedy's alone: greedy's steps are priced by the table, the
+   sampling strategies' picks mostly by the supernet), and how far the two devices' choices differ
+   (total variation distance per stage, over all picks and over greedy's); and
    what each block type costs in place of an `ffn` per stage on each table (`type_prices`), the
    device's side of that question, which no supernet colours. Trained standalone, each front's mean
    test accuracy over seeds, hybrid minus rival against twice its standard error (the recipe's
@@ -316,9 +318,12 @@ def compare_table(comparison: Comparison, config: dict[str, Any], results: Path)
     plot_fronts(comparison.table, ours, {label: comparison.picks[label] for label in rivals}, rows,
                 results / f"fronts_{comparison.table}.png")
     fronts = [pick for pick in (front_at(ours, row["target_ms"]) for row in rows) if pick is not None]
+    strategies = comparison.search["strategies"]
+    greedy = [pick for pick in ours if strategies.get(pick.run, {}).get("strategy") == "greedy"]  # priced by the table
     return {"targets": rows, "picks": len(ours),
             "standalone_one_run_std_points": None if spread_points is None else round(spread_points, 3),
             "block_types_per_stage": block_types(ours), "front_block_types_per_stage": block_types(fronts),
+            "greedy_block_types_per_stage": block_types(greedy),
             "type_price_vs_ffn_percent_per_stage": type_prices(comparison.predictor)}
 
 
@@ -329,9 +334,12 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
         report["tables"][comparison.table] = compare_table(comparison, config, results)
     names = list(report["tables"])
     if len(names) == 2:  # do the two devices pick differently? (the papers say they should)
-        first, second = (report["tables"][name]["block_types_per_stage"] for name in names)
-        report["device_difference"] = {"tables": names, "total_variation_per_stage": [
-            total_variation(a, b) for a, b in zip(first, second, strict=True)]}
+        report["device_difference"] = {"tables": names}
+        for picks, key in (("block_types_per_stage", "total_variation_per_stage"),
+                           ("greedy_block_types_per_stage", "greedy_total_variation_per_stage")):
+            first, second = (report["tables"][name][picks] for name in names)
+            report["device_difference"][key] = [
+                total_variation(a, b) for a, b in zip(first, second, strict=True)]
     write_json(results / "comparison.json", report)
     for table, summary in report["tables"].items():
         for row in summary["targets"]:

@@ -107,6 +107,7 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     assert report["tables"]["iphone12"]["standalone_one_run_std_points"] == 0.707
     stage1 = report["tables"]["iphone12"]["block_types_per_stage"][0]
     assert set(stage1) <= {"meta4d", "ffn"} and stage1["meta4d"] > 0.5
+    assert report["tables"]["iphone12"]["greedy_block_types_per_stage"][0] == {"meta4d": 1.0}  # greedy's pick alone
     assert (tmp_path / "results" / "fronts_iphone12.png").is_file()
 
 
