@@ -285,13 +285,13 @@ def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], spread_poin
             "verdict": verdict}
 
 
-def compare_table(comparison: Comparison, config: dict[str, Any], results: Path) -> dict[str, Any]:
-    """One table: the fronts at its targets (in the supernets and, where trained, standalone), the
-    hybrid picks' block types, the block types' prices, the plot."""
+def compare_table(comparison: Comparison, config: dict[str, Any], results: Path, spread_points: float | None) -> dict[str, Any]:
+    """One table: the fronts at its targets (in the supernets and, where trained, standalone, judged
+    with the recipe's one-run spread `spread_points`), the hybrid picks' block types, the block
+    types' prices, the plot."""
     ours = comparison.picks[SPACE]
     rivals = [label for label in comparison.picks if label != SPACE]
     done = trainings(comparison, config)
-    spread_points = one_run_spread(done)
     seeds = [int(seed) for seed in comparison.search["standalone"]["seeds"]]
     recipes = {seed: search_study.recipe_of(comparison.search, seed) for seed in seeds}
     rows = []
@@ -320,18 +320,20 @@ def compare_table(comparison: Comparison, config: dict[str, Any], results: Path)
     fronts = [pick for pick in (front_at(ours, row["target_ms"]) for row in rows) if pick is not None]
     strategies = comparison.search["strategies"]
     greedy = [pick for pick in ours if strategies.get(pick.run, {}).get("strategy") == "greedy"]  # priced by the table
-    return {"targets": rows, "picks": len(ours),
-            "standalone_one_run_std_points": None if spread_points is None else round(spread_points, 3),
-            "block_types_per_stage": block_types(ours), "front_block_types_per_stage": block_types(fronts),
-            "greedy_block_types_per_stage": block_types(greedy),
+    return {"targets": rows, "picks": len(ours), "block_types_per_stage": block_types(ours),
+            "front_block_types_per_stage": block_types(fronts), "greedy_block_types_per_stage": block_types(greedy),
             "type_price_vs_ffn_percent_per_stage": type_prices(comparison.predictor)}
 
 
 def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
     results = ROOT / config["results"]
     report: dict[str, Any] = {"study": "hybrid_space", "config": config, "tables": {}}
-    for comparison in comparisons_of(config):
-        report["tables"][comparison.table] = compare_table(comparison, config, results)
+    comparisons = comparisons_of(config)
+    # one recipe for the whole study: its spread from every network trained more than once, on any table
+    spread_points = one_run_spread([result for comparison in comparisons for result in trainings(comparison, config)])
+    report["standalone_one_run_std_points"] = None if spread_points is None else round(spread_points, 3)
+    for comparison in comparisons:
+        report["tables"][comparison.table] = compare_table(comparison, config, results, spread_points)
     names = list(report["tables"])
     if len(names) == 2:  # do the two devices pick differently? (the papers say they should)
         report["device_difference"] = {"tables": names}

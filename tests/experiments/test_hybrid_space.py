@@ -104,7 +104,7 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     verdict = standalone["hybrid_vs"]["efficientformer_v2"]  # one-run spreads 0.707 on both sides: SE 0.707
     assert verdict == {"difference_points": 3.0, "standard_error_points": 0.707, "verdict": "hybrid better"}
     assert rows["1.1ms"]["standalone"] == standalone  # the val-best picks within 1.1 ms are the same networks
-    assert report["tables"]["iphone12"]["standalone_one_run_std_points"] == 0.707
+    assert report["standalone_one_run_std_points"] == 0.707
     stage1 = report["tables"]["iphone12"]["block_types_per_stage"][0]
     assert set(stage1) <= {"meta4d", "ffn"} and stage1["meta4d"] > 0.5
     assert report["tables"]["iphone12"]["greedy_block_types_per_stage"][0] == {"meta4d": 1.0}  # greedy's pick alone
