@@ -184,8 +184,12 @@ class Comparison:
     predictor: Any
     targets: list
     picks: dict[str, list[Pick]]
-    search: dict[str, Any]  # the hybrid search-study config: its standalone recipe trains the fronts
     studies: dict[str, dict[str, Any]]  # label -> search-study config, the hybrid study's first
+
+    @property
+    def search(self) -> dict[str, Any]:
+        """The hybrid search-study config (its standalone recipe trains the fronts)."""
+        return self.studies[SPACE]
 
 
 def comparisons_of(config: dict[str, Any]) -> list[Comparison]:
@@ -200,13 +204,13 @@ def comparisons_of(config: dict[str, Any]) -> list[Comparison]:
         targets = search_study.targets_of(search, space, tables)
         for table, predictor in tables.items():
             picks = {label: picks_of(label, study, table, predictor) for label, study in studies.items()}
-            found.append(Comparison(table, predictor, [t for t in targets if t.table == table], picks, search, studies))
+            found.append(Comparison(table, predictor, [t for t in targets if t.table == table], picks, studies))
     return found
 
 
-def front_jobs(config: dict[str, Any]) -> list[tuple[Comparison, Any, str, Pick]]:
-    """(comparison, target, study label, front pick) for every study's front at every target."""
-    return [(comparison, target, label, pick) for comparison in comparisons_of(config) for target in comparison.targets
+def front_jobs(comparison: Comparison) -> list[tuple[Any, str, Pick]]:
+    """(target, study label, front pick) for every study's front at every target of `comparison`."""
+    return [(target, label, pick) for target in comparison.targets
             for label, picks in comparison.picks.items() if (pick := front_at(picks, target.latency_ms)) is not None]
 
 
@@ -224,7 +228,7 @@ def _recipe_text(recipe: dict[str, Any]) -> str:
 
 def trained_test(done: list[dict[str, Any]], arch: Architecture, recipes: dict[int, Any]) -> dict[int, float]:
     """Per seed, the test accuracy (%) of `arch` trained with `recipes[seed]`, where `done` holds it."""
-    wanted = {_recipe_text(json.loads(json.dumps(dataclasses.asdict(recipe)))): seed for seed, recipe in recipes.items()}
+    wanted = {_recipe_text(search_study.recipe_record(recipe)): seed for seed, recipe in recipes.items()}
     layers = search_study.layers_key(arch.to_dict())
     return {wanted[_recipe_text(result["recipe"])]: 100 * float(result["accuracy"]["test"]) for result in done
             if _recipe_text(result["recipe"]) in wanted and search_study.layers_key(result["arch"]) == layers}
@@ -248,28 +252,38 @@ def fronts_phase(config: dict[str, Any]) -> None:
     """Train the network of every front (`front_jobs`) at each seed of the hybrid search config's
     recipe, unless `trainings` already holds it; processes share the jobs through claim files."""
     bundles: dict[tuple[str, int], Any] = {}
-    for comparison, target, label, pick in front_jobs(config):
+    for comparison in comparisons_of(config):
         search = comparison.search
-        for seed in (int(seed) for seed in search["standalone"]["seeds"]):
-            recipe = search_study.recipe_of(search, seed)
-            if trained_test(trainings(comparison, config), pick.arch, {seed: recipe}):
-                continue
-            name = f"{hashlib.sha256(search_study.layers_key(pick.arch.to_dict()).encode()).hexdigest()[:12]}_seed{seed}"
-            with Claim(ROOT / search["runs"] / "claims" / FRONTS / f"{name}.pid") as mine:
-                if not mine:
-                    continue
-                data = (search["data"], search_study.get_resolution(search))
-                if data not in bundles:
-                    bundles[data] = load_data(*data)
-                log(f"fronts {comparison.table} {target.label} {label} ({pick.run}) seed {seed}: training")
-                checkpoint = ROOT / search["runs"] / FRONTS / f"{name}.pt"
-                checkpoint.parent.mkdir(parents=True, exist_ok=True)
-                result = train_standalone(pick.arch, bundles[data], recipe, checkpoint, label=f"{label} {target.label}")
-                write_json(ROOT / config["results"] / FRONTS / f"{name}.json",
-                           {"name": name, "study": label, "run": pick.run, "table": comparison.table, "target": target.label,
-                            "seed": seed, "arch": pick.arch.to_dict(), "recipe": dataclasses.asdict(recipe),
-                            **result.to_dict()})
-                log(f"fronts {comparison.table} {target.label} {label} seed {seed}: test {100 * result.accuracy['test']:.2f}%")
+        done = trainings(comparison, config)  # read once: this phase writes only its own files, checked by name
+        for target, label, pick in front_jobs(comparison):
+            for seed in (int(seed) for seed in search["standalone"]["seeds"]):
+                _train_front(config, comparison, target, label, pick, seed, done, bundles)
+
+
+def _train_front(config: dict[str, Any], comparison: Comparison, target, label: str, pick: Pick, seed: int,
+                 done: list[dict[str, Any]], bundles: dict[tuple[str, int], Any]) -> None:
+    """One front network at one seed, unless `done` or this study's own file (written by this or
+    another process since `done` was read) already holds its training."""
+    search = comparison.search
+    recipe = search_study.recipe_of(search, seed)
+    name = f"{hashlib.sha256(search_study.layers_key(pick.arch.to_dict()).encode()).hexdigest()[:12]}_seed{seed}"
+    out = ROOT / config["results"] / FRONTS / f"{name}.json"
+    if trained_test(done, pick.arch, {seed: recipe}) or search_study.trained(out, pick.arch.to_dict(), recipe):
+        return
+    with Claim(ROOT / search["runs"] / "claims" / FRONTS / f"{name}.pid") as mine:
+        if mine and not search_study.trained(out, pick.arch.to_dict(), recipe):
+            data = (search["data"], search_study.get_resolution(search))
+            if data not in bundles:
+                bundles[data] = load_data(*data)
+            log(f"fronts {comparison.table} {target.label} {label} ({pick.run}) seed {seed}: training")
+            checkpoint = ROOT / search["runs"] / FRONTS / f"{name}.pt"
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            result = train_standalone(pick.arch, bundles[data], recipe, checkpoint, label=f"{label} {target.label}")
+            write_json(out, {"name": name, "study": label, "run": pick.run, "table": comparison.table,
+                             "target": target.label,
+                             "seed": seed, "arch": pick.arch.to_dict(), "recipe": dataclasses.asdict(recipe),
+                             **result.to_dict()})
+            log(f"fronts {comparison.table} {target.label} {label} seed {seed}: test {100 * result.accuracy['test']:.2f}%")
 
 
 def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], spread_points: float | None) -> dict[str, Any]:
@@ -285,13 +299,13 @@ def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], spread_poin
             "verdict": verdict}
 
 
-def compare_table(comparison: Comparison, config: dict[str, Any], results: Path, spread_points: float | None) -> dict[str, Any]:
-    """One table: the fronts at its targets (in the supernets and, where trained, standalone, judged
-    with the recipe's one-run spread `spread_points`), the hybrid picks' block types, the block
-    types' prices, the plot."""
+def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: Path,
+                  spread_points: float | None) -> dict[str, Any]:
+    """One table: the fronts at its targets (in the supernets and, where `done` holds their
+    trainings, standalone, judged with the recipe's one-run spread `spread_points`), the hybrid
+    picks' block types, the block types' prices, the plot."""
     ours = comparison.picks[SPACE]
     rivals = [label for label in comparison.picks if label != SPACE]
-    done = trainings(comparison, config)
     seeds = [int(seed) for seed in comparison.search["standalone"]["seeds"]]
     recipes = {seed: search_study.recipe_of(comparison.search, seed) for seed in seeds}
     rows = []
@@ -329,11 +343,12 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
     results = ROOT / config["results"]
     report: dict[str, Any] = {"study": "hybrid_space", "config": config, "tables": {}}
     comparisons = comparisons_of(config)
+    done = {comparison.table: trainings(comparison, config) for comparison in comparisons}
     # one recipe for the whole study: its spread from every network trained more than once, on any table
-    spread_points = one_run_spread([result for comparison in comparisons for result in trainings(comparison, config)])
+    spread_points = one_run_spread([result for results_of_table in done.values() for result in results_of_table])
     report["standalone_one_run_std_points"] = None if spread_points is None else round(spread_points, 3)
     for comparison in comparisons:
-        report["tables"][comparison.table] = compare_table(comparison, config, results, spread_points)
+        report["tables"][comparison.table] = compare_table(comparison, done[comparison.table], results, spread_points)
     names = list(report["tables"])
     if len(names) == 2:  # do the two devices pick differently? (the papers say they should)
         report["device_difference"] = {"tables": names}

@@ -554,7 +554,12 @@ def trained(path: Path, arch: dict[str, Any], recipe: StandaloneRecipe) -> bool:
     if not path.is_file():
         return False
     done = read_json(path)
-    return layers_key(done["arch"]) == layers_key(arch) and done["recipe"] == json.loads(json.dumps(dataclasses.asdict(recipe)))
+    return layers_key(done["arch"]) == layers_key(arch) and done["recipe"] == recipe_record(recipe)
+
+
+def recipe_record(recipe: StandaloneRecipe) -> dict[str, Any]:
+    """`recipe` as a training result records it, read back from JSON (a tuple written is a list read)."""
+    return json.loads(json.dumps(dataclasses.asdict(recipe)))
 
 
 def layers_key(arch: dict[str, Any]) -> str:
