@@ -2,7 +2,7 @@
 regularized evolution at equal evaluation budgets on Fashion-MNIST, every pick re-scored on test.
 
     python benchmarks/search_comparison.py [--data fashion-mnist] [--fractions 0.75]
-        [--val-images 200] [--seeds 2] [--steps-past-target 30]
+        [--val-images 200] [--seeds 2] [--steps-past-target N] [--fresh]
 
 It runs `experiments/search_fashion/run.py` (phases search, rescore and evaluate; no standalone
 training, which is the study's job) on a configuration small enough to rerun in minutes on two
@@ -10,19 +10,20 @@ cores, written beside a small supernet it trains once and keeps in `runs/bench_s
 the EfficientFormerV2 space at 32 px, sandwich rule, 1 epoch on 3,000 training images. The table
 is `iphone12`; the targets are fractions of the largest network's predicted latency; each
 evaluation reads `--val-images` val images (greedy screens on a fifth of them); greedy runs with
-the `mes` objective in the study's first and last settings (single steps with the drop floor;
-compound 0.05 ms steps with the plain ratio, the one that held the study's must-hold; and the first
-setting walking `--steps-past-target` steps on past the target, returning the most accurate feasible
-network of its path), random search
-and evolution at `--seeds` seeds at greedy's budget, random search once more at 5x. The committed
-run (2026-12-06, two idle cores) took 32 minutes: 165 s to train the supernet, 1,436 s of search
-(random at 5x alone 622 s: the budget is the most expensive greedy run's, and walking 30 steps
-past the target makes `greedy_mes_past` cost 393 evaluations against 122-140 for the other two),
-295 s to re-score the 12 picks on the 10,000 test images. The run before (48 minutes of search on
-shared cores) recalibrated every untrained BatchNorm width per candidate; the evaluator now
-estimates them once. A 32 px, one-epoch supernet is a weak evaluator: this benchmark shows that the
-comparison runs end to end and what it costs, and gives a first reading of its verdicts; the
-study's configuration (`experiments/search_fashion/config.yaml`) decides them.
+the `mes` objective in three settings (single steps with the drop floor; compound 0.05 ms steps
+with the plain ratio, the one that held the study's must-hold; the same with the shortlist widened
+by up to 8 when a step's screening was off, `nas.greedy`'s `shortlist_extra`), random search and
+evolution at `--seeds` seeds at greedy's budget, random search once more at 5x. `--steps-past-target
+N` adds the first setting walking N steps on past the target (returning the most accurate feasible
+network of its path); it costs about 3x the others and sets every sampling budget, so it is off by
+default. The committed run (2026-12-07, two idle cores, `--fresh`) took 14.4 minutes: 125 s to
+train the supernet, 537 s of search (random at 5x 165 s), 199 s to re-score the 8 picks and the
+4 references on the 10,000 test images; a rerun that keeps the supernet takes about 12. The run
+before (2026-12-06, with the walk of 30 steps past the target) took 32 minutes, 48 before the
+evaluator estimated the untrained BatchNorm widths once instead of per candidate. A 32 px, one-epoch supernet is a weak
+evaluator: this benchmark shows that the comparison runs end to end and what it costs, and gives a
+first reading of its verdicts; the study's configuration (`experiments/search_fashion/config.yaml`)
+decides them.
 
 Writes `benchmarks/results/search_comparison.json`: the study's checks, its per-target summary,
 seconds per phase, and the load average before and after.
@@ -54,6 +55,7 @@ OUT = ROOT / "benchmarks" / "results" / "search_comparison.json"
 SUPERNET = TrainConfig(space="efficientformer_v2", data="fashion-mnist", mode="sandwich", epochs=1, batch_size=64,
                        resolution=32, warmup_epochs=0.2, train_images=3000, val_images=500, seed=0)
 MIN_STEP_MS = 0.05  # the study's compound step (experiments/search_fashion/config.yaml)
+SHORTLIST_EXTRA = 8  # as the hybrid study's widened runs (experiments/hybrid_space/search_ort_cpu.yaml)
 
 
 def train_supernet(data: str) -> Path:
@@ -86,9 +88,13 @@ def study_config(args: argparse.Namespace, supernet: Path) -> dict:
             "greedy_mes": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor},
             "greedy_mes_steps_plain": {"strategy": "greedy", "objective": "mes", "drop_floor": None,
                                        "min_step_ms": MIN_STEP_MS},
-            # the first setting walking on past the target to the path's most accurate feasible network
-            "greedy_mes_past": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor,
-                                "steps_past_target": args.steps_past_target},
+            # the same with a widened shortlist (`nas.greedy`'s shortlist_extra)
+            "greedy_mes_steps_widened": {"strategy": "greedy", "objective": "mes", "drop_floor": None,
+                                         "min_step_ms": MIN_STEP_MS, "shortlist_extra": SHORTLIST_EXTRA},
+            # on request, the first setting walking on past the target to the path's most accurate
+            # feasible network (it costs about 3x the others, and sets every sampling budget)
+            **({"greedy_mes_past": {"strategy": "greedy", "objective": "mes", "drop_floor": drop_floor,
+                                    "steps_past_target": args.steps_past_target}} if args.steps_past_target else {}),
             "random": {"strategy": "random", "objective": "mes", "seeds": seeds, "budget_multiple": 1},
             "evolution": {"strategy": "evolution", "objective": "mes", "seeds": seeds, "budget_multiple": 1,
                           "population_size": 10, "sample_size": 3},
@@ -117,8 +123,8 @@ def main() -> int:
                         help="targets, as fractions of the largest network's predicted latency")
     parser.add_argument("--val-images", type=int, default=200, choices=range(5, 2001), metavar="5..2000")
     parser.add_argument("--seeds", type=int, default=2, choices=range(1, 6), metavar="1..5")
-    parser.add_argument("--steps-past-target", type=int, default=30, choices=range(0, 1001), metavar="0..1000",
-                        help="greedy_mes_past: steps greedy walks on past the target (0: stop there)")
+    parser.add_argument("--steps-past-target", type=int, default=0, choices=range(0, 1001), metavar="0..1000",
+                        help="N > 0 adds greedy_mes_past, which walks N steps on past the target (0: not run)")
     parser.add_argument("--threads", type=int, default=2, choices=range(1, 65), metavar="1..64")
     parser.add_argument("--fresh", action="store_true", help="remove earlier searches first (keeps the supernet)")
     args = parser.parse_args()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from search_spaces import Architecture, ArchitectureError, SearchSpace, count_macs, count_params, get_space, list_spaces
-from search_spaces.limits import EVALUATION_BUDGET, SEED, SHORTLIST, STEPS_PAST_TARGET, VERIFY_ROUNDS
+from search_spaces.limits import EVALUATION_BUDGET, SEED, SHORTLIST, SHORTLIST_EXTRA, STEPS_PAST_TARGET, VERIFY_ROUNDS
 
 import nas
 from nas.actions import ACTION_SET_NAMES, V1Actions, supports_v1_actions, v2_actions, v2_type_actions
@@ -79,7 +79,8 @@ class VerifySettings:
 class SearchRequest:
     """Everything one search needs (see the module docstring). `table_name` is what provenance
     calls the predictor (a file or table name); `start`, `actions`, `shortlist` (0: score every
-    candidate; K: screen them and score K, with an evaluator that screens), `drop_floor` (accuracy
+    candidate; K: screen them and score K, with an evaluator that screens; `shortlist_extra`: up to
+    that many more when the shortlist disappoints, `nas.greedy`), `drop_floor` (accuracy
     drops below it count as it, `nas.greedy.floored_ratio`) and `min_step_ms` (smaller actions are
     compounded to save that much, `nas.actions.compound`) and `steps_past_target` (steps
     walked on past the target, the path's most accurate feasible network returned) are greedy's; `budget`
@@ -104,6 +105,7 @@ class SearchRequest:
     state_path: Path | None = None
     actions: str | None = None
     shortlist: int = 0
+    shortlist_extra: int = 0
     drop_floor: float | None = None
     min_step_ms: float | None = None
     steps_past_target: int = 0
@@ -190,7 +192,8 @@ def validate_request(request: SearchRequest) -> SearchSpace:
     if request.strategy_name not in STRATEGIES or (configured and not callable(getattr(request.strategy, "search", None))):
         raise RequestError("strategy", f"unknown strategy {request.strategy!r}; choose from {', '.join(STRATEGIES)}")
     if configured and (request.budget is not None or request.start is not None or request.actions is not None
-                       or request.shortlist or request.drop_floor is not None or request.min_step_ms is not None
+                       or request.shortlist or request.shortlist_extra or request.drop_floor is not None
+                       or request.min_step_ms is not None
                        or request.steps_past_target):
         raise RequestError("strategy", "a configured strategy carries its own budget, start, actions, shortlist, "
                                        "drop floor, min step and steps past target; leave those fields of the "
@@ -272,6 +275,11 @@ def _check_screening(request: SearchRequest) -> None:
                                             "screen_batches > 0")
     elif isinstance(evaluator, SupernetEvaluation) and evaluator.screen_batches:
         raise RequestError("screen_batches", "screens for a greedy shortlist; give the shortlist too")
+    if request.shortlist_extra:
+        if not (isinstance(request.shortlist_extra, int) and request.shortlist_extra in SHORTLIST_EXTRA):
+            raise RequestError("shortlist_extra", f"{request.shortlist_extra!r} is not {SHORTLIST_EXTRA.describe()}")
+        if not request.shortlist:
+            raise RequestError("shortlist_extra", "widens a greedy shortlist; give the shortlist too")
 
 
 def _check_coverage(request: SearchRequest, space: SearchSpace) -> None:
@@ -421,6 +429,7 @@ def _strategy(request: SearchRequest, actions_name: str, actions) -> Strategy:
         return request.strategy
     if request.strategy == "greedy":
         return GreedySlimming(actions, request.start, actions_name, shortlist=request.shortlist,
+                              shortlist_extra=request.shortlist_extra,
                               drop_floor=request.drop_floor, min_step_ms=request.min_step_ms,
                               steps_past_target=request.steps_past_target)
     budget = request.budget or DEFAULT_BUDGET
@@ -448,6 +457,8 @@ def _provenance(request: SearchRequest, strategy: Strategy, evaluator: Evaluator
         provenance["actions"] = actions_name
         if getattr(strategy, "shortlist", 0):
             provenance["shortlist"] = strategy.shortlist
+        if getattr(strategy, "shortlist_extra", 0):
+            provenance["shortlist_extra"] = strategy.shortlist_extra
         if getattr(strategy, "drop_floor", None) is not None:
             provenance["drop_floor"] = strategy.drop_floor
         if getattr(strategy, "min_step_ms", None) is not None:

@@ -23,6 +23,20 @@ from). A step then costs K to 2K full evaluations plus one screening per candida
 full evaluation per candidate; `benchmarks/greedy_screening.py` measures what it keeps of the
 unscreened choices.
 
+With `shortlist_extra` N > 0 a step whose shortlist disappoints is widened, up to N more full
+scores. Each candidate left off the shortlist gets a predicted full ratio: its screened drop plus
+the screening's error that the step's fully scored candidates showed (the mean of full drop minus
+screened drop over them), over its gain. While the best prediction beats the best full ratio, that
+candidate is scored fully and the error re-estimated. Why: a screening on a few images can be off
+for the whole step at once, not only per candidate. On the hybrid space's `ort-cpu` table the
+largest network scored 86% on the 100 screening images and 85% on all 500, every candidate of the
+first step 88-90% and 79-82%: the screening called every action an accuracy *gain*, and a gain
+divided by a small latency saving is the best ratio there is, so the shortlist was the two actions
+that saved least (stage-1 block-type swaps at 0.4-0.6 ms), and the step took one at -3.2 points
+(ratio 5.7) while an expansion cut that the next step took cost -2.0 for 1.5 ms (ratio 1.3).
+Corrected by that error, the predictions rank the step again; the widening ends as soon as no
+prediction beats what is confirmed, so a step whose shortlist held up costs nothing more.
+
 With `min_step_ms`, actions that save less predicted latency than that are compounded with more
 of their kind on the same stage (`nas.actions.compound`) before they are compared: a step's
 accuracy drop is then large enough to measure for every kind of action, instead of a 0.01 ms
@@ -140,6 +154,7 @@ def greedy_search(
     drop_floor: float | None = None,
     min_step_ms: float | None = None,
     steps_past_target: int = 0,
+    shortlist_extra: int = 0,
 ) -> SearchResult:
     """Slim from `start` (default the largest network) until `problem` is met, one action a step as
     the module says; return the end and the path. `progress` shows a tqdm bar on stderr over the
@@ -159,17 +174,23 @@ def greedy_search(
 
     `steps_past_target`: the module's; the result is then the path's most accurate feasible point,
     which need not be the path's end.
+
+    `shortlist_extra` (with `shortlist`): up to that many more candidates a step scores fully, while
+    one's predicted full ratio beats the step's best full ratio (the module's).
     """
     ratio_of = floored_ratio(problem.objective.ratio, drop_floor)
     if shortlist and not callable(getattr(problem.evaluator, "screen", None)):
         raise ValueError(f"a shortlist needs an evaluator that screens; {problem.evaluator.name!r} does not")
+    if shortlist_extra and not shortlist:
+        raise ValueError("shortlist_extra widens a shortlist; give the shortlist too")
     space = problem.space
     arch = space.validate(start) if start is not None else space.largest()
     settings = {**problem_settings(problem), "start": arch.to_dict(), "actions": actions_settings(actions),
                 "max_steps": max_steps, **({"shortlist": shortlist} if shortlist else {}),
                 **({"drop_floor": drop_floor} if drop_floor is not None else {}),
                 **({"min_step_ms": min_step_ms} if min_step_ms is not None else {}),
-                **({"steps_past_target": steps_past_target} if steps_past_target else {})}
+                **({"steps_past_target": steps_past_target} if steps_past_target else {}),
+                **({"shortlist_extra": shortlist_extra} if shortlist_extra else {})}
     state = StateFile(state_path, STRATEGY_NAME, settings)
     steps: list[Step] = []
     scores = _RecordedScores(problem.evaluator, state, lambda: {"steps": len(steps) - 1})
@@ -219,14 +240,14 @@ def greedy_search(
                 gain = problem.objective.gain(latency, params, cand_latency, cand_params)
             if gain > 0 and (not met or problem.met(cand_latency, cand_params)):  # past the target: stay under it
                 candidates.append((action, candidate, cand_latency, cand_params, gain))
+        reserve: list = []  # the candidates left off the shortlist
         if shortlist:
-            candidates = _shortlisted(candidates, problem, scores, arch, shortlist, ratio_of)
-        options = []
-        for action, candidate, cand_latency, cand_params, gain in candidates:
-            cand_score = scores.score(candidate)
-            ratio = ratio_of(score - cand_score, gain)
-            if ratio != NO_GAIN:
-                options.append((ratio, action, candidate, cand_latency, cand_params, cand_score))
+            candidates, reserve = _shortlisted(candidates, problem, scores, arch, shortlist, ratio_of)
+        options: list = []  # (full ratio, action, candidate, latency, params, score)
+        for entry in candidates:
+            options += _option(entry, scores, score, ratio_of)
+        for entry in _widening(reserve, candidates, scores, arch, shortlist_extra, ratio_of, options):
+            options += _option(entry, scores, score, ratio_of)
         if not options:
             if met:  # past the target with nothing left to gain: the path ends here
                 break
@@ -285,9 +306,10 @@ def floored_ratio(ratio: Callable[[float, float], float], drop_floor: float | No
 
 
 def _shortlisted(candidates: list, problem: SearchProblem, scores: _RecordedScores, arch: Architecture,
-                 shortlist: int, ratio_of: Callable[[float, float], float]) -> list:
+                 shortlist: int, ratio_of: Callable[[float, float], float]) -> tuple[list, list]:
     """The candidates (in action order) worth a full score: the `shortlist` best ratios of their
-    screened scores, and the `shortlist` most accurate screened ones that meet the budget."""
+    screened scores, and the `shortlist` most accurate screened ones that meet the budget; and the
+    others, best screened ratio first (what `shortlist_extra` draws on)."""
     reference = scores.screen(arch)
     screened = [scores.screen(candidate) for _, candidate, *_ in candidates]
     ratios = [ratio_of(reference - value, gain) for value, (*_, gain) in zip(screened, candidates)]
@@ -295,7 +317,41 @@ def _shortlisted(candidates: list, problem: SearchProblem, scores: _RecordedScor
     feasible = [i for i, (_, _, lat, par, _) in enumerate(candidates) if problem.met(lat, par)]
     by_accuracy = sorted(feasible, key=lambda i: -screened[i])
     kept = set(by_ratio[:shortlist]) | set(by_accuracy[:shortlist])
-    return [candidate for i, candidate in enumerate(candidates) if i in kept]
+    return ([candidate for i, candidate in enumerate(candidates) if i in kept],
+            [candidates[i] for i in by_ratio if i not in kept])
+
+
+def _option(entry: tuple, scores: _RecordedScores, score: float, ratio_of: Callable[[float, float], float]) -> list:
+    """A candidate (action, architecture, latency, params, gain) scored fully, as a step's option
+    (ratio first; none when it gains nothing)."""
+    action, candidate, cand_latency, cand_params, gain = entry
+    cand_score = scores.score(candidate)
+    ratio = ratio_of(score - cand_score, gain)
+    return [] if ratio == NO_GAIN else [(ratio, action, candidate, cand_latency, cand_params, cand_score)]
+
+
+def _widening(reserve: list, shortlisted: list, scores: _RecordedScores, arch: Architecture, limit: int,
+              ratio_of: Callable[[float, float], float], options: list):
+    """Yield up to `limit` candidates of `reserve` (in screened-ratio order) to score fully, each
+    the one whose predicted full ratio is best, while it beats the best full ratio of `options` (the
+    caller adds each yielded one before the next is chosen): its screened drop, corrected by the
+    mean screening error of the step's fully scored candidates, over its gain (the module's
+    `shortlist_extra`)."""
+    if not limit or not reserve:
+        return
+    reference_score, reference_screen = scores.score(arch), scores.screen(arch)
+    confirmed = list(shortlisted)
+    left = list(reserve)
+    for _ in range(min(limit, len(left))):
+        errors = [(reference_score - scores.score(c)) - (reference_screen - scores.screen(c)) for _, c, *_ in confirmed]
+        error = sum(errors) / len(errors) if errors else 0.0
+        predicted = [ratio_of(reference_screen - scores.screen(c) + error, gain) for _, c, *_, gain in left]
+        best = min(range(len(left)), key=predicted.__getitem__)  # ties: the better screened ratio
+        if predicted[best] == NO_GAIN or predicted[best] >= min((o[0] for o in options), default=NO_GAIN):
+            return
+        entry = left.pop(best)
+        confirmed.append(entry)
+        yield entry
 
 
 def actions_settings(actions: ActionSet) -> Any:

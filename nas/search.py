@@ -3,7 +3,8 @@
     python -m nas.search --target-latency 1.5ms --device iphone12 [--space S] [--objective mes|latency]
         [--mes-params-unit 3M --mes-latency-unit 1ms --mes-alpha-params 0.5 --mes-alpha-latency 1.0]
         [--max-params 6M] [--supernet CKPT --data SPEC [--recalibrate N] [--eval-batches N]
-        [--untrained-norms estimate|recalibrate] [--screen-batches N --shortlist K]] [--drop-floor POINTS] [--min-step MS]
+        [--untrained-norms estimate|recalibrate] [--screen-batches N --shortlist K [--shortlist-extra N]]]
+        [--drop-floor POINTS] [--min-step MS]
         [--evaluator supernet|proxy] [--strategy greedy|random|evolution] [--budget N] [--state FILE]
         [--actions v1|v2|v2-types] [--start ARCH.yaml] [--seed N] [--out FILE.yaml] [--trace FILE.jsonl]
         [--front FILE.yaml] [--lut FILE] [--verify [--verify-rounds N] [--verify-undershoot 5%]]
@@ -51,6 +52,7 @@ from search_spaces.limits import (
     RECALIBRATION_BATCHES,
     SEED,
     SHORTLIST,
+    SHORTLIST_EXTRA,
     STEPS_PAST_TARGET,
     VERIFY_ROUNDS,
 )
@@ -87,7 +89,8 @@ OPTION_OF_FIELD = {
     "evaluator": "--evaluator", "supernet": "--supernet", "data": "--data", "split": "--data",
     "recalibrate": "--recalibrate", "eval_batches": "--eval-batches", "batch_size": "--eval-batches",
     "untrained_norms": "--untrained-norms",
-    "screen_batches": "--screen-batches", "shortlist": "--shortlist", "drop_floor": "--drop-floor", "min_step_ms": "--min-step",
+    "screen_batches": "--screen-batches", "shortlist": "--shortlist", "shortlist_extra": "--shortlist-extra",
+    "drop_floor": "--drop-floor", "min_step_ms": "--min-step",
     "steps_past_target": "--steps-past-target",
     "mes": "--mes-*",
 }
@@ -184,6 +187,10 @@ def build_parser() -> ArgumentParser:
                              "batches, then score the --shortlist best on all of them")
     parser.add_argument("--shortlist", type=integer_in(SHORTLIST), default=0,
                         help="greedy with --screen-batches: candidates per step scored on all validation batches")
+    parser.add_argument("--shortlist-extra", type=integer_in(SHORTLIST_EXTRA), default=0,
+                        help="greedy with --shortlist: up to N more candidates a step scores on all batches while "
+                             "one's screening, corrected by the step's screening error, promises a better ratio "
+                             "than the shortlist's best")
     parser.add_argument("--drop-floor", help="greedy: count every accuracy drop below this many points as this "
                                              "much, so noise-sized accuracy gains do not decide steps (e.g. 0.5)")
     parser.add_argument("--min-step", help="greedy: compound every action that saves less predicted latency than "
@@ -313,6 +320,7 @@ def request_from_args(args) -> SearchRequest:
         space=args.space, predictor=table, target_latency=target, evaluator=_evaluator(args), objective=args.objective,
         mes=mes, max_params=max_params, strategy=args.strategy, budget=args.budget, seed=args.seed,
         state_path=Path(args.state) if args.state else None, actions=args.actions, shortlist=args.shortlist,
+        shortlist_extra=args.shortlist_extra,
         drop_floor=_drop_floor(args.drop_floor),
         min_step_ms=parse_latency(args.min_step, "--min-step") if args.min_step is not None else None,
         steps_past_target=args.steps_past_target, start=_start(args),

@@ -526,7 +526,8 @@ class GreedySlimming:
     drop below it (points) as that much (`nas.greedy.floored_ratio`; None: the plain ratio).
     `min_step_ms` compounds every smaller action to save that much latency (`nas.actions.compound`).
     `steps_past_target` > 0 walks that many steps on past the target and returns the path's most
-    accurate feasible network (`nas.greedy`)."""
+    accurate feasible network (`nas.greedy`). `shortlist_extra` > 0 lets a step whose shortlist
+    disappoints score up to that many more candidates (`nas.greedy`)."""
 
     actions: ActionSet = v2_actions
     start: Architecture | None = None
@@ -536,19 +537,21 @@ class GreedySlimming:
     drop_floor: float | None = None
     min_step_ms: float | None = None
     steps_past_target: int = 0
+    shortlist_extra: int = 0
     name: str = "greedy"
 
     def search(self, problem: SearchProblem, *, on_step: Callable[[Step], None] | None = None,
                state_path: str | Path | None = None, progress: bool = False) -> SearchResult:
         return greedy_search(problem, self.start, self.actions, self.max_steps, on_step, state_path, self.shortlist,
                              progress=progress, drop_floor=self.drop_floor, min_step_ms=self.min_step_ms,
-                             steps_past_target=self.steps_past_target)
+                             steps_past_target=self.steps_past_target, shortlist_extra=self.shortlist_extra)
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "actions": self.actions_name, **({"shortlist": self.shortlist} if self.shortlist else {}),
                 **({"drop_floor": self.drop_floor} if self.drop_floor is not None else {}),
                 **({"min_step_ms": self.min_step_ms} if self.min_step_ms is not None else {}),
-                **({"steps_past_target": self.steps_past_target} if self.steps_past_target else {})}
+                **({"steps_past_target": self.steps_past_target} if self.steps_past_target else {}),
+                **({"shortlist_extra": self.shortlist_extra} if self.shortlist_extra else {})}
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ RECALIBRATION_BATCHES = IntRange(0, 10_000)
 EVALUATION_BATCHES = IntRange(1, 10_000)
 STEPS_PAST_TARGET = IntRange(0, 1000, "steps")  # greedy steps walked on past the target
 SHORTLIST = IntRange(1, 1000)  # candidates a screening greedy step scores fully (a step has ~10-100)
+SHORTLIST_EXTRA = IntRange(0, 1000)  # more candidates a greedy step may score fully when its shortlist disappoints
 TIMING_RUNS = IntRange(1, 100_000)
 RAY_WORKERS = IntRange(1, 1024)
 VERIFY_ROUNDS = IntRange(1, 20)

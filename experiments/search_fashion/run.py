@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
-from search_spaces.limits import SEED  # noqa: E402
+from search_spaces.limits import SEED, SHORTLIST_EXTRA  # noqa: E402
 
 from experiments.study import Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
@@ -77,7 +77,7 @@ KEYS = ("space", "data", "threads", "supernet", "runs", "results", "evaluator", 
 STRATEGY_KEYS = {"greedy": {"strategy", "objective", "drop_floor"},
                  "random": {"strategy", "objective", "seeds", "budget_multiple"},
                  "evolution": {"strategy", "objective", "seeds", "budget_multiple", "population_size", "sample_size"}}
-OPTIONAL_STRATEGY_KEYS = {"greedy": {"min_step_ms", "steps_past_target", "actions"}}
+OPTIONAL_STRATEGY_KEYS = {"greedy": {"min_step_ms", "steps_past_target", "actions", "shortlist_extra"}}
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -93,6 +93,10 @@ def load_config(path: Path) -> dict[str, Any]:
                              f"{sorted(required)}" + (f" and optionally {sorted(optional)}" if optional else ""))
         check_strategy_values(path, name, settings)
     greedy = [name for name, settings in config["strategies"].items() if settings["strategy"] == "greedy"]
+    widened = [name for name in greedy if config["strategies"][name].get("shortlist_extra")]
+    if widened and not config["evaluator"].get("shortlist"):
+        raise SystemExit(f"{path}: strategies.{widened[0]}.shortlist_extra: widens the evaluator's shortlist; "
+                         "set evaluator.shortlist too")
     if not greedy or list(config["strategies"])[:len(greedy)] != greedy:
         raise SystemExit(f"{path}: strategies: the greedy runs come first (they set the budgets)")
     check_standalone_settings(path, config)
@@ -117,6 +121,10 @@ def check_strategy_values(path: Path, name: str, settings: dict[str, Any]) -> No
     except RequestError as error:
         raise SystemExit(f"{path}: strategies.{name}.{error.field}: {error}") from None
     if settings["strategy"] == "greedy":
+        extra = settings.get("shortlist_extra", 0)
+        if not (_whole(extra, 0) and extra in SHORTLIST_EXTRA):
+            refuse("shortlist_extra", f"give {SHORTLIST_EXTRA.describe()} (more candidates a step may score "
+                                      "when its shortlist disappoints)")
         return
     seeds = settings["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(_whole(seed, 0) and seed in SEED for seed in seeds) \
@@ -367,6 +375,7 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
     request = SearchRequest(space.name, table, target.latency_ms, evaluator=evaluator, objective=settings["objective"],
                             mes=mes, strategy=strategy, seed=seed or 0, state_path=state,
                             shortlist=config["evaluator"]["shortlist"] if greedy else 0,
+                            shortlist_extra=settings.get("shortlist_extra", 0) if greedy else 0,
                             drop_floor=settings["drop_floor"] if greedy else None,
                             min_step_ms=settings.get("min_step_ms") if greedy else None,
                             actions=settings.get("actions") if greedy else None,

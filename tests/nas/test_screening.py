@@ -76,9 +76,40 @@ def test_a_misleading_screen_changes_the_path_unless_the_shortlist_holds_every_c
     assert wide.path == plain.path and wide.score == plain.score
 
 
-def test_a_screened_greedy_resumed_from_its_state_equals_an_uninterrupted_run(tmp_path):
-    noisy = lambda arch, value: value + (hash(arch) % 7) * 0.3  # noqa: E731  (a deterministic, imperfect screen)
-    straight = greedy_search(toy_problem(ScreeningToy(noisy), MESObjective(), 0.85), shortlist=2)
+class BlocksCheapTable:
+    """Blocks nearly free, channels dear: a block drop saves little latency for a large accuracy
+    loss (the toy accuracy's 10 points), a width cut much latency for little."""
+
+    def predict(self, arch):
+        return 0.001 * sum(arch.depths) + 0.01 * sum(arch.widths)
+
+
+def _offset_at_start(arch, value):
+    """A screen that is off for the whole first step: every candidate screens 20 points higher
+    than on all images, the starting network (the largest) true to them."""
+    return value if arch == SPACE.largest() else value + 20
+
+
+def _blocks_cheap_problem(evaluator):
+    return toy_problem(evaluator, LatencyObjective(), 0.8 * BlocksCheapTable().predict(SPACE.largest()),
+                       table=BlocksCheapTable())
+
+
+def _noisy(arch, value):
+    return value + (hash(arch) % 7) * 0.3  # a deterministic, imperfect screen
+
+
+@pytest.mark.parametrize("case", ["shortlist", "widened"])
+def test_a_screened_greedy_resumed_from_its_state_equals_an_uninterrupted_run(tmp_path, case):
+    """Stopped after three steps and resumed: the same result, the recorded screenings not asked
+    again; the same state with other screening settings is another search (refused)."""
+    if case == "shortlist":
+        problem, screen = (lambda evaluator: toy_problem(evaluator, MESObjective(), 0.85)), _noisy
+        settings, other, field = {"shortlist": 2}, {"shortlist": 3}, "shortlist"
+    else:
+        problem, screen = _blocks_cheap_problem, _offset_at_start
+        settings, other, field = {"shortlist": 1, "shortlist_extra": 5}, {"shortlist": 1}, "shortlist_extra"
+    straight = greedy_search(problem(ScreeningToy(screen)), **settings)
     state, seen = tmp_path / "greedy.json", []
 
     def stop_after_three(step):
@@ -87,16 +118,40 @@ def test_a_screened_greedy_resumed_from_its_state_equals_an_uninterrupted_run(tm
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        greedy_search(toy_problem(ScreeningToy(noisy), MESObjective(), 0.85), on_step=stop_after_three,
-                      state_path=state, shortlist=2)
+        greedy_search(problem(ScreeningToy(screen)), on_step=stop_after_three, state_path=state, **settings)
     saved = json.loads(state.read_text())
-    assert any(item.get("screened") for item in saved["history"]) and saved["settings"]["shortlist"] == 2
-    evaluator = ScreeningToy(noisy)
-    resumed = greedy_search(toy_problem(evaluator, MESObjective(), 0.85), state_path=state, shortlist=2)
+    assert any(item.get("screened") for item in saved["history"])
+    assert {key: saved["settings"].get(key) for key in settings} == settings
+    evaluator = ScreeningToy(screen)
+    resumed = greedy_search(problem(evaluator), state_path=state, **settings)
     assert resumed == straight  # same path, scores, evaluation and screening counts
     assert evaluator.screenings < straight.screenings  # the recorded screenings were not asked again
-    with pytest.raises(ValueError, match="shortlist"):  # another shortlist is another search
-        greedy_search(toy_problem(ScreeningToy(noisy), MESObjective(), 0.85), state_path=state, shortlist=3)
+    with pytest.raises(ValueError, match=field):  # other screening settings are another search
+        greedy_search(problem(ScreeningToy(screen)), state_path=state, **other)
+
+
+def test_a_step_wide_screening_error_misleads_a_fixed_shortlist_and_the_widened_one_recovers():
+    """Every first-step candidate screens as an accuracy gain; divided by its gain, the block drop
+    that saves least ranks first, and a shortlist of one takes it (10 points lost). Widened, the
+    step measures the screening's error on that candidate, re-ranks the rest with it, scores the
+    width cut it now predicts better, and the search walks the unscreened search's path at the
+    shortlist's cost plus one full score (the later steps' screens are true to each other)."""
+    plain = greedy_search(_blocks_cheap_problem(ScreeningToy()))
+    fixed = greedy_search(_blocks_cheap_problem(ScreeningToy(_offset_at_start)), shortlist=1)
+    assert fixed.steps[1].action.startswith("drop") and fixed.score < plain.score - 9
+    wide = greedy_search(_blocks_cheap_problem(ScreeningToy(_offset_at_start)), shortlist=1, shortlist_extra=5)
+    assert wide.path == plain.path and wide.score == plain.score
+    assert wide.evaluations == len(wide.steps) + 1 < plain.evaluations  # one score a step (and the start), one more
+    with pytest.raises(ValueError, match="give the shortlist"):
+        greedy_search(_blocks_cheap_problem(ScreeningToy()), shortlist_extra=5)
+
+
+@pytest.mark.parametrize("objective", [MESObjective(), LatencyObjective()])
+def test_widening_costs_nothing_when_the_shortlist_holds_up(objective):
+    """A faithful screen: no prediction beats the shortlist's best, so no step scores more."""
+    fixed = greedy_search(toy_problem(ScreeningToy(), objective, 0.8), shortlist=2)
+    wide = greedy_search(toy_problem(ScreeningToy(), objective, 0.8), shortlist=2, shortlist_extra=50)
+    assert wide == fixed
 
 
 def test_a_shortlist_needs_an_evaluator_that_screens():
@@ -186,6 +241,10 @@ def _request(tmp_path, **fields):
     ({"shortlist": 0.5}, "shortlist"),
     ({"shortlist": 10_000}, "shortlist"),
     ({"shortlist": 2, "evaluator": ScreeningToy.__new__(ScreeningToy)}, None),  # accepted: it screens
+    ({"shortlist": 2, "shortlist_extra": 3}, None),
+    ({"shortlist_extra": 3, "evaluator": ScreeningToy.__new__(ScreeningToy)}, "shortlist_extra"),  # widens nothing
+    ({"shortlist": 2, "shortlist_extra": -1}, "shortlist_extra"),
+    ({"shortlist": 2, "shortlist_extra": 1.5}, "shortlist_extra"),
 ])
 def test_screening_requests_are_validated_before_any_work(tmp_path, fields, field):
     request = _request(tmp_path, **fields)
@@ -218,7 +277,10 @@ def test_a_screened_search_records_its_shortlist_and_screenings():
     meta = outcome.arch.meta
     assert meta["shortlist"] == 3 and meta["screenings"] == outcome.result.screenings > meta["evaluations"]
     floored = run_search(SearchRequest("efficientformer_v2", table, 2.0, evaluator=ScreeningToy(), drop_floor=0.5))
-    assert floored.arch.meta["drop_floor"] == 0.5 and "drop_floor" not in meta
+    assert floored.arch.meta["drop_floor"] == 0.5 and "drop_floor" not in meta and "shortlist_extra" not in meta
+    widened = run_search(SearchRequest("efficientformer_v2", table, 2.0, evaluator=ScreeningToy(), shortlist=3,
+                                       shortlist_extra=4))
+    assert widened.arch.meta["shortlist_extra"] == 4 and widened.arch == outcome.arch  # a faithful screen
 
 
 @pytest.mark.parametrize("argv, option", [
@@ -230,6 +292,8 @@ def test_a_screened_search_records_its_shortlist_and_screenings():
     (["--drop-floor", "nan"], "--drop-floor"),
     (["--drop-floor", "-1"], "--drop-floor"),
     (["--drop-floor", "0.5", "--strategy", "random"], "--drop-floor"),
+    (["--shortlist-extra", "2"], "--shortlist-extra"),
+    (["--shortlist-extra", "-1"], "--shortlist-extra"),
 ])
 def test_screening_options_on_the_command_line_are_one_line_each(tmp_path, capsys, argv, option):
     assert_refused_in_one_line(main, "nas.search", ["--target-latency", "1.5ms", "--device", "iphone12", *argv],
@@ -243,9 +307,9 @@ def test_the_command_line_builds_a_screening_request(tmp_path):
     checkpoint.write_bytes(b"")
     args = build_parser().parse_args(["--target-latency", "1.5ms", "--device", "iphone12", "--supernet",
                                       str(checkpoint), "--data", "synthetic:64", "--screen-batches", "1",
-                                      "--shortlist", "2"])
+                                      "--shortlist", "2", "--shortlist-extra", "4"])
     request = request_from_args(args)
-    assert request.shortlist == 2 and request.evaluator.screen_batches == 1
+    assert request.shortlist == 2 and request.shortlist_extra == 4 and request.evaluator.screen_batches == 1
     validate_request(request)
 
 
