@@ -118,8 +118,30 @@ def type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
             slot, block = others[-1], stage.blocks[others[-1]]
             for variant, new in _type_variants(space, s, stage.width, block, type_name):
                 actions.append(Action(f"{block.type}->{variant} s{s}b{slot}", f"stage {s} block {slot} {block.type} -> {variant}",
-                                      lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b), f"{variant} s{s}"))
+                                      lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b), _swap_group(variant, s)))
     return _keep_valid(space, arch, actions)
+
+
+@dataclass(frozen=True)
+class TypeSwap:
+    """What a block-type action (`type_actions`, or a compound of them) turns blocks into: the
+    stage index and the variant's name (`type[knob=value,...]`)."""
+
+    stage: int
+    variant: str
+
+
+def _swap_group(variant: str, stage: int) -> str:
+    return f"{variant} s{stage}"
+
+
+def type_swap(action: Action) -> TypeSwap | None:
+    """The swap a block-type action makes (read from its group, which `type_actions` writes and
+    `compound` keeps); None for any other action."""
+    variant, _, stage = action.group.rpartition(" s")
+    if not variant or not stage.isdigit() or _swap_group(variant, int(stage)) != action.group or "->" not in action.name:
+        return None
+    return TypeSwap(int(stage), variant)
 
 
 def _type_variants(space: SearchSpace, stage_index: int, width: int, block: Block, type_name: str) -> list[tuple[str, Block]]:
