@@ -30,15 +30,26 @@ IDENTITY = "identity"
 
 
 @dataclass(frozen=True)
+class TypeSwap:
+    """What a block-type action (`type_actions`, or a compound of them) turns blocks into: the
+    stage index and the variant's name (`type[knob=value,...]`)."""
+
+    stage: int
+    variant: str
+
+
+@dataclass(frozen=True)
 class Action:
     """One named step (`apply` maps an architecture to the stepped one). `group` names the kind of
     step and the stage it acts on (V2: `drop s2`, `width s2`, `expansion s2`): the actions that
-    `compound` may continue an action with. Empty: the action is a group of its own."""
+    `compound` may continue an action with. Empty: the action is a group of its own. `swap`: for a
+    block-type swap, what it turns blocks into (None for every other action)."""
 
     name: str
     description: str
     _apply: Callable[[Architecture], Architecture] = dataclasses.field(compare=False, repr=False)
     group: str = ""
+    swap: TypeSwap | None = None
 
     def apply(self, arch: Architecture) -> Architecture:
         return self._apply(arch)
@@ -106,7 +117,7 @@ def type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
     others, e.g. each conv-encoder kernel), in stage order, then the stage's type order. One slot
     per stage, type and variant, so a step offers a few candidates per stage, not one per slot;
     `compound` continues one with the next block of the stage into the same variant (its group is
-    `VARIANT sS`). Whether a swap saves anything is the objective's business: a swap to a dearer
+    `VARIANT sS`; its `swap` says the same as data). Whether a swap saves anything is the objective's business: a swap to a dearer
     block gains nothing and is never chosen."""
     actions: list[Action] = []
     for s, stage in enumerate(arch.stages):
@@ -118,30 +129,9 @@ def type_actions(space: SearchSpace, arch: Architecture) -> list[Action]:
             slot, block = others[-1], stage.blocks[others[-1]]
             for variant, new in _type_variants(space, s, stage.width, block, type_name):
                 actions.append(Action(f"{block.type}->{variant} s{s}b{slot}", f"stage {s} block {slot} {block.type} -> {variant}",
-                                      lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b), _swap_group(variant, s)))
+                                      lambda a, s=s, slot=slot, b=new: _set_block(a, s, slot, b), f"{variant} s{s}",
+                                      TypeSwap(s, variant)))
     return _keep_valid(space, arch, actions)
-
-
-@dataclass(frozen=True)
-class TypeSwap:
-    """What a block-type action (`type_actions`, or a compound of them) turns blocks into: the
-    stage index and the variant's name (`type[knob=value,...]`)."""
-
-    stage: int
-    variant: str
-
-
-def _swap_group(variant: str, stage: int) -> str:
-    return f"{variant} s{stage}"
-
-
-def type_swap(action: Action) -> TypeSwap | None:
-    """The swap a block-type action makes (read from its group, which `type_actions` writes and
-    `compound` keeps); None for any other action."""
-    variant, _, stage = action.group.rpartition(" s")
-    if not variant or not stage.isdigit() or _swap_group(variant, int(stage)) != action.group or "->" not in action.name:
-        return None
-    return TypeSwap(int(stage), variant)
 
 
 def _type_variants(space: SearchSpace, stage_index: int, width: int, block: Block, type_name: str) -> list[tuple[str, Block]]:
@@ -253,7 +243,7 @@ def compound(space: SearchSpace, arch: Architecture, action: Action, actions: "A
             a = part.apply(a)
         return a
 
-    return Action(name, "; ".join(part.description for part in parts), apply, action.group)
+    return Action(name, "; ".join(part.description for part in parts), apply, action.group, action.swap)
 
 
 def _knobs_as_type(space: SearchSpace, stage_index: int, width: int, block: Block,

@@ -150,7 +150,8 @@ def space_named(name: str) -> SearchSpace:
 
 def check_strategy_settings(strategy: str, *, objective: str, actions: str | None = None,
                             drop_floor: float | None = None, min_step_ms: float | None = None,
-                            steps_past_target: int = 0, target_latency: float | None = None) -> None:
+                            steps_past_target: int = 0, shortlist_extra: int = 0,
+                            target_latency: float | None = None) -> None:
     """The strategy-level fields of a request, checked without a space, table or evaluator, so a
     caller that configures many searches (a study's config) refuses a bad value when it reads it,
     in `validate_request`'s words. Raises `RequestError(field, message)`. `target_latency=None`
@@ -160,7 +161,8 @@ def check_strategy_settings(strategy: str, *, objective: str, actions: str | Non
     if strategy not in STRATEGIES:
         raise RequestError("strategy", f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     greedy_only = {"drop_floor": drop_floor is not None, "min_step_ms": min_step_ms is not None,
-                   "steps_past_target": bool(steps_past_target), "actions": actions is not None}
+                   "steps_past_target": bool(steps_past_target), "actions": actions is not None,
+                   "shortlist_extra": bool(shortlist_extra)}
     if drop_floor is not None:
         if isinstance(drop_floor, bool) or not isinstance(drop_floor, (int, float)) or not 0 <= drop_floor <= MAX_DROP_FLOOR:
             raise RequestError("drop_floor", f"{drop_floor!r} is not a number of accuracy points from 0 to {MAX_DROP_FLOOR:g}")
@@ -172,6 +174,8 @@ def check_strategy_settings(strategy: str, *, objective: str, actions: str | Non
                                               f"target ({target_latency:g} ms)")
     if steps_past_target not in STEPS_PAST_TARGET:
         raise RequestError("steps_past_target", f"{steps_past_target!r} is not {STEPS_PAST_TARGET.describe()}")
+    if isinstance(shortlist_extra, bool) or not isinstance(shortlist_extra, int) or shortlist_extra not in SHORTLIST_EXTRA:
+        raise RequestError("shortlist_extra", f"{shortlist_extra!r} is not {SHORTLIST_EXTRA.describe()}")
     if actions is not None and actions not in ACTION_SET_NAMES:
         raise RequestError("actions", f"unknown action set {actions!r}; choose from {', '.join(ACTION_SET_NAMES)}")
     for name, given in greedy_only.items():
@@ -200,7 +204,8 @@ def validate_request(request: SearchRequest) -> SearchSpace:
                                        "request empty")
     check_strategy_settings(request.strategy_name, objective=request.objective, actions=request.actions,
                             drop_floor=request.drop_floor, min_step_ms=request.min_step_ms,
-                            steps_past_target=request.steps_past_target, target_latency=request.target_latency)
+                            steps_past_target=request.steps_past_target, shortlist_extra=request.shortlist_extra,
+                            target_latency=request.target_latency)
     if not callable(getattr(request.predictor, "predict", None)):
         raise RequestError("predictor", "is not a latency predictor (a table with predict(arch))")
     table_space = getattr(getattr(request.predictor, "metadata", None), "space", space.name)
@@ -275,11 +280,8 @@ def _check_screening(request: SearchRequest) -> None:
                                             "screen_batches > 0")
     elif isinstance(evaluator, SupernetEvaluation) and evaluator.screen_batches:
         raise RequestError("screen_batches", "screens for a greedy shortlist; give the shortlist too")
-    if request.shortlist_extra:
-        if not (isinstance(request.shortlist_extra, int) and request.shortlist_extra in SHORTLIST_EXTRA):
-            raise RequestError("shortlist_extra", f"{request.shortlist_extra!r} is not {SHORTLIST_EXTRA.describe()}")
-        if not request.shortlist:
-            raise RequestError("shortlist_extra", "widens a greedy shortlist; give the shortlist too")
+    if request.shortlist_extra and not request.shortlist:
+        raise RequestError("shortlist_extra", "widens a greedy shortlist; give the shortlist too")
 
 
 def _check_coverage(request: SearchRequest, space: SearchSpace) -> None:

@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from nas.actions import type_actions, type_swap  # noqa: E402
+from nas.actions import type_actions  # noqa: E402
 from search_spaces import Architecture, ArchitectureError, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic  # noqa: E402
 
@@ -165,7 +165,7 @@ def type_prices(predictor) -> list[dict[str, float]]:
     base = float(predictor.predict(largest))
     prices: list[dict[str, float]] = [{largest.stages[s].blocks[-1].type: 0.0} for s in range(len(space.stages))]
     for action in type_actions(space, largest):
-        swap, swapped = type_swap(action), action.apply(largest)
+        swap, swapped = action.swap, action.apply(largest)
         if swapped.stages[swap.stage].blocks[:-1] == largest.stages[swap.stage].blocks[:-1]:  # not a swap of an earlier block
             prices[swap.stage][swap.variant] = float(predictor.predict(swapped)) - base
     return [{name: round(100 * (delta - stage["ffn"]) / base, 3) for name, delta in stage.items()} for stage in prices]

@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
-from search_spaces.limits import SEED, SHORTLIST_EXTRA  # noqa: E402
+from search_spaces.limits import SEED  # noqa: E402
 
 from experiments.study import Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
@@ -117,14 +117,11 @@ def check_strategy_values(path: Path, name: str, settings: dict[str, Any]) -> No
     try:
         check_strategy_settings(settings["strategy"], objective=settings["objective"], actions=settings.get("actions"),
                                 drop_floor=settings.get("drop_floor"), min_step_ms=settings.get("min_step_ms"),
-                                steps_past_target=settings.get("steps_past_target", 0))
+                                steps_past_target=settings.get("steps_past_target", 0),
+                                shortlist_extra=settings.get("shortlist_extra", 0))
     except RequestError as error:
         raise SystemExit(f"{path}: strategies.{name}.{error.field}: {error}") from None
     if settings["strategy"] == "greedy":
-        extra = settings.get("shortlist_extra", 0)
-        if not (_whole(extra, 0) and extra in SHORTLIST_EXTRA):
-            refuse("shortlist_extra", f"give {SHORTLIST_EXTRA.describe()} (more candidates a step may score "
-                                      "when its shortlist disappoints)")
         return
     seeds = settings["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(_whole(seed, 0) and seed in SEED for seed in seeds) \

@@ -9,7 +9,7 @@ import pytest
 from search_spaces import get_space, list_spaces
 from search_spaces.command_line import run_command
 
-from nas.actions import TypeSwap, compound, type_actions, type_swap, v1_actions, v2_actions, v2_type_actions
+from nas.actions import TypeSwap, compound, type_actions, v1_actions, v2_actions, v2_type_actions
 from supernet.importance import MetaPathImportance
 from nas.greedy import greedy_search
 from nas.problem import Unreachable
@@ -79,10 +79,10 @@ def test_type_actions_turn_each_stages_last_block_of_another_type_into_each_vari
     # compounded, a swap continues with the stage's next block (from the end) into the same variant
     saving = lambda arch: sum(b.type == "conv_encoder" for st in arch.stages for b in st.blocks)  # noqa: E731
     first = by_name["attn_ffn->conv_encoder[kernel=3] s3b9"]
-    assert first.group == "conv_encoder[kernel=3] s3" and type_swap(first) == TypeSwap(3, "conv_encoder[kernel=3]")
+    assert first.group == "conv_encoder[kernel=3] s3" and first.swap == TypeSwap(3, "conv_encoder[kernel=3]")
     compounded = compound(space, largest, first, v2_type_actions, saving, 3)
-    assert type_swap(compounded) == type_swap(first)  # what the swaps turn blocks into, read by the hybrid study
-    assert all(type_swap(action) is None for action in v2_actions(space, largest))
+    assert compounded.swap == first.swap  # what the swaps turn blocks into, read by the hybrid study
+    assert all(action.swap is None for action in v2_actions(space, largest))
     stepped = compounded.apply(largest)
     assert [(b.type, b.kernel) for b in stepped.stages[3].blocks][-4:] == [("attn_ffn", None)] + [("conv_encoder", 3)] * 3
 
