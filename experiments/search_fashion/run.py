@@ -2,6 +2,7 @@
 regularized evolution at equal budgets, and than the EfficientFormerV2 references?
 
     python experiments/search_fashion/run.py --phase search [--only iphone12] [--target 0.25x]   # one process per core
+    python experiments/search_fashion/run.py --phase search --extend-budgets   # sampling runs to a costlier greedy's budget
     python experiments/search_fashion/run.py --phase rescore [--remeasure]   # every pick on the test split
     python experiments/search_fashion/run.py --phase standalone   # one process per core
     python experiments/search_fashion/run.py --phase evaluate     # tables, verdicts, plots
@@ -312,6 +313,11 @@ def greedy_budget(config: dict[str, Any], target: Target) -> int:
     return max(costs)
 
 
+def sampling_budget(config: dict[str, Any], target: Target, settings: dict[str, Any]) -> int:
+    """A sampling run's budget at `target`: `budget_multiple` x the target's largest greedy cost."""
+    return greedy_budget(config, target) * int(settings["budget_multiple"])
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchJob:
     """One search of the study and the searches whose results it needs first: a sampling run
@@ -326,6 +332,18 @@ class SearchJob:
 
     def result(self, config: dict[str, Any]) -> Path:
         return result_path(config, self.target, self.run)
+
+    def done(self, config: dict[str, Any], extend: bool = False) -> bool:
+        """Its result exists; with `extend`, a sampling run's result must also have the budget the
+        target's greedy runs set now (a greedy run added later, or rerun, may have cost more)."""
+        path = self.result(config)
+        if not path.is_file():
+            return False
+        if not extend or self.settings["strategy"] == "greedy":
+            return True
+        if not all(result_path(config, *need).is_file() for need in self.needs):
+            return False  # its budget is not known yet: it waits for the greedy runs, then is checked
+        return read_json(path)["budget"] >= sampling_budget(config, self.target, self.settings)
 
 
 def result_path(config: dict[str, Any], target: Target, run: str) -> Path:
@@ -350,25 +368,30 @@ def search_jobs(config: dict[str, Any], targets: list[Target]) -> list[SearchJob
 
 
 def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, target: Target, run: str,
-               settings: dict[str, Any], seed: int | None) -> None:
+               settings: dict[str, Any], seed: int | None, extend: bool = False) -> None:
+    """One search, unless its result exists. With `extend`, a sampling run whose result has a
+    smaller budget than the target's greedy runs set now is extended to it: resumed from its state
+    file (`nas.strategies`: a finished search resumed with a larger budget continues as if it had
+    never stopped), or rerun from the start without one; the score cache makes the evaluations it
+    already paid for free. Its `seconds` then add up both runs, and `extended_from_budget` says so."""
     out = result_path(config, target, run)
-    if out.is_file():
+    greedy = settings["strategy"] == "greedy"
+    budget = None if greedy else sampling_budget(config, target, settings)
+    previous = read_json(out) if out.is_file() else None
+    if previous is not None and (not extend or greedy or previous["budget"] >= budget):
         return
     evaluator.refresh()  # what other processes scored meanwhile (a greedy path another one walked)
     mes = MobileEfficiencyScore(**config["mes"])
     state = ROOT / config["runs"] / "state" / target.table / target.label / f"{run}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
-    budget = None
-    if settings["strategy"] == "greedy":
+    if greedy:
         strategy: Any = "greedy"
     else:
-        budget = greedy_budget(config, target) * int(settings["budget_multiple"])
         if settings["strategy"] == "random":
             strategy = RandomSearch(budget=budget, seed=seed)
         else:
             strategy = RegularizedEvolution(budget=budget, seed=seed, population_size=settings["population_size"],
                                             sample_size=settings["sample_size"])
-    greedy = settings["strategy"] == "greedy"
     request = SearchRequest(space.name, table, target.latency_ms, evaluator=evaluator, objective=settings["objective"],
                             mes=mes, strategy=strategy, seed=seed or 0, state_path=state,
                             shortlist=config["evaluator"]["shortlist"] if greedy else 0,
@@ -377,7 +400,9 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
                             min_step_ms=settings.get("min_step_ms") if greedy else None,
                             actions=settings.get("actions") if greedy else None,
                             steps_past_target=settings.get("steps_past_target", 0) if greedy else 0)
-    log(f"{target.table} {target.label} ({target.latency_ms:.3f} ms) {run}: searching (budget {budget}, load {loadavg()})")
+    extending = f", extending budget {previous['budget']}" if previous is not None else ""
+    log(f"{target.table} {target.label} ({target.latency_ms:.3f} ms) {run}: searching (budget {budget}{extending}, "
+        f"load {loadavg()})")
     started, computed = time.perf_counter(), evaluator.computed
     outcome = run_search(request, progress=True)
     evaluator.save()
@@ -390,7 +415,9 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
         "strategy": settings["strategy"], "objective": settings["objective"], "seed": seed, "budget": budget,
         **({"actions": outcome.meta["actions"]} if greedy else {}),
         "evaluations": result.evaluations, "screenings": result.screenings,
-        "seconds": round(seconds, 1), "computed_this_run": evaluator.computed - computed, "load_at_end": loadavg(),
+        "seconds": round(seconds + (previous["seconds"] if previous is not None else 0.0), 1),
+        **({"extended_from_budget": previous["budget"]} if previous is not None else {}),
+        "computed_this_run": evaluator.computed - computed, "load_at_end": loadavg(),
         "pick": {"arch": result.arch.to_dict(), "val_accuracy": result.score, "latency_ms": result.latency,
                  "params": result.params, "mes": result.mes},
         "steps": len(result.steps) if settings["strategy"] == "greedy" else None,
@@ -403,7 +430,7 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
 
 
 def search_phase(config: dict[str, Any], only: str | None, target_label: str | None = None,
-                 strategies: tuple[str, ...] = ()) -> None:
+                 strategies: tuple[str, ...] = (), extend: bool = False) -> None:
     """Run every search not yet done (of one table with `only`, at the targets labelled
     `target_label` with it, of the `strategies` named with them: names under the config's
     `strategies`, e.g. its greedy runs at every target before any sampling run). Several processes
@@ -411,7 +438,8 @@ def search_phase(config: dict[str, Any], only: str | None, target_label: str | N
     claimed by a running process, nor waiting for another job's result (`experiments.study.Claim`),
     and waits when none is left. Jobs at targets
     left out are not waited for: a greedy run then starts without its shallower target's path in
-    the score cache (the same result, more evaluations computed)."""
+    the score cache (the same result, more evaluations computed). With `extend`, sampling results
+    at a smaller budget than the target's greedy runs set now are extended (`search_one`)."""
     space = get_space(config["space"])
     tables = tables_of(config, space)
     configured = targets_of(config, space, tables)
@@ -423,7 +451,7 @@ def search_phase(config: dict[str, Any], only: str | None, target_label: str | N
     unknown = [name for name in strategies if name not in config["strategies"]]
     if unknown:
         raise SystemExit(f"--strategy {unknown[0]}: choose from {', '.join(config['strategies'])}")
-    evaluator = build_evaluator(config, space)
+    evaluator = None  # built when the first search starts: a phase with nothing left to do reads no checkpoint
     pending = [job for job in search_jobs(config, targets)
                if not strategies or group_of(job.run) in strategies]
     for job in pending:  # a sampling run left to wait for a greedy run nobody was asked to run would wait forever
@@ -433,13 +461,15 @@ def search_phase(config: dict[str, Any], only: str | None, target_label: str | N
                                  f"which has no result there; name --strategy {run} too, or run it first")
     claims = ROOT / config["runs"] / "claims"
     while pending:
-        pending = [job for job in pending if not job.result(config).is_file()]
+        pending = [job for job in pending if not job.done(config, extend)]
         ready = [job for job in pending if all(result_path(config, *need).is_file() for need in job.needs)]
         for job in ready:
             with Claim(claims / job.target.table / job.target.label / f"{job.run}.pid") as mine:
                 if mine:
+                    if evaluator is None:
+                        evaluator = build_evaluator(config, space)
                     search_one(config, space, tables[job.target.table], evaluator, job.target, job.run,
-                               job.settings, job.seed)
+                               job.settings, job.seed, extend)
                     break
         else:
             if pending:
@@ -834,6 +864,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="search: only the targets with this label (e.g. 0.25x or 1.1ms)")
     parser.add_argument("--strategy", action="append", default=[],
                         help="search: only this strategy (a name under `strategies`; repeat for several)")
+    parser.add_argument("--extend-budgets", action="store_true",
+                        help="search: extend sampling results whose budget is below what the target's greedy runs "
+                             "set now (a costlier greedy run added later); the scores they paid for come from the cache")
     parser.add_argument("--remeasure", action="store_true",
                         help="rescore: measure every pick's latency again (run it on an otherwise idle machine)")
     args = parser.parse_args(argv)
@@ -844,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = PHASES if args.phase == "all" else (args.phase,)
     for phase in phases:
         if phase == "search":
-            search_phase(config, args.only, args.target, tuple(args.strategy))
+            search_phase(config, args.only, args.target, tuple(args.strategy), args.extend_budgets)
         elif phase == "rescore":
             rescore_phase(config, args.remeasure)
         elif phase == "standalone":

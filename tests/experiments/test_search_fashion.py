@@ -44,7 +44,7 @@ def _recorded_searches(tmp_path, monkeypatch) -> tuple[dict, object, list]:
     monkeypatch.setattr(study, "build_evaluator", lambda config, space: None)
     ran = []
 
-    def search_one(config, space, table, evaluator, target, run, settings, seed):
+    def search_one(config, space, table, evaluator, target, run, settings, seed, extend=False):
         ran.append((target.label, run))
         _finish(config, target, run, 80.0)
 
@@ -300,6 +300,73 @@ def test_every_phase_runs_end_to_end_on_a_tiny_supernet_and_a_second_run_does_no
     for phase in ("search", "rescore", "standalone"):  # everything is done: nothing is redone
         assert exit_code_of(lambda phase=phase: study.main(["--config", str(path), "--phase", phase])) == 0
     assert {p: p.stat().st_mtime_ns for p in written} == written
+
+
+def _tiny_study(tmp_path, folder: str) -> tuple[dict, object]:
+    """A one-target study on a tiny untrained supernet: one greedy run, random and evolution."""
+    import torch
+
+    from supernet import Supernet
+
+    checkpoint = tmp_path / "supernet.pt"
+    if not checkpoint.is_file():
+        torch.manual_seed(0)
+        Supernet.from_space("efficientformer_v2", num_classes=10, resolution=32).save(checkpoint)
+    data = tmp_path / "fashion"
+    if not data.is_dir():
+        make_fashion_mnist(data)
+    config = yaml.safe_load(CONFIG.read_text())
+    config.update(data=f"fashion-mnist:{data}", supernet=str(checkpoint), runs=str(tmp_path / folder / "runs"),
+                  results=str(tmp_path / folder / "results"),
+                  evaluator={"batch_size": 5, "eval_batches": 4, "recalibrate": 0, "screen_batches": 1, "shortlist": 1})
+    config["tables"]["iphone12"].update(targets_ms=[2.65], references={"s2": 2.65})
+    config["strategies"] = {
+        "greedy_mes": {"strategy": "greedy", "objective": "mes", "drop_floor": 10.0},
+        "random": {"strategy": "random", "objective": "mes", "seeds": [0], "budget_multiple": 1},
+        "evolution": {"strategy": "evolution", "objective": "mes", "seeds": [0], "budget_multiple": 1,
+                      "population_size": 3, "sample_size": 2}}
+    config["standalone"].pop("also_train", None)
+    path = tmp_path / f"{folder}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config, path
+
+
+@pytest.mark.slow
+def test_extend_budgets_brings_sampling_runs_to_a_costlier_greedy_runs_budget_as_a_fresh_run_at_it_would(tmp_path):
+    """A greedy run that costs more than the one that set the sampling budgets (here its result
+    edited to cost 3 more): a plain search phase leaves the sampling results alone; with
+    `--extend-budgets` they are extended from their state files to the new budget, and end exactly
+    where searches run from the start at that budget end, with both runs' seconds."""
+    config, path = _tiny_study(tmp_path, "first")
+    search = ["--config", str(path), "--phase", "search"]
+    assert exit_code_of(lambda: study.main(search)) == 0
+    (target,) = _targets(config)
+    folder = target.folder(study.results_of(config))
+    greedy = json.loads((folder / "greedy_mes.json").read_text())
+    old_budget = study.greedy_cost(config, greedy)
+    first = {run: json.loads((folder / f"{run}.json").read_text()) for run in ("random_seed0", "evolution_seed0")}
+    assert {result["budget"] for result in first.values()} == {old_budget}
+    greedy["evaluations"] += 3
+    (folder / "greedy_mes.json").write_text(json.dumps(greedy))
+    written = {run: (folder / f"{run}.json").stat().st_mtime_ns for run in first}
+    assert exit_code_of(lambda: study.main(search)) == 0  # not asked to extend: nothing is redone
+    assert {run: (folder / f"{run}.json").stat().st_mtime_ns for run in first} == written
+    assert exit_code_of(lambda: study.main([*search, "--extend-budgets"])) == 0
+    extended = {run: json.loads((folder / f"{run}.json").read_text()) for run in first}
+    fresh_config, fresh_path = _tiny_study(tmp_path, "fresh")
+    fresh_folder = target.folder(study.results_of(fresh_config))
+    fresh_folder.mkdir(parents=True)
+    (fresh_folder / "greedy_mes.json").write_text(json.dumps(greedy))  # the costlier greedy run, as if it ran there
+    assert exit_code_of(lambda: study.main(["--config", str(fresh_path), "--phase", "search"])) == 0
+    for run, result in extended.items():
+        fresh = json.loads((fresh_folder / f"{run}.json").read_text())
+        assert result["budget"] == fresh["budget"] == old_budget + 3 and result["extended_from_budget"] == old_budget
+        assert result["evaluated"] == fresh["evaluated"] and len(result["evaluated"]) == old_budget + 3
+        assert result["pick"] == fresh["pick"] and result["evaluations"] == fresh["evaluations"]
+        assert result["seconds"] >= first[run]["seconds"]
+    again = {run: (folder / f"{run}.json").stat().st_mtime_ns for run in first}
+    assert exit_code_of(lambda: study.main([*search, "--extend-budgets"])) == 0  # at the budget now: nothing redone
+    assert {run: (folder / f"{run}.json").stat().st_mtime_ns for run in first} == again
 
 
 def test_a_greedy_run_holds_only_with_a_check_at_every_configured_target(tmp_path):
