@@ -336,14 +336,21 @@ class SearchJob:
     def done(self, config: dict[str, Any], extend: bool = False) -> bool:
         """Its result exists; with `extend`, a sampling run's result must also have the budget the
         target's greedy runs set now (a greedy run added later, or rerun, may have cost more)."""
-        path = self.result(config)
-        if not path.is_file():
-            return False
-        if not extend or self.settings["strategy"] == "greedy":
-            return True
-        if not all(result_path(config, *need).is_file() for need in self.needs):
+        if extend and self.settings["strategy"] != "greedy" and self.result(config).is_file() \
+                and not all(result_path(config, *need).is_file() for need in self.needs):
             return False  # its budget is not known yet: it waits for the greedy runs, then is checked
-        return read_json(path)["budget"] >= sampling_budget(config, self.target, self.settings)
+        return finished(config, self.target, self.run, self.settings, extend)
+
+
+def finished(config: dict[str, Any], target: Target, run: str, settings: dict[str, Any], extend: bool) -> bool:
+    """`run`'s result at `target` exists and, with `extend`, a sampling run's has the budget the
+    target's greedy runs set now (which needs their results)."""
+    path = result_path(config, target, run)
+    if not path.is_file():
+        return False
+    if not extend or settings["strategy"] == "greedy":
+        return True
+    return read_json(path)["budget"] >= sampling_budget(config, target, settings)
 
 
 def result_path(config: dict[str, Any], target: Target, run: str) -> Path:
@@ -374,12 +381,12 @@ def search_one(config: dict[str, Any], space, table, evaluator: StoredScores, ta
     file (`nas.strategies`: a finished search resumed with a larger budget continues as if it had
     never stopped), or rerun from the start without one; the score cache makes the evaluations it
     already paid for free. Its `seconds` then add up both runs, and `extended_from_budget` says so."""
+    if finished(config, target, run, settings, extend):
+        return
     out = result_path(config, target, run)
     greedy = settings["strategy"] == "greedy"
     budget = None if greedy else sampling_budget(config, target, settings)
-    previous = read_json(out) if out.is_file() else None
-    if previous is not None and (not extend or greedy or previous["budget"] >= budget):
-        return
+    previous = read_json(out) if out.is_file() else None  # a sampling result extended to `budget`
     evaluator.refresh()  # what other processes scored meanwhile (a greedy path another one walked)
     mes = MobileEfficiencyScore(**config["mes"])
     state = ROOT / config["runs"] / "state" / target.table / target.label / f"{run}.json"
