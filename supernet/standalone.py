@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ from search_spaces.limits import (
     FloatRange,
     IntRange,
 )
-from supernet.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
+from supernet.checkpoint import CheckpointError, content_digest, load_checkpoint, write_checkpoint
 from supernet.data import stratified_subset
 from supernet.training import SUBSET_IMAGES, TrainingDiverged, accuracy, check_settings, cosine_with_warmup, epoch_seed
 
@@ -111,8 +111,11 @@ class StandaloneResult:
                 "arch": self.arch.to_dict()}
 
 
-def _identity(arch: Architecture, recipe: StandaloneRecipe, data: str) -> dict[str, Any]:
-    return {"arch": arch.to_dict(), "recipe": dataclasses.asdict(recipe), "data": data}
+def _identity(arch: Architecture, recipe: StandaloneRecipe, data: str, initial: str | None = None) -> dict[str, Any]:
+    """What a checkpoint was trained for; `initial` (the digest of given starting weights) only when
+    there were any, so a from-scratch checkpoint's identity is the same as before the option existed."""
+    identity = {"arch": arch.to_dict(), "recipe": dataclasses.asdict(recipe), "data": data}
+    return identity if initial is None else {**identity, "initial_weights_sha256": initial}
 
 
 # What a standalone checkpoint holds besides `format` and `identity`, and the type of each entry.
@@ -133,12 +136,24 @@ def _read(path: Path, epochs: int) -> dict[str, Any] | None:
 
 
 def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, checkpoint: str | Path,
-                     progress: bool = True, label: str = "", device: str | torch.device = "cpu") -> StandaloneResult:
+                     progress: bool = True, label: str = "", device: str | torch.device = "cpu",
+                     initial_weights: Mapping[str, torch.Tensor] | None = None,
+                     splits: Sequence[str] | None = None) -> StandaloneResult:
     """Train `arch` (at the bundle's resolution and class count) by `recipe` on `device`; see the
-    module docstring. The device is where, not what: it is not part of the checkpoint's identity."""
+    module docstring. The device is where, not what: it is not part of the checkpoint's identity.
+
+    `initial_weights` (a state dict of `build_model(arch)`, e.g. `Supernet.extract(arch).state_dict()`)
+    starts the training from those weights instead of a fresh initialisation: inherited weights
+    fine-tuned; their digest is part of the checkpoint's identity. `splits` names the splits the
+    result's accuracy is measured on (default: every split but train; `()` for none, when the
+    per-epoch validation in the history is all a caller reads)."""
     arch = dataclasses.replace(arch, resolution=bundle.resolution, num_classes=bundle.num_classes)
     checkpoint = Path(checkpoint)
-    identity = _identity(arch, recipe, bundle.spec)
+    splits = tuple(split for split in bundle.splits if split != "train") if splits is None else tuple(splits)
+    unknown = sorted(set(splits) - set(bundle.splits))
+    if unknown:
+        raise ValueError(f"splits: {unknown} not in the data's splits {list(bundle.splits)}")
+    identity = _identity(arch, recipe, bundle.spec, None if initial_weights is None else content_digest(dict(initial_weights)))
     stored = _read(checkpoint, recipe.epochs)
     if stored is not None and stored.get("identity") != identity:
         raise CheckpointError(f"{checkpoint}: trained for another architecture, recipe or data; remove it or choose "
@@ -153,6 +168,12 @@ def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, check
     total, warmup = steps_per_epoch * recipe.epochs, int(round(recipe.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
     epoch, history, seconds = 0, [], 0.0
+    if stored is None and initial_weights is not None:
+        try:
+            model.load_state_dict(initial_weights)
+        except (RuntimeError, KeyError, TypeError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"initial_weights: do not fit this network ({first[:200]})") from None
     if stored is not None:
         try:
             model.load_state_dict(stored["model"])
@@ -193,6 +214,5 @@ def train_standalone(arch: Architecture, bundle, recipe: StandaloneRecipe, check
         write_checkpoint(checkpoint, {"format": STANDALONE_FORMAT, "identity": identity, "model": model.state_dict(),
                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                       "epoch": epoch, "history": history, "seconds": seconds})
-    scores = {split: accuracy(model, DataLoader(bundle.split(split), batch_size=256))
-              for split in bundle.splits if split != "train"}
+    scores = {split: accuracy(model, DataLoader(bundle.split(split), batch_size=256)) for split in splits}
     return StandaloneResult(arch, scores, count_params(arch), epoch, len(train), seconds, tuple(history))

@@ -6,6 +6,7 @@
     python experiments/supernet_ranking/run.py --phase budget          # a few networks at twice the epochs
     python experiments/supernet_ranking/run.py --phase seeds           # the same few again with another seed
     python experiments/supernet_ranking/run.py --phase evaluate [--partial]   # score, correlate, plot
+    python experiments/supernet_ranking/run.py --phase attempts [--attempt NAME [--shard 1/2]]   # what was tried
     python experiments/supernet_ranking/run.py --phase all             # everything, in that order
 
 1. select: networks spread over the `iphone12` latency range of the V2 space: `strata` equal-width
@@ -28,6 +29,10 @@
    predictor. The BN handling is chosen on the standalone val accuracy; the test accuracy only
    reports. `--partial` evaluates while phases are still running: over the networks trained so
    far and the supernet's latest epoch, written to the `*_partial` outputs, never to the final ones.
+7. attempts: the improvement attempts of `evaluation.attempts`, each correlated like `evaluate`:
+   the supernet scored with other evaluation settings, a supernet trained with other settings, or
+   each network briefly trained (`short_training`: inherited from the supernet, or from scratch as
+   the control). `--attempt NAME` runs one; `--shard i/n` with it splits a short training's networks.
 
 Outputs (this folder): networks.json, supernet_training.json, standalone/<id>.json,
 budget/<id>.json, seeds/<id>.json, results.json, ranking.csv, ranking.png (and results_partial.json,
@@ -471,21 +476,92 @@ def attempt_config(config: dict[str, Any], name: str, changes: dict[str, Any]) -
     return scored
 
 
-def attempts(config: dict[str, Any]) -> dict[str, Any]:
+#: `evaluation.attempts.<name>.short_training`: each network trained briefly and scored on the
+#: evaluation's val images, from the supernet's weights (`initial: supernet`) or from scratch
+SHORT_TRAINING_KEYS = ("initial", "steps", "lr")
+SHORT_TRAINING_INITIAL = ("supernet", "scratch")
+
+
+def short_training_recipe(config: dict[str, Any], name: str, settings: Any) -> StandaloneRecipe:
+    """The recipe of a short-training attempt: the study's standalone recipe for `steps` steps
+    (one epoch over `steps` batches of a fixed training subset, no warm-up) at `lr`, its per-epoch
+    validation on the evaluation's val images (the ones the supernet is scored on)."""
+    where = f"evaluation.attempts.{name}.short_training"
+    if not isinstance(settings, dict) or sorted(settings) != sorted(SHORT_TRAINING_KEYS):
+        raise SystemExit(f"{where}: a mapping with exactly the keys {list(SHORT_TRAINING_KEYS)}, got {settings!r}")
+    if settings["initial"] not in SHORT_TRAINING_INITIAL:
+        raise SystemExit(f"{where}.initial: one of {list(SHORT_TRAINING_INITIAL)}, got {settings['initial']!r}")
+    if not isinstance(settings["steps"], int) or isinstance(settings["steps"], bool) or not 1 <= settings["steps"] <= 10_000:
+        raise SystemExit(f"{where}.steps: an integer in [1, 10000], got {settings['steps']!r}")
+    recipe = recipe_of(config)
+    try:
+        return dataclasses.replace(recipe, epochs=1, warmup_epochs=0.0, lr=settings["lr"],
+                                   train_images=settings["steps"] * recipe.batch_size,
+                                   val_images=config["evaluation"]["val_images"])
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"{where}.{error}") from None
+
+
+def short_training_scores(config: dict[str, Any], networks: list[dict[str, Any]], name: str,
+                          settings: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each network's accuracy (%) on the evaluation's val images after `short_training_recipe`,
+    started from its weights inside the study's supernet (inherited weights fine-tuned: BN
+    statistics re-estimated by the training steps) or from scratch (the control: what the same
+    steps give without the supernet). Every network is a checkpoint under
+    `<checkpoints>/attempts/<name>/`, so a killed attempt resumes; the seconds include training."""
+    recipe = short_training_recipe(config, name, settings)
+    bundle = load_data(config["data"], config["resolution"], recipe.seed)
+    net = None
+    if settings["initial"] == "supernet":
+        from supernet import Supernet
+
+        net = Supernet.load(supernet_path(config), space=config["space"]).to(config["accelerator"])
+    folder = ROOT / config["checkpoints"] / "attempts" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    values, started = {}, time.perf_counter()
+    for network in networks:
+        arch = dataclasses.replace(Architecture.from_dict(network["arch"]), resolution=config["resolution"],
+                                   num_classes=config["num_classes"])
+        weights = None if net is None else {key: value.detach().clone() for key, value in net.extract(arch).state_dict().items()}
+        result = train_standalone(arch, bundle, recipe, folder / f"{network['id']}.pt", label=f"{name} {network['id']}",
+                                  device=config["accelerator"], initial_weights=weights, splits=())
+        values[network["id"]] = 100.0 * result.history[-1]["val"]
+        log(f"attempt {name} {network['id']} ({network['name']}): {values[network['id']]:.2f}% on val "
+            f"after {settings['steps']} steps (load {loadavg()})")
+    handling = f"{settings['initial']}_{settings['steps']}_steps"
+    return {handling: {**values, "_seconds_per_evaluation": (time.perf_counter() - started) / len(networks)}}
+
+
+def attempts(config: dict[str, Any], only: str | None = None, part: str | None = None) -> dict[str, Any]:
     """The improvement attempts of `evaluation.attempts`: the supernet scored as `evaluation` says
     with each attempt's changes (e.g. more val images), correlated with the standalone val and test
     accuracy like `evaluate`. An attempt with a `supernet:` section trains that supernet first
-    (`attempt_config`; resumable), its log in `attempts/<name>_supernet_training.json`. Each
-    finished attempt is kept in attempts.json with the digest of the weights it scored; a rerun
-    skips it unless its settings, networks or supernet changed."""
+    (`attempt_config`; resumable), its log in `attempts/<name>_supernet_training.json`; one with a
+    `short_training:` section scores each network after a few training steps instead
+    (`short_training_scores`). Each finished attempt is kept in attempts.json with the digest of the
+    weights it scored; a rerun skips it unless its settings, networks or supernet changed. `only`
+    runs one attempt (two processes can run two: each merges its record into the file as it is then);
+    with `part` (`--shard i/n`) a short-training attempt trains every n-th network only and records
+    nothing: a run without it then scores all from their finished checkpoints."""
     standalone = trained_standalone(config, partial=True)
     networks = [network for network in networks_of(config) if network["id"] in standalone]
     path = results_of(config) / "attempts.json"
     done = read_json(path) if path.is_file() else {}
     settings = config["evaluation"]
-    scores_study_supernet = any("supernet" not in changes for changes in settings.get("attempts", {}).values())
+    chosen = settings.get("attempts", {})
+    if only is not None:
+        if only not in chosen:
+            raise SystemExit(f"--attempt: one of {sorted(chosen)} (evaluation.attempts), got {only!r}")
+        chosen = {only: chosen[only]}
+    if part is not None and (only is None or "short_training" not in chosen[only]):
+        raise SystemExit(f"--shard {part}: splits a short_training attempt's networks; name one with --attempt")
+    for name, changes in chosen.items():
+        if "short_training" in changes:
+            short_training_recipe(config, name, changes["short_training"])  # refused before any work
+    scores_study_supernet = any("supernet" not in changes and changes.get("short_training", {}).get("initial") != "scratch"
+                                for changes in chosen.values())
     weights = supernet_weights_sha256(config) if scores_study_supernet else None
-    for name, changes in settings.get("attempts", {}).items():
+    for name, changes in chosen.items():
         scored, log_path = attempt_config(config, name, changes), None
         if "supernet" in changes:  # its own supernet, trained (or resumed) here first
             log_path = results_of(config) / "attempts" / f"{name}_supernet_training.json"
@@ -497,12 +573,20 @@ def attempts(config: dict[str, Any]) -> dict[str, Any]:
                 train_supernet(scored, log_path)
         variant = {**{k: v for k, v in settings.items() if k != "attempts"},
                    **{k: v for k, v in changes.items() if k != "supernet"}}
-        digest = weights if "supernet" not in changes else supernet_weights_sha256(scored)
+        from_scratch = changes.get("short_training", {}).get("initial") == "scratch"
+        digest = None if from_scratch else weights if "supernet" not in changes else supernet_weights_sha256(scored)
         if (name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks)
                 and done[name].get("supernet_weights_sha256") == digest):
             continue
         log(f"attempt {name}: {changes} (load {loadavg()})")
-        scores = supernet_scores(scored, networks, variant)
+        if part is not None:
+            short_training_scores(scored, shard(networks, part), name, changes["short_training"])
+            log(f"attempt {name}: shard {part} trained; run --phase attempts without --shard to record it")
+            return done
+        if "short_training" in changes:
+            scores = short_training_scores(scored, networks, name, changes["short_training"])
+        else:
+            scores = supernet_scores(scored, networks, variant)
         ids = [network["id"] for network in networks]
         record: dict[str, Any] = {"settings": variant, "changes": changes, "networks": len(networks),
                                   "supernet_weights_sha256": digest, "load": loadavg(), "handlings": {}}
@@ -517,8 +601,9 @@ def attempts(config: dict[str, Any]) -> dict[str, Any]:
                 "scores": {i: round(values[i], 4) for i in ids}}
             test = record["handlings"][handling]["correlations_with_standalone_test_accuracy"]
             log(f"attempt {name} {handling}: τ vs test {test['kendall_tau']:+.3f} {test['kendall_tau_95']}")
-        done[name] = record
+        done = {**(read_json(path) if path.is_file() else {}), name: record}  # another process may have added one
         write_json(path, done)
+    done = read_json(path) if path.is_file() else {}  # with what another process (--attempt) added
     plot_attempts(done, standalone, networks, results_of(config) / "attempts.png")
     return done
 
@@ -540,7 +625,7 @@ def plot_attempts(done: dict[str, Any], standalone: dict[str, dict[str, Any]], n
     rows = [{"name": network["name"], "standalone_test": standalone[network["id"]]["accuracy"]["test"]}
             for network in networks]
     plot(rows, predictors, correlations, ids, path,
-         title=f"{PLOT_SUBJECT}: each attempt's supernet scores (%) against standalone training")
+         title=f"{PLOT_SUBJECT}: each attempt's scores (%) against standalone training")
 
 
 PLOT_SUBJECT = "Fashion-MNIST, EfficientFormerV2 space at 64 px"
@@ -579,7 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE_CONFIG)
     parser.add_argument("--phase", choices=(*PHASES, "all"), required=True)
-    parser.add_argument("--shard", help="standalone/budget/seeds: train every n-th network (i/n), for parallel processes")
+    parser.add_argument("--shard", help="standalone/budget/seeds (and attempts with --attempt naming a short_training "
+                                        "one): train every n-th network (i/n), for parallel processes")
+    parser.add_argument("--attempt", help="attempts: run only this one of evaluation.attempts (two processes can run two)")
     parser.add_argument("--partial", action="store_true",
                         help="evaluate: over the networks trained so far and the supernet's latest epoch (*_partial outputs)")
     args = parser.parse_args(argv)
@@ -607,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         elif phase == "evaluate":
             evaluate(config, partial=args.partial)
         else:
-            attempts(config)
+            attempts(config, args.attempt, args.shard)
     return 0
 
 

@@ -90,6 +90,47 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
     path = _write(tmp_path, config)
     with pytest.raises(SystemExit, match=r"evaluation.attempts.bad.supernet.student_target: must be one of"):
         study.main(["--config", str(path), "--phase", "attempts"])
+
+    # short training: each network a few steps from its supernet weights, or from scratch (the control),
+    # a checkpoint each, scored on the evaluation's val images; `--attempt` runs one, merged into the file
+    short = {"tuned": {"short_training": {"initial": "supernet", "steps": 1, "lr": 0.0005}},
+             "scratch": {"short_training": {"initial": "scratch", "steps": 1, "lr": 0.0005}}}
+    config["evaluation"]["attempts"] = short
+    path = _write(tmp_path, config)
+    with pytest.raises(SystemExit, match=r"--shard 1/2: splits a short_training attempt's networks; name one with --attempt"):
+        study.main(["--config", str(path), "--phase", "attempts", "--shard", "1/2"])
+    for part in ("1/2", "2/2"):  # two processes share the networks; neither records the attempt
+        assert exit_code_of(lambda part=part: study.main(
+            ["--config", str(path), "--phase", "attempts", "--attempt", "scratch", "--shard", part])) == 0
+    assert "scratch" not in json.loads((results / "attempts.json").read_text())
+    assert len(list((tmp_path / "checkpoints" / "attempts" / "scratch").glob("*.pt"))) == 4
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "attempts", "--attempt", "scratch"])) == 0
+    done = json.loads((results / "attempts.json").read_text())
+    assert "tuned" not in done and "labels" in done and set(done["scratch"]["handlings"]) == {"scratch_1_steps"}
+    assert done["scratch"]["supernet_weights_sha256"] is None and done["scratch"]["networks"] == 4
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "attempts"])) == 0
+    again = json.loads((results / "attempts.json").read_text())
+    assert again["scratch"] == done["scratch"]  # finished: not rerun
+    assert again["tuned"]["supernet_weights_sha256"] == study.supernet_weights_sha256(config)
+    scores = again["tuned"]["handlings"]["supernet_1_steps"]["scores"]
+    assert len(scores) == 4 and all(0 <= value <= 100 for value in scores.values())
+    assert len(list((tmp_path / "checkpoints" / "attempts" / "tuned").glob("*.pt"))) == 4
+    for attempt, message in [
+            ({"short_training": {"initial": "supernet", "steps": 0, "lr": 0.0005}},
+             r"evaluation.attempts.bad.short_training.steps: an integer in \[1, 10000\], got 0"),
+            ({"short_training": {"initial": "teacher", "steps": 5, "lr": 0.0005}},
+             r"evaluation.attempts.bad.short_training.initial: one of \['supernet', 'scratch'\], got 'teacher'"),
+            ({"short_training": {"initial": "scratch", "steps": 5}},
+             r"evaluation.attempts.bad.short_training: a mapping with exactly the keys \['initial', 'steps', 'lr'\]"),
+            ({"short_training": {"initial": "scratch", "steps": 5, "lr": -1.0}},
+             r"evaluation.attempts.bad.short_training.lr: ")]:
+        config["evaluation"]["attempts"] = {"bad": attempt}
+        path = _write(tmp_path, config)
+        with pytest.raises(SystemExit, match=message):
+            study.main(["--config", str(path), "--phase", "attempts"])
+    with pytest.raises(SystemExit, match=r"--attempt: one of \['bad'\] \(evaluation.attempts\), got 'nope'"):
+        study.main(["--config", str(path), "--phase", "attempts", "--attempt", "nope"])
+    assert not (tmp_path / "checkpoints" / "attempts" / "bad").exists()
     committed = study.HERE / "attempts.json"
     assert not committed.exists() or committed.stat().st_mtime_ns < path.stat().st_mtime_ns
 

@@ -67,6 +67,35 @@ def test_a_checkpoint_of_another_architecture_or_recipe_is_refused(bundle, tmp_p
         train_standalone(space.smallest(), bundle, RECIPE, tmp_path / "junk.pt", progress=False)
 
 
+def test_inherited_weights_start_the_training_and_are_part_of_its_identity(bundle, tmp_path):
+    from search_spaces import build_model
+
+    arch = dataclasses.replace(get_space("edgevit").smallest(), resolution=32, num_classes=bundle.num_classes)
+    torch.manual_seed(123)
+    inherited = build_model(arch).state_dict()
+    one_step = dataclasses.replace(RECIPE, epochs=1, train_images=16, warmup_epochs=0.0, lr=1e-6)
+    fine_tuned = train_standalone(arch, bundle, one_step, tmp_path / "inherited.pt", progress=False,
+                                  initial_weights=inherited, splits=())
+    scratch = train_standalone(arch, bundle, one_step, tmp_path / "scratch.pt", progress=False, splits=())
+    assert fine_tuned.accuracy == {} and scratch.accuracy == {}
+    weights = torch.load(tmp_path / "inherited.pt", weights_only=True)["model"]
+    name = next(key for key, value in inherited.items() if value.is_floating_point() and value.dim() > 1)
+    # one step at lr 1e-6 leaves the inherited weights where they were, not where a fresh start puts them
+    assert torch.allclose(weights[name], inherited[name], atol=1e-4)
+    assert not torch.allclose(torch.load(tmp_path / "scratch.pt", weights_only=True)["model"][name], inherited[name])
+    with pytest.raises(ValueError, match="another architecture, recipe or data"):  # other starting weights
+        train_standalone(arch, bundle, one_step, tmp_path / "inherited.pt", progress=False, splits=())
+    reused = train_standalone(arch, bundle, one_step, tmp_path / "inherited.pt", progress=False,
+                              initial_weights=inherited, splits=("val",))
+    assert set(reused.accuracy) == {"val"} and reused.history == fine_tuned.history
+    wrong = {key: value for key, value in inherited.items() if key != name}
+    with pytest.raises(ValueError, match="initial_weights: do not fit this network"):
+        train_standalone(arch, bundle, one_step, tmp_path / "wrong.pt", progress=False, initial_weights=wrong)
+    with pytest.raises(ValueError, match=r"splits: \['tset'\] not in the data's splits"):
+        train_standalone(arch, bundle, one_step, tmp_path / "other.pt", progress=False, splits=("tset",))
+    assert not (tmp_path / "wrong.pt").exists() and not (tmp_path / "other.pt").exists()
+
+
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", float("nan")), ("train_images", -1), ("seed", -1)])
 def test_bad_recipes_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
