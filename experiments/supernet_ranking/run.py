@@ -355,6 +355,44 @@ def trained_standalone(config: dict[str, Any], partial: bool) -> dict[str, dict[
     return standalone
 
 
+def beyond_latency(truth: list[float], predictor: list[float], latency_ms: list[float]) -> float | None:
+    """Spearman ρ between what is left of `truth` and of `predictor` once each one's least-squares
+    line in log latency is removed: whether a predictor knows anything about accuracy that the
+    networks' latency (their size, roughly) does not. Near 0: it ranks by size and nothing else."""
+    from scipy.stats import spearmanr
+
+    x = np.log(np.asarray(latency_ms, dtype=float))
+    design = np.stack([x, np.ones_like(x)], axis=1)
+
+    def residual(values: list[float]) -> np.ndarray:
+        y = np.asarray(values, dtype=float)
+        return y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+
+    def without_spread(values: list[float]) -> bool:  # a line in log latency and nothing else: what is left is rounding
+        return float(residual(values).std()) <= 1e-9 * max(float(np.abs(values).max()), 1.0)
+
+    if without_spread(truth) or without_spread(predictor):
+        return None
+    return round(float(spearmanr(residual(truth), residual(predictor)).statistic), 4)
+
+
+def add_beyond_latency(record: dict[str, Any], standalone: dict[str, dict[str, Any]],
+                       networks: list[dict[str, Any]]) -> bool:
+    """Give each handling of an attempt's record its `spearman_rho_beyond_latency` against the
+    standalone test accuracy (latency: the selection's table, `networks.json`); False when every
+    handling had it already."""
+    latency = {network["id"]: network["latency_ms"] for network in networks}
+    changed = False
+    for values in record["handlings"].values():
+        ids = [i for i in values["scores"] if i in standalone]
+        if "spearman_rho_beyond_latency" in values or len(ids) < 3:
+            continue
+        values["spearman_rho_beyond_latency"] = beyond_latency(
+            [standalone[i]["accuracy"]["test"] for i in ids], [values["scores"][i] for i in ids], [latency[i] for i in ids])
+        changed = True
+    return changed
+
+
 def correlations_with(config: dict[str, Any], standalone: dict[str, dict[str, Any]],
                       predictors: dict[str, dict[str, float]], split: str) -> dict[str, dict[str, Any]]:
     """Kendall τ and Spearman ρ (bootstrap intervals as `evaluation` says) of each predictor's
@@ -604,6 +642,8 @@ def attempts(config: dict[str, Any], only: str | None = None, part: str | None =
         done = {**(read_json(path) if path.is_file() else {}), name: record}  # another process may have added one
         write_json(path, done)
     done = read_json(path) if path.is_file() else {}  # with what another process (--attempt) added
+    if any([add_beyond_latency(record, standalone, networks) for record in done.values()]):
+        write_json(path, done)
     plot_attempts(done, standalone, networks, results_of(config) / "attempts.png")
     return done
 

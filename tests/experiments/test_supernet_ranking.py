@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -112,6 +113,7 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
     again = json.loads((results / "attempts.json").read_text())
     assert again["scratch"] == done["scratch"]  # finished: not rerun
     assert again["tuned"]["supernet_weights_sha256"] == study.supernet_weights_sha256(config)
+    assert "spearman_rho_beyond_latency" in again["tuned"]["handlings"]["supernet_1_steps"]
     scores = again["tuned"]["handlings"]["supernet_1_steps"]["scores"]
     assert len(scores) == 4 and all(0 <= value <= 100 for value in scores.values())
     assert len(list((tmp_path / "checkpoints" / "attempts" / "tuned").glob("*.pt"))) == 4
@@ -133,6 +135,16 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
     assert not (tmp_path / "checkpoints" / "attempts" / "bad").exists()
     committed = study.HERE / "attempts.json"
     assert not committed.exists() or committed.stat().st_mtime_ns < path.stat().st_mtime_ns
+
+
+def test_beyond_latency_reads_what_a_predictor_knows_besides_size():
+    latency = [0.5, 0.7, 1.0, 1.4, 2.0, 2.6]
+    size = np.log(latency)
+    other = np.asarray([0.3, -0.2, 0.5, -0.4, 0.1, 0.0])  # what decides accuracy besides size
+    truth = (size + other).tolist()
+    assert study.beyond_latency(truth, (3 * size + other).tolist(), latency) == pytest.approx(1.0)
+    assert study.beyond_latency(truth, (2 * size - other).tolist(), latency) == pytest.approx(-1.0)
+    assert study.beyond_latency(truth, (2 * size + 1).tolist(), latency) is None  # size and nothing else
 
 
 @pytest.mark.parametrize(("value", "message"), [
