@@ -368,12 +368,11 @@ def beyond_latency(truth: list[float], predictor: list[float], latency_ms: list[
         y = np.asarray(values, dtype=float)
         return y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
 
-    def without_spread(values: list[float]) -> bool:  # a line in log latency and nothing else: what is left is rounding
-        return float(residual(values).std()) <= 1e-9 * max(float(np.abs(values).max()), 1.0)
-
-    if without_spread(truth) or without_spread(predictor):
+    left = [residual(truth), residual(predictor)]
+    # a line in log latency and nothing else: what is left is rounding
+    if any(float(rest.std()) <= 1e-9 * max(float(np.abs(values).max()), 1.0) for rest, values in zip(left, (truth, predictor), strict=True)):
         return None
-    return round(float(spearmanr(residual(truth), residual(predictor)).statistic), 4)
+    return round(float(spearmanr(*left).statistic), 4)
 
 
 def add_beyond_latency(record: dict[str, Any], standalone: dict[str, dict[str, Any]],
@@ -520,6 +519,11 @@ SHORT_TRAINING_KEYS = ("initial", "steps", "lr")
 SHORT_TRAINING_INITIAL = ("supernet", "scratch")
 
 
+def from_scratch(changes: dict[str, Any]) -> bool:
+    """Whether an attempt trains its networks from scratch (reads no supernet at all)."""
+    return changes.get("short_training", {}).get("initial") == "scratch"
+
+
 def short_training_recipe(config: dict[str, Any], name: str, settings: Any) -> StandaloneRecipe:
     """The recipe of a short-training attempt: the study's standalone recipe for `steps` steps
     (one epoch over `steps` batches of a fixed training subset, no warm-up) at `lr`, its per-epoch
@@ -560,7 +564,7 @@ def short_training_scores(config: dict[str, Any], networks: list[dict[str, Any]]
     for network in networks:
         arch = dataclasses.replace(Architecture.from_dict(network["arch"]), resolution=config["resolution"],
                                    num_classes=config["num_classes"])
-        weights = None if net is None else {key: value.detach().clone() for key, value in net.extract(arch).state_dict().items()}
+        weights = None if net is None else net.extract(arch).state_dict()  # the extracted network's own copies
         result = train_standalone(arch, bundle, recipe, folder / f"{network['id']}.pt", label=f"{name} {network['id']}",
                                   device=config["accelerator"], initial_weights=weights, splits=())
         values[network["id"]] = 100.0 * result.history[-1]["val"]
@@ -596,8 +600,7 @@ def attempts(config: dict[str, Any], only: str | None = None, part: str | None =
     for name, changes in chosen.items():
         if "short_training" in changes:
             short_training_recipe(config, name, changes["short_training"])  # refused before any work
-    scores_study_supernet = any("supernet" not in changes and changes.get("short_training", {}).get("initial") != "scratch"
-                                for changes in chosen.values())
+    scores_study_supernet = any("supernet" not in changes and not from_scratch(changes) for changes in chosen.values())
     weights = supernet_weights_sha256(config) if scores_study_supernet else None
     for name, changes in chosen.items():
         scored, log_path = attempt_config(config, name, changes), None
@@ -611,8 +614,7 @@ def attempts(config: dict[str, Any], only: str | None = None, part: str | None =
                 train_supernet(scored, log_path)
         variant = {**{k: v for k, v in settings.items() if k != "attempts"},
                    **{k: v for k, v in changes.items() if k != "supernet"}}
-        from_scratch = changes.get("short_training", {}).get("initial") == "scratch"
-        digest = None if from_scratch else weights if "supernet" not in changes else supernet_weights_sha256(scored)
+        digest = None if from_scratch(changes) else weights if "supernet" not in changes else supernet_weights_sha256(scored)
         if (name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks)
                 and done[name].get("supernet_weights_sha256") == digest):
             continue
