@@ -32,9 +32,10 @@ Nothing of the two earlier studies is written again here; this runner composes t
    sampling strategies' picks mostly by the supernet), and how far the two devices' choices differ
    (total variation distance per stage, over all picks and over greedy's); and
    what each block type costs in place of an `ffn` per stage on each table (`type_prices`), the
-   device's side of that question, which no supernet colours. Trained standalone, each front's mean
-   test accuracy over seeds, hybrid minus rival against twice its standard error (the recipe's
-   one-run spread pooled over every network trained with it that the studies hold).
+   device's side of that question, which no supernet colours. Trained standalone, hybrid minus rival
+   in mean test accuracy over the seeds both fronts were trained at, against the t quantile of its
+   standard error from the recipe's seed noise (`experiments.seed_blocks`: every network trained with
+   it that the studies hold, the seeds' shared effect removed).
 
 Outputs (under `results`): supernet_training.json, the search study's files (searches/,
 rescored.json, standalone/, results.json, results.csv, search_<table>.png), standalone_fronts/,
@@ -47,7 +48,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -66,6 +66,7 @@ from search_spaces.files import write_bytes_atomic  # noqa: E402
 
 import experiments.search_fashion.run as search_study  # noqa: E402
 import experiments.supernet_ranking.run as ranking_study  # noqa: E402
+from experiments.seed_blocks import SeedNoise, paired_difference, seed_noise  # noqa: E402
 from experiments.study import Claim, exit_code_of, load_settings, log, png_bytes, read_json, write_json  # noqa: E402
 from supernet.data import load_data  # noqa: E402
 from supernet.standalone import train_standalone  # noqa: E402
@@ -234,18 +235,16 @@ def trained_test(done: list[dict[str, Any]], arch: Architecture, recipes: dict[i
             if _recipe_text(result["recipe"]) in wanted and search_study.layers_key(result["arch"]) == layers}
 
 
-def one_run_spread(done: list[dict[str, Any]]) -> float | None:
-    """The recipe's one-run standard deviation in points, from the differences between the seeds
-    of every network trained more than once in `done` (a recipe apart from its seed is one group)."""
-    groups: dict[tuple[str, str], dict[int, float]] = {}
+def study_seed_noise(done: list[dict[str, Any]]) -> SeedNoise | None:
+    """The recipe's seed noise (`experiments.seed_blocks`) from every training in `done`: a network
+    is its layers and its recipe apart from the seed, counted once wherever it was trained."""
+    runs: dict[tuple[str, str], dict[int, float]] = {}
     for result in done:
         recipe = dict(result["recipe"])
         seed = recipe.pop("seed")
-        group = groups.setdefault((search_study.layers_key(result["arch"]), _recipe_text(recipe)), {})
-        group[seed] = 100 * float(result["accuracy"]["test"])
-    differences = [values[a] - values[b] for values in groups.values()
-                   for a, b in zip(sorted(values), sorted(values)[1:], strict=False)]
-    return float(np.sqrt(np.mean(np.square(differences)) / 2)) if differences else None
+        runs.setdefault((search_study.layers_key(result["arch"]), _recipe_text(recipe)), {})[seed] = (
+            100 * float(result["accuracy"]["test"]))
+    return seed_noise(runs)
 
 
 def fronts_phase(config: dict[str, Any]) -> None:
@@ -286,23 +285,21 @@ def _train_front(config: dict[str, Any], comparison: Comparison, target, label: 
             log(f"fronts {comparison.table} {target.label} {label} seed {seed}: test {100 * result.accuracy['test']:.2f}%")
 
 
-def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], spread_points: float | None) -> dict[str, Any]:
-    """Hybrid minus rival in mean standalone test accuracy, against twice its standard error (the
-    recipe's one-run spread over each side's number of seeds), as the search study judges found vs
-    reference."""
-    difference = ours["mean"] - theirs["mean"]
-    error = None if spread_points is None else spread_points * math.sqrt(1 / len(ours["test_by_seed"])
-                                                                         + 1 / len(theirs["test_by_seed"]))
-    verdict = ("unknown spread" if error is None else "hybrid better" if difference > 2 * error
-               else "hybrid worse" if difference < -2 * error else "tie within the seed spread")
-    return {"difference_points": round(difference, 3), "standard_error_points": None if error is None else round(error, 3),
-            "verdict": verdict}
+def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], noise: SeedNoise | None) -> dict[str, Any]:
+    """Hybrid minus rival in mean standalone test accuracy over the seeds both were trained at,
+    judged against its standard error from the recipe's seed noise, as the search study judges
+    found vs reference (`experiments.seed_blocks.paired_difference`)."""
+    paired = paired_difference({int(k): v for k, v in ours["test_by_seed"].items()},
+                               {int(k): v for k, v in theirs["test_by_seed"].items()}, noise)
+    words = {"better": "hybrid better", "worse": "hybrid worse", "tie": "tie within the seed spread",
+             "unknown spread": "unknown spread"}
+    return {**paired.to_dict(), "verdict": words[paired.outcome]}
 
 
 def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: Path,
-                  spread_points: float | None) -> dict[str, Any]:
+                  noise: SeedNoise | None) -> dict[str, Any]:
     """One table: the fronts at its targets (in the supernets and, where `done` holds their
-    trainings, standalone, judged with the recipe's one-run spread `spread_points`), the hybrid
+    trainings, standalone, judged with the recipe's seed `noise`), the hybrid
     picks' block types, the block types' prices, the plot."""
     ours = comparison.picks[SPACE]
     rivals = [label for label in comparison.picks if label != SPACE]
@@ -326,7 +323,7 @@ def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: P
             label: None if mine is None or row[label] is None or None in (mine["test_accuracy"], row[label]["test_accuracy"])
             else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in rivals}
         row["standalone"] = {**standalone, "hybrid_vs": {
-            label: standalone_verdict(standalone[SPACE], standalone[label], spread_points) for label in rivals
+            label: standalone_verdict(standalone[SPACE], standalone[label], noise) for label in rivals
             if SPACE in standalone and label in standalone}}
         rows.append(row)
     plot_fronts(comparison.table, ours, {label: comparison.picks[label] for label in rivals}, rows,
@@ -344,11 +341,11 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
     report: dict[str, Any] = {"study": "hybrid_space", "config": config, "tables": {}}
     comparisons = comparisons_of(config)
     done = {comparison.table: trainings(comparison, config) for comparison in comparisons}
-    # one recipe for the whole study: its spread from every network trained more than once, on any table
-    spread_points = one_run_spread([result for results_of_table in done.values() for result in results_of_table])
-    report["standalone_one_run_std_points"] = None if spread_points is None else round(spread_points, 3)
+    # one recipe for the whole study: its seed noise from every network trained, on any table
+    noise = study_seed_noise([result for results_of_table in done.values() for result in results_of_table])
+    report["standalone_seed_noise"] = None if noise is None else noise.to_dict()
     for comparison in comparisons:
-        report["tables"][comparison.table] = compare_table(comparison, done[comparison.table], results, spread_points)
+        report["tables"][comparison.table] = compare_table(comparison, done[comparison.table], results, noise)
     names = list(report["tables"])
     if len(names) == 2:  # do the two devices pick differently? (the papers say they should)
         report["device_difference"] = {"tables": names}

@@ -62,6 +62,7 @@ from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 from search_spaces.limits import SEED  # noqa: E402
 
+from experiments.seed_blocks import paired_difference, seed_noise  # noqa: E402
 from experiments.study import Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, versions, write_json  # noqa: E402
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
@@ -757,15 +758,19 @@ def greedy_must_holds(config: dict[str, Any], checks: dict[str, list[dict[str, A
 
 
 def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
-    """Found vs reference, trained standalone: mean test accuracy over seeds, and the difference
-    against twice its standard error from the recipe's pooled one-run spread (seed differences)."""
+    """Found vs reference, trained standalone: each side's test accuracy per seed, and the mean
+    difference over the seeds both were trained at, judged against its standard error from the
+    study's seed noise (`experiments.seed_blocks`: every network it trained, the seeds' shared
+    effect removed)."""
     runs: dict[str, dict[int, float]] = {}
     for name, arch, seed in standalone_jobs(config):
         path = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
         if trained(path, arch, recipe_of(config, seed)):  # not a stale pick's training
             runs.setdefault(name, {})[seed] = 100 * read_json(path)["accuracy"]["test"]
-    differences = [a - b for seeds in runs.values() if len(seeds) > 1 for a, b in zip(list(seeds.values()), list(seeds.values())[1:])]
-    one_run_std = float(np.sqrt(np.mean(np.square(differences)) / 2)) if differences else None
+    layers = {name: layers_key(arch) for name, arch, _ in standalone_jobs(config)}
+    noise = seed_noise({layers[name]: seeds for name, seeds in runs.items()})  # a network trained under two names counts once
+    words = {"better": "found better", "worse": "reference better", "tie": "tie within the seed spread",
+             "unknown spread": "unknown spread"}
     compared = []
     for comparison in comparisons(config):
         prefix = f"{comparison['table']}_{comparison['target']}"
@@ -777,15 +782,11 @@ def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
             found = runs.get(f"{prefix}_{role}", {})
             if not found or not reference:
                 continue
-            difference = float(np.mean(list(found.values())) - np.mean(list(reference.values())))
-            error = None if one_run_std is None else one_run_std * math.sqrt(1 / len(found) + 1 / len(reference))
-            verdict = ("unknown spread" if error is None else "found better" if difference > 2 * error
-                       else "reference better" if difference < -2 * error else "tie within the seed spread")
+            paired = paired_difference(found, reference, noise)
             compared.append({**{k: comparison[k] for k in ("table", "target", "reference")}, "found_run": pick["run"],
                              "selected": selected, "found_test": found, "reference_test": reference,
-                             "difference_points": round(difference, 3),
-                             "standard_error_points": None if error is None else round(error, 3), "verdict": verdict})
-    return {"one_run_std_points": None if one_run_std is None else round(one_run_std, 3), "comparisons": compared}
+                             **paired.to_dict(), "verdict": words[paired.outcome]})
+    return {"seed_noise": None if noise is None else noise.to_dict(), "comparisons": compared}
 
 
 def standalone_must_holds(verdicts: dict[str, Any]) -> dict[str, bool]:

@@ -83,6 +83,11 @@ def test_every_phase_writes_to_the_results_folder_and_evaluate_correlates_them(t
     assert (tmp_path / "checkpoints" / "attempts" / "labels" / "supernet.pt").is_file()
     assert labels["supernet_weights_sha256"] != study.supernet_weights_sha256(config)
     assert set(labels["handlings"]) == {"supernet_shared_bn"} and "supernet" not in labels["settings"]
+    # its supernet gone from the host (not committed), a rerun keeps the record and trains nothing
+    (tmp_path / "checkpoints" / "attempts" / "labels" / "supernet.pt").unlink()
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "attempts"])) == 0
+    assert json.loads((results / "attempts.json").read_text())["labels"] == labels
+    assert not (tmp_path / "checkpoints" / "attempts" / "labels" / "supernet.pt").exists()
     config["evaluation"]["attempts"] = {"bad": {"supernet": {"students": "labels"}}}
     path = _write(tmp_path, config)
     with pytest.raises(SystemExit, match=r"evaluation.attempts.bad.supernet: unknown setting\(s\) \['students'\]"):
