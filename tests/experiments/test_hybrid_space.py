@@ -32,6 +32,7 @@ def _search_configs(tmp_path) -> tuple:
     hybrid["results"] = str(tmp_path / "hybrid")
     hybrid["supernet"] = str(tmp_path / "checkpoints" / "supernet.pt")
     hybrid["runs"] = str(tmp_path / "runs")
+    hybrid["standalone"]["seeds"] = [0, 1]  # the tests' own count, whatever the committed study trains
     v2 = search_study.load_config(search_study.HERE / "config.yaml")
     v2["results"] = str(tmp_path / "v2")
     return _write(tmp_path / "hybrid.yaml", hybrid), _write(tmp_path / "v2.yaml", v2)
