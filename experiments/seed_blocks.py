@@ -47,10 +47,10 @@ def seed_noise(runs: Mapping[Hashable, Mapping[int, float]]) -> SeedNoise | None
     """Fit network + seed effects to `runs` (network -> seed -> test accuracy in points) by least
     squares; None when no degree of freedom is left for the noise (no network trained at two seeds)."""
     cells = [(network, int(seed), float(value)) for network, by_seed in runs.items() for seed, value in by_seed.items()]
-    networks = list(dict.fromkeys(network for network, _, _ in cells))
-    seeds = sorted({seed for _, seed, _ in cells})
     if not cells:
         return None
+    networks = list(dict.fromkeys(network for network, _, _ in cells))
+    seeds = sorted({seed for _, seed, _ in cells})
     design = np.zeros((len(cells), len(networks) + len(seeds)))
     for row, (network, seed, _) in enumerate(cells):
         design[row, networks.index(network)] = 1.0
@@ -87,6 +87,10 @@ class PairedDifference:
         return {"difference_points": rounded(self.difference_points),
                 "standard_error_points": rounded(self.standard_error_points),
                 "critical_points": rounded(self.critical_points), "seeds": list(self.seeds)}
+
+    def verdict(self, better: str, worse: str) -> str:
+        """The outcome in a study's words: `better` / `worse` for a call, else a tie or no call."""
+        return {"better": better, "worse": worse, "tie": "tie within the seed spread"}.get(self.outcome, self.outcome)
 
 
 def paired_difference(ours: Mapping[int, float], theirs: Mapping[int, float], noise: SeedNoise | None) -> PairedDifference:

@@ -291,9 +291,7 @@ def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], noise: Seed
     found vs reference (`experiments.seed_blocks.paired_difference`)."""
     paired = paired_difference({int(k): v for k, v in ours["test_by_seed"].items()},
                                {int(k): v for k, v in theirs["test_by_seed"].items()}, noise)
-    words = {"better": "hybrid better", "worse": "hybrid worse", "tie": "tie within the seed spread",
-             "unknown spread": "unknown spread"}
-    return {**paired.to_dict(), "verdict": words[paired.outcome]}
+    return {**paired.to_dict(), "verdict": paired.verdict("hybrid better", "hybrid worse")}
 
 
 def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: Path,

@@ -763,14 +763,13 @@ def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
     study's seed noise (`experiments.seed_blocks`: every network it trained, the seeds' shared
     effect removed)."""
     runs: dict[str, dict[int, float]] = {}
-    for name, arch, seed in standalone_jobs(config):
+    jobs = standalone_jobs(config)
+    for name, arch, seed in jobs:
         path = results_of(config) / "standalone" / f"{name}_seed{seed}.json"
         if trained(path, arch, recipe_of(config, seed)):  # not a stale pick's training
             runs.setdefault(name, {})[seed] = 100 * read_json(path)["accuracy"]["test"]
-    layers = {name: layers_key(arch) for name, arch, _ in standalone_jobs(config)}
+    layers = {name: layers_key(arch) for name, arch, _ in jobs}
     noise = seed_noise({layers[name]: seeds for name, seeds in runs.items()})  # a network trained under two names counts once
-    words = {"better": "found better", "worse": "reference better", "tie": "tie within the seed spread",
-             "unknown spread": "unknown spread"}
     compared = []
     for comparison in comparisons(config):
         prefix = f"{comparison['table']}_{comparison['target']}"
@@ -785,7 +784,7 @@ def standalone_verdicts(config: dict[str, Any]) -> dict[str, Any]:
             paired = paired_difference(found, reference, noise)
             compared.append({**{k: comparison[k] for k in ("table", "target", "reference")}, "found_run": pick["run"],
                              "selected": selected, "found_test": found, "reference_test": reference,
-                             **paired.to_dict(), "verdict": words[paired.outcome]})
+                             **paired.to_dict(), "verdict": paired.verdict("found better", "reference better")})
     return {"seed_noise": None if noise is None else noise.to_dict(), "comparisons": compared}
 
 

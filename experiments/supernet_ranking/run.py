@@ -606,13 +606,13 @@ def attempts(config: dict[str, Any], only: str | None = None, part: str | None =
         scored, log_path = attempt_config(config, name, changes), None
         variant = {**{k: v for k, v in settings.items() if k != "attempts"},
                    **{k: v for k, v in changes.items() if k != "supernet"}}
+        recorded = name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks)
         if "supernet" in changes:  # its own supernet, trained (or resumed) here first
             log_path = results_of(config) / "attempts" / f"{name}_supernet_training.json"
             trained = read_json(log_path) if log_path.is_file() else None
             finished = (trained is not None and len(trained["epochs"]) == trained["config"]["epochs"]
                         and trained["config"] == dataclasses.asdict(train_config_of(scored)))
-            if (finished and not supernet_path(scored).is_file() and name in done
-                    and done[name]["settings"] == variant and done[name]["networks"] == len(networks)):
+            if finished and recorded and not supernet_path(scored).is_file():
                 # recorded from a supernet trained with these settings that this host no longer holds
                 # (not committed: 60 M parameters): keep the record rather than retrain it for an hour
                 log(f"attempt {name}: recorded, its supernet ({supernet_path(scored)}) is not on this host; kept")
@@ -621,8 +621,7 @@ def attempts(config: dict[str, Any], only: str | None = None, part: str | None =
                 log(f"attempt {name}: training its supernet with {changes['supernet']} (load {loadavg()})")
                 train_supernet(scored, log_path)
         digest = None if from_scratch(changes) else weights if "supernet" not in changes else supernet_weights_sha256(scored)
-        if (name in done and done[name]["settings"] == variant and done[name]["networks"] == len(networks)
-                and done[name].get("supernet_weights_sha256") == digest):
+        if recorded and done[name].get("supernet_weights_sha256") == digest:
             continue
         log(f"attempt {name}: {changes} (load {loadavg()})")
         if part is not None:

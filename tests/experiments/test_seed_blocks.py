@@ -34,6 +34,7 @@ def test_a_difference_inside_the_noise_is_a_tie_and_no_estimate_calls_nothing():
     # 0.4 at 2 seeds: SE 0.5, critical t(0.975, 10) x 0.5 = 1.114
     tie = paired_difference({0: 83.0, 1: 82.2}, {0: 82.6, 1: 81.8}, noise)
     assert tie.outcome == "tie" and tie.critical_points == pytest.approx(1.114, abs=1e-3)
+    assert tie.verdict("found better", "reference better") == "tie within the seed spread"
     assert paired_difference({0: 83.0, 1: 82.0}, {0: 84.2, 1: 83.2}, noise).outcome == "worse"
     # only seeds both sides have are compared; none shared or no noise estimate: no call
     assert paired_difference({0: 83.0, 1: 82.0, 2: 90.0}, {0: 82.0, 1: 81.0}, noise).difference_points == 1.0
