@@ -186,16 +186,19 @@ def _ray_worker_loop(loop_config: dict[str, Any]) -> None:
         checkpoint = Checkpoint.from_directory(str(path.parent)) if path is not None else None
         ray.train.report({"epoch": epoch, **trainer.history[-1]}, checkpoint=checkpoint)
 
-    bundle = load_data(config.data, config.resolution, config.seed)
-    trainer = Trainer(config, bundle, out, distributed=distributed, progress=False, checkpoint_hook=publish)
-    resume = loop_config.get("resume")
-    if resume:
-        trainer.load(Path(resume), "--resume")
-    previous = ray.train.get_checkpoint()  # Ray restarted a failed group: continue from its last report
-    if previous is not None:
-        with previous.as_directory() as directory:
-            trainer.load(Path(directory) / "supernet.pt")
-    trainer.run()
+    try:  # every report copies the folder into Ray's storage, so the worker's own copy goes at the end
+        bundle = load_data(config.data, config.resolution, config.seed)
+        trainer = Trainer(config, bundle, out, distributed=distributed, progress=False, checkpoint_hook=publish)
+        resume = loop_config.get("resume")
+        if resume:
+            trainer.load(Path(resume), "--resume")
+        previous = ray.train.get_checkpoint()  # Ray restarted a failed group: continue from its last report
+        if previous is not None:
+            with previous.as_directory() as directory:
+                trainer.load(Path(directory) / "supernet.pt")
+        trainer.run()
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 def _worker_error(error: BaseException) -> BaseException | None:

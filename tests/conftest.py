@@ -5,11 +5,15 @@ OpenMP threads that outnumber free cores spin at barriers (a backward pass then 
 Traced layer costs are stored in a folder of the test run's own, not in the user's cache.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("LATNAS_CACHE", tempfile.mkdtemp(prefix="latnas-test-cache-"))
+if "LATNAS_CACHE" not in os.environ:  # made once by the controller (xdist workers inherit it), removed when it exits
+    os.environ["LATNAS_CACHE"] = tempfile.mkdtemp(prefix="latnas-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LATNAS_CACHE"], True)
 
 import torch  # noqa: E402  (after the environment is set)
 

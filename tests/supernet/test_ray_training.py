@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +18,10 @@ def test_two_cpu_workers_train_and_the_result_loads(local_ray, tmp_path):
 
     config = TrainConfig(space="edgevit", data="synthetic:64", mode="sandwich", epochs=1, batch_size=16, resolution=32, val_random=1)
     out = tmp_path / "ray.pt"
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("latnas-train-*"))
     summary = train_on_ray(config, out, resume=None, workers=2, address=None)
+    assert set(scratch.glob("latnas-train-*")) <= before, "a worker left its checkpoint folder behind"
     assert summary["ray_workers"] == 2 and summary["epochs"] == 1
     net = Supernet.load(out, space="edgevit")
     payload = __import__("torch").load(out, weights_only=True)
