@@ -43,9 +43,9 @@ def config_path_from_command_line(description: str, default: Path, argv: Sequenc
     return args.config.resolve()
 
 
-def load_settings(path: Path, keys: Sequence[str]) -> dict[str, Any]:
-    """A study's YAML settings with exactly the top-level `keys`; a missing or unknown key, or a
-    file that is not a mapping, ends the run with one line naming it."""
+def load_settings(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, Any]:
+    """A study's YAML settings with exactly the top-level `keys`, and any of `optional`; a missing
+    or unknown key, or a file that is not a mapping, ends the run with one line naming it."""
     import yaml
 
     if not Path(path).is_file():
@@ -57,7 +57,7 @@ def load_settings(path: Path, keys: Sequence[str]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise SystemExit(f"{path}: not a mapping of settings")
     missing = [key for key in keys if key not in config]
-    unknown = sorted(set(config) - set(keys))
+    unknown = sorted(set(config) - set(keys) - set(optional))
     if missing or unknown:
         raise SystemExit(f"{path}: " + (f"missing key {missing[0]!r}" if missing else f"unknown key(s) {unknown}"))
     return config

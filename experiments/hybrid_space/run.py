@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 from nas.actions import type_actions  # noqa: E402
 from search_spaces import Architecture, ArchitectureError, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic  # noqa: E402
+from search_spaces.limits import SEED  # noqa: E402
 
 import experiments.search_fashion.run as search_study  # noqa: E402
 import experiments.supernet_ranking.run as ranking_study  # noqa: E402
@@ -75,6 +76,7 @@ SPACE = "hybrid"
 PHASES = ("supernet", *search_study.PHASES, "fronts", "compare")
 FRONTS = "standalone_fronts"  # under `results`: the fronts' standalone trainings
 KEYS = ("recipe", "checkpoints", "results", "searches")
+OPTIONAL_KEYS = ("confirm",)  # confirmation runs: a comparison trained again at new seeds, judged on those alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Pick:
 def load_config(path: Path) -> dict[str, Any]:
     """The study's settings; each entry of `searches` is a search-study config of this space and
     this supernet, with the single-family search-study configs it is compared with (same table names)."""
-    config = load_settings(path, KEYS)
+    config = load_settings(path, KEYS, OPTIONAL_KEYS)
     supernet = str(Path(config["checkpoints"]) / "supernet.pt")
     if not isinstance(config["searches"], list) or not config["searches"]:
         raise SystemExit(f"{path}: searches: a list of {{search: CONFIG, compare_with: {{LABEL: CONFIG}}}}")
@@ -109,7 +111,49 @@ def load_config(path: Path) -> dict[str, Any]:
             missing = sorted(set(search["tables"]) - set(search_study.load_config(ROOT / other)["tables"]))
             if missing:
                 raise SystemExit(f"{where}: compare_with.{label}: {other} has no table {missing[0]!r}")
+    check_confirmations(path, config)
     return config
+
+
+def check_confirmations(path: Path, config: dict[str, Any]) -> None:
+    """`confirm`: a list of {table, target, seeds}, each naming a target of a table the searches
+    compare at, with distinct seeds none of which the hybrid search config's recipe trains already
+    (a confirmation is judged on fresh seeds only)."""
+    entries = config.get("confirm", [])
+    if not isinstance(entries, list):
+        raise SystemExit(f"{path}: confirm: a list of {{table: NAME, target: LABEL, seeds: [N, ...]}}")
+    space = get_space(SPACE)
+    known: dict[tuple[str, str], list[int]] = {}  # (table, target label) -> the recipe's own seeds
+    for entry in config["searches"]:
+        search = search_study.load_config(ROOT / entry["search"])
+        for target in search_study.targets_of(search, space, search_study.tables_of(search, space)):
+            known[(target.table, target.label)] = [int(seed) for seed in search["standalone"]["seeds"]]
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(entries):
+        where = f"{path}: confirm[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"table", "target", "seeds"}:
+            raise SystemExit(f"{where}: give table, target and seeds")
+        key = (entry["table"], entry["target"])
+        if key not in known:
+            raise SystemExit(f"{where}: {entry['table']!r} {entry['target']!r} is not a compared target; choose from "
+                             + ", ".join(f"{table} {label}" for table, label in known))
+        if key in seen:
+            raise SystemExit(f"{where}: {entry['table']} {entry['target']} is confirmed twice; give each target once")
+        seen.add(key)
+        seeds = entry["seeds"]
+        if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) < len(seeds) or not all(
+                isinstance(seed, int) and not isinstance(seed, bool) and seed in SEED for seed in seeds):
+            raise SystemExit(f"{where}.seeds: {seeds!r}; give a list of distinct whole numbers, each {SEED.describe()}")
+        reused = sorted(set(seeds) & set(known[key]))
+        if reused:
+            raise SystemExit(f"{where}.seeds: {reused} are seeds of the recipe already ({known[key]}); "
+                             "a confirmation takes new seeds only")
+
+
+def confirmation_seeds(config: dict[str, Any], table: str) -> dict[str, list[int]]:
+    """Target label -> the confirmation seeds `confirm` gives it on `table`."""
+    return {entry["target"]: [int(seed) for seed in entry["seeds"]]
+            for entry in config.get("confirm", []) if entry["table"] == table}
 
 
 def training_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -249,13 +293,15 @@ def study_seed_noise(done: list[dict[str, Any]]) -> SeedNoise | None:
 
 def fronts_phase(config: dict[str, Any]) -> None:
     """Train the network of every front (`front_jobs`) at each seed of the hybrid search config's
-    recipe, unless `trainings` already holds it; processes share the jobs through claim files."""
+    recipe, and at a target's confirmation seeds (`confirm`), unless `trainings` already holds it;
+    processes share the jobs through claim files."""
     bundles: dict[tuple[str, int], Any] = {}
     for comparison in comparisons_of(config):
         search = comparison.search
         done = trainings(comparison, config)  # read once: this phase writes only its own files, checked by name
+        confirm = confirmation_seeds(config, comparison.table)
         for target, label, pick in front_jobs(comparison):
-            for seed in (int(seed) for seed in search["standalone"]["seeds"]):
+            for seed in [int(seed) for seed in search["standalone"]["seeds"]] + confirm.get(target.label, []):
                 _train_front(config, comparison, target, label, pick, seed, done, bundles)
 
 
@@ -294,35 +340,48 @@ def standalone_verdict(ours: dict[str, Any], theirs: dict[str, Any], noise: Seed
     return {**paired.to_dict(), "verdict": paired.verdict("hybrid better", "hybrid worse")}
 
 
+def standalone_fronts(comparison: Comparison, target_ms: float, done: list[dict[str, Any]], seeds: list[int],
+                      noise: SeedNoise | None) -> dict[str, Any]:
+    """Each study's front network within `target_ms` trained standalone at `seeds` (where `done`
+    holds it), and the hybrid front against each rival's, judged with the recipe's seed `noise`."""
+    recipes = {seed: search_study.recipe_of(comparison.search, seed) for seed in seeds}
+    standalone: dict[str, Any] = {}
+    for label, picks in comparison.picks.items():
+        best = front_at(picks, target_ms)
+        tests = {} if best is None else trained_test(done, best.arch, recipes)
+        if tests:
+            standalone[label] = {"run": best.run, "mean": round(float(np.mean(list(tests.values()))), 4),
+                                 "test_by_seed": {str(seed): round(tests[seed], 4) for seed in sorted(tests)}}
+    return {**standalone, "hybrid_vs": {label: standalone_verdict(standalone[SPACE], standalone[label], noise)
+                                        for label in comparison.picks
+                                        if label != SPACE and SPACE in standalone and label in standalone}}
+
+
 def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: Path,
-                  noise: SeedNoise | None) -> dict[str, Any]:
+                  noise: SeedNoise | None, confirm: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """One table: the fronts at its targets (in the supernets and, where `done` holds their
-    trainings, standalone, judged with the recipe's seed `noise`), the hybrid
-    picks' block types, the block types' prices, the plot."""
+    trainings, standalone at the recipe's seeds and, for a target `confirm` names, separately at
+    its confirmation seeds; judged with the recipe's seed `noise`), the hybrid picks' block
+    types, the block types' prices, the plot."""
     ours = comparison.picks[SPACE]
     rivals = [label for label in comparison.picks if label != SPACE]
     seeds = [int(seed) for seed in comparison.search["standalone"]["seeds"]]
-    recipes = {seed: search_study.recipe_of(comparison.search, seed) for seed in seeds}
     rows = []
     for target in comparison.targets:
         row: dict[str, Any] = {"target": target.label, "target_ms": target.latency_ms}
-        standalone: dict[str, Any] = {}
         for label, picks in comparison.picks.items():
             best = front_at(picks, target.latency_ms)
             row[label] = None if best is None else {
                 "run": best.run, "latency_ms": round(best.latency_ms, 5), "val_accuracy": round(best.val_accuracy, 4),
                 "test_accuracy": None if best.test_accuracy is None else round(best.test_accuracy, 4)}
-            tests = {} if best is None else trained_test(done, best.arch, recipes)
-            if tests:
-                standalone[label] = {"run": best.run, "mean": round(float(np.mean(list(tests.values()))), 4),
-                                     "test_by_seed": {str(seed): round(tests[seed], 4) for seed in sorted(tests)}}
         mine = row[SPACE]
         row["hybrid_at_least_as_good"] = {
             label: None if mine is None or row[label] is None or None in (mine["test_accuracy"], row[label]["test_accuracy"])
             else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in rivals}
-        row["standalone"] = {**standalone, "hybrid_vs": {
-            label: standalone_verdict(standalone[SPACE], standalone[label], noise) for label in rivals
-            if SPACE in standalone and label in standalone}}
+        row["standalone"] = standalone_fronts(comparison, target.latency_ms, done, seeds, noise)
+        if (confirm or {}).get(target.label):
+            row["confirmation"] = {"seeds": confirm[target.label],
+                                   **standalone_fronts(comparison, target.latency_ms, done, confirm[target.label], noise)}
         rows.append(row)
     plot_fronts(comparison.table, ours, {label: comparison.picks[label] for label in rivals}, rows,
                 results / f"fronts_{comparison.table}.png")
@@ -343,7 +402,8 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
     noise = study_seed_noise([result for results_of_table in done.values() for result in results_of_table])
     report["standalone_seed_noise"] = None if noise is None else noise.to_dict()
     for comparison in comparisons:
-        report["tables"][comparison.table] = compare_table(comparison, done[comparison.table], results, noise)
+        report["tables"][comparison.table] = compare_table(comparison, done[comparison.table], results, noise,
+                                                           confirmation_seeds(config, comparison.table))
     names = list(report["tables"])
     if len(names) == 2:  # do the two devices pick differently? (the papers say they should)
         report["device_difference"] = {"tables": names}
@@ -357,9 +417,10 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
         for row in summary["targets"]:
             log(f"compare {table} {row['target']}: " + ", ".join(
                 f"{label} {row[label]['test_accuracy'] if row[label] else 'none'}"
-                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good", "standalone"))
-                + "".join(f"; standalone vs {label}: {verdict['difference_points']:+.2f} points ({verdict['verdict']})"
-                          for label, verdict in row["standalone"]["hybrid_vs"].items()))
+                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good", "standalone", "confirmation"))
+                + "".join(f"; {kind} vs {label}: {verdict['difference_points']:+.2f} points ({verdict['verdict']})"
+                          for kind in ("standalone", "confirmation") if kind in row
+                          for label, verdict in row[kind]["hybrid_vs"].items()))
     return report
 
 

@@ -60,10 +60,11 @@ def _pick(config_path, target: str, target_ms: float, run: str, arch, val: float
     rescored.write_text(json.dumps(scores))
 
 
-def _trained(config_path, target: str, role: str, arch, tests: tuple[float, ...]) -> None:
-    """`arch` trained standalone (as `role` at `target`) with the study's recipe, one test accuracy per seed."""
+def _trained(config_path, target: str, role: str, arch, tests: tuple[float, ...], first_seed: int = 0) -> None:
+    """`arch` trained standalone (as `role` at `target`) with the study's recipe, one test accuracy
+    per seed from `first_seed` on."""
     config = search_study.load_config(config_path)
-    for seed, test in enumerate(tests):
+    for seed, test in enumerate(tests, start=first_seed):
         path = search_study.results_of(config) / "standalone" / f"iphone12_{target}_{role}_seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"arch": arch.to_dict(), "accuracy": {"test": test / 100},
@@ -180,25 +181,39 @@ def test_type_prices_cost_each_allowed_type_in_place_of_the_stages_last_block_ag
     assert largest.stages[2].blocks[-1].type == "attn_ffn" and prices[2]["attn_ffn"] > 0
 
 
-def test_the_fronts_phase_trains_each_fronts_network_once_and_reuses_any_studys_training(tmp_path, monkeypatch):
-    config = _study_config(tmp_path)
+def _fronts_study(tmp_path, **changes) -> tuple:
+    """A study config (with `changes`) whose hybrid search picked S1 at 1.6 ms and its smallest
+    network at 0.9 ms, and whose V2 search picked its smallest at 0.9 ms."""
+    config = _study_config(tmp_path, **changes)
     path = _write(tmp_path / "study.yaml", config)
     hybrid_config, v2_config = config["searches"][0]["search"], config["searches"][0]["compare_with"]["efficientformer_v2"]
     v2, hybrid = get_space("efficientformer_v2"), get_space("hybrid")
     _pick(hybrid_config, "1.6ms", 1.6, "greedy_mes_types", hybrid.reference("s1"), 81.0, 80.0)
     _pick(hybrid_config, "0.9ms", 0.9, "greedy_mes_types", hybrid.smallest(), 70.0, 69.0)
     _pick(v2_config, "0.9ms", 0.9, "greedy_mes_steps_plain", v2.smallest(), 75.0, 77.0)
-    _trained(v2_config, "0.9ms", "found", v2.smallest(), (80.0, 79.0))  # V2's front: trained already
-    _trained(hybrid_config, "0.9ms", "reference", hybrid.smallest(), (71.0,))  # seed 0 only
+    return path, hybrid_config, v2_config, hybrid, v2
+
+
+def _fake_training(monkeypatch, test_of) -> list[tuple[str, int]]:
+    """Standalone training replaced by `test_of(arch, seed)` (a test accuracy); returns the list
+    the (architecture key, seed) of each training is appended to."""
     trained = []
 
     def train_standalone(arch, bundle, recipe, checkpoint, label=""):
         trained.append((search_study.arch_key(arch), recipe.seed))
-        return StandaloneResult(arch, {"train": 0.9, "val": 0.8, "test": 0.8 + recipe.seed / 100}, 1, recipe.epochs, 0, 1.0, ())
+        return StandaloneResult(arch, {"train": 0.9, "val": 0.8, "test": test_of(arch, recipe.seed)}, 1, recipe.epochs, 0, 1.0, ())
 
     monkeypatch.setattr(study, "train_standalone", train_standalone)
     monkeypatch.setattr(study, "load_data", lambda data, resolution: None)
     monkeypatch.setattr(search_study, "get_resolution", lambda search: 64)
+    return trained
+
+
+def test_the_fronts_phase_trains_each_fronts_network_once_and_reuses_any_studys_training(tmp_path, monkeypatch):
+    path, hybrid_config, v2_config, hybrid, v2 = _fronts_study(tmp_path)
+    _trained(v2_config, "0.9ms", "found", v2.smallest(), (80.0, 79.0))  # V2's front: trained already
+    _trained(hybrid_config, "0.9ms", "reference", hybrid.smallest(), (71.0,))  # seed 0 only
+    trained = _fake_training(monkeypatch, lambda arch, seed: 0.8 + seed / 100)
     assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "fronts"])) == 0
     # hybrid: S1 (the front at 1.6 ms) at both seeds, its smallest (0.9 and 1.1 ms) at seed 1 only; V2: nothing
     assert sorted(trained) == sorted([(search_study.arch_key(hybrid.reference("s1")), 0),
@@ -213,3 +228,54 @@ def test_the_fronts_phase_trains_each_fronts_network_once_and_reuses_any_studys_
     assert rows["1.6ms"]["standalone"]["hybrid"] == {"run": "greedy_mes_types", "mean": 80.5,
                                                      "test_by_seed": {"0": 80.0, "1": 81.0}}
     assert rows["0.9ms"]["standalone"]["hybrid"]["test_by_seed"] == {"0": 71.0, "1": 81.0}
+
+
+@pytest.mark.parametrize("confirm, message", [
+    ([{"table": "iphone12", "target": "0.8ms", "seeds": [5]}], "'iphone12' '0.8ms' is not a compared target; choose from"),
+    ([{"table": "iphone12", "target": "0.9ms", "seeds": [1, 5]}], "[1] are seeds of the recipe already ([0, 1])"),
+    ([{"table": "iphone12", "target": "0.9ms", "seeds": [5, 5]}], "give a list of distinct whole numbers"),
+    ([{"table": "iphone12", "target": "0.9ms", "seeds": [-1]}], "give a list of distinct whole numbers"),
+    ([{"table": "iphone12", "target": "0.9ms"}], "give table, target and seeds"),
+    ([{"table": "iphone12", "target": "0.9ms", "seeds": [5]}, {"table": "iphone12", "target": "0.9ms", "seeds": [6]}],
+     "is confirmed twice"),
+    ({"iphone12": "0.9ms"}, "confirm: a list of"),
+])
+def test_a_bad_confirmation_is_one_line_and_exit_2(tmp_path, capsys, confirm, message):
+    path = _write(tmp_path / "study.yaml", _study_config(tmp_path, confirm=confirm))
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_confirmation_trains_its_targets_fronts_at_its_seeds_and_is_judged_on_them_alone(tmp_path, monkeypatch):
+    path, _, _, hybrid, v2 = _fronts_study(tmp_path, confirm=[{"table": "iphone12", "target": "0.9ms", "seeds": [2, 3]}])
+    tests = {search_study.arch_key(hybrid.smallest()): (83.0, 82.0, 82.0, 81.0),
+             search_study.arch_key(hybrid.reference("s1")): (84.0, 83.4),
+             search_study.arch_key(dataclasses.replace(v2.smallest(), space="hybrid")): (80.0, 79.2, 81.5, 80.1)}
+    trained = _fake_training(monkeypatch, lambda arch, seed: tests[search_study.arch_key(arch)][seed] / 100)
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "fronts"])) == 0
+    seeds = {}
+    for key, seed in trained:
+        seeds.setdefault(key, []).append(seed)
+    # the 0.9 ms fronts (the hybrid's smallest is also its front at 1.1 ms) at seeds 0-3; S1, the
+    # front at 1.6 ms only, at the recipe's seeds alone
+    assert {key: sorted(value) for key, value in seeds.items()} == {
+        search_study.arch_key(hybrid.smallest()): [0, 1, 2, 3],
+        search_study.arch_key(dataclasses.replace(v2.smallest(), space="hybrid")): [0, 1, 2, 3],
+        search_study.arch_key(hybrid.reference("s1")): [0, 1]}
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 0
+    report = json.loads((tmp_path / "results" / "comparison.json").read_text())
+    rows = {row["target"]: row for row in report["tables"]["iphone12"]["targets"]}
+    assert "confirmation" not in rows["1.1ms"] and "confirmation" not in rows["1.6ms"]
+    recipe_seeds, confirmation = rows["0.9ms"]["standalone"]["hybrid_vs"]["efficientformer_v2"], rows["0.9ms"]["confirmation"]
+    assert recipe_seeds["seeds"] == [0, 1] and recipe_seeds["difference_points"] == 2.9  # 3.0 and 2.8
+    assert confirmation["seeds"] == [2, 3]
+    assert confirmation["hybrid"]["test_by_seed"] == {"2": 82.0, "3": 81.0}
+    verdict = confirmation["hybrid_vs"]["efficientformer_v2"]
+    # 0.5 and 0.9 points: one noise estimate from all ten trainings (the seeds' shared effects removed),
+    # and at two seeds a mean difference's SE is the noise itself
+    noise = report["standalone_seed_noise"]
+    assert verdict["seeds"] == [2, 3] and verdict["difference_points"] == 0.7
+    assert verdict["standard_error_points"] == pytest.approx(noise["std_points"], abs=1e-3)
+    assert set(noise["seed_effects_points"]) == {"0", "1", "2", "3"}

@@ -433,3 +433,20 @@ def test_a_greedy_run_takes_the_action_set_it_is_configured_with_and_records_it(
     v1_steps = [step["action"] for step in results["greedy_latency_v1"]["path"]][1:]
     assert v1_steps and all(a.startswith(("metapath ", "sdta->conv_encoder ", "width ")) for a in v1_steps)
     assert v1_steps[0] == "metapath s3b2"  # the MetaPath its logits rank least important
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in study.HERE.glob("config*.yaml")))
+def test_every_committed_config_loads(name):
+    config = study.load_config(study.HERE / name)
+    assert _targets(config)
+
+
+def test_the_at_references_config_targets_each_reference_at_its_own_predicted_latency_rounded_up_to_the_microsecond():
+    config = study.load_config(study.HERE / "config_at_references.yaml")
+    space = study.get_space(config["space"])
+    tables = study.tables_of(config, space)
+    for table, settings in config["tables"].items():
+        assert sorted(settings["targets_ms"]) == sorted(settings["references"].values())
+        for reference, target_ms in settings["references"].items():
+            predicted = float(tables[table].predict(space.reference(reference)))
+            assert predicted <= target_ms < predicted + 0.001, (reference, predicted, target_ms)
