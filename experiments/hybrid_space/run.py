@@ -21,7 +21,8 @@ Nothing of the two earlier studies is written again here; this runner composes t
 3. fronts: the network of every study's front at every target (below) trained from scratch with the
    hybrid search config's standalone recipe at each of its seeds, unless a training of the same
    layers with the same recipe and seed is already in one of the studies' `standalone/` folders (a
-   V2 network trains the same under either space's name). Several processes may run it at once.
+   V2 network trains the same under either space's name), and for a target `confirm` names, also
+   at its confirmation seeds (new seeds fixed in advance). Several processes may run it at once.
 4. compare: per table, the hybrid picks against the picks of every single-family study in
    `compare_with`, each of their picks priced again with the hybrid study's table (a V2 network is
    a network of this space, so on `ort-cpu` both sides are priced by one table measured on one
@@ -35,7 +36,8 @@ Nothing of the two earlier studies is written again here; this runner composes t
    device's side of that question, which no supernet colours. Trained standalone, hybrid minus rival
    in mean test accuracy over the seeds both fronts were trained at, against the t quantile of its
    standard error from the recipe's seed noise (`experiments.seed_blocks`: every network trained with
-   it that the studies hold, the seeds' shared effect removed).
+   it that the studies hold, the seeds' shared effect removed); a confirmation is judged the same
+   way on its own seeds alone, and only once every one of them is trained.
 
 Outputs (under `results`): supernet_training.json, the search study's files (searches/,
 rescored.json, standalone/, results.json, results.csv, search_<table>.png), standalone_fronts/,
@@ -380,8 +382,13 @@ def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: P
             else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in rivals}
         row["standalone"] = standalone_fronts(comparison, target.latency_ms, done, seeds, noise)
         if (confirm or {}).get(target.label):
-            row["confirmation"] = {"seeds": confirm[target.label],
-                                   **standalone_fronts(comparison, target.latency_ms, done, confirm[target.label], noise)}
+            fresh = confirm[target.label]
+            block = standalone_fronts(comparison, target.latency_ms, done, fresh, noise)
+            fronts = [label for label in comparison.picks if row[label] is not None]
+            complete = all(len(block.get(label, {}).get("test_by_seed", {})) == len(fresh) for label in fronts)
+            if not complete:  # judged once, on every seed it was fixed with: no verdict from a part of them
+                block["hybrid_vs"] = {}
+            row["confirmation"] = {"seeds": fresh, "complete": complete, **block}
         rows.append(row)
     plot_fronts(comparison.table, ours, {label: comparison.picks[label] for label in rivals}, rows,
                 results / f"fronts_{comparison.table}.png")

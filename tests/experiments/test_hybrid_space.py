@@ -279,3 +279,13 @@ def test_a_confirmation_trains_its_targets_fronts_at_its_seeds_and_is_judged_on_
     assert verdict["seeds"] == [2, 3] and verdict["difference_points"] == 0.7
     assert verdict["standard_error_points"] == pytest.approx(noise["std_points"], abs=1e-3)
     assert set(noise["seed_effects_points"]) == {"0", "1", "2", "3"}
+    assert confirmation["complete"] is True
+    # with one confirmation training missing there is no verdict (none from a part of the seeds)
+    missing = next(path for path in (tmp_path / "results" / study.FRONTS).glob("*_seed3.json")
+                   if json.loads(path.read_text())["study"] == "efficientformer_v2")
+    missing.unlink()
+    assert exit_code_of(lambda: study.main(["--config", str(path), "--phase", "compare"])) == 0
+    report = json.loads((tmp_path / "results" / "comparison.json").read_text())
+    confirmation = {row["target"]: row for row in report["tables"]["iphone12"]["targets"]}["0.9ms"]["confirmation"]
+    assert confirmation["complete"] is False and confirmation["hybrid_vs"] == {}
+    assert confirmation["efficientformer_v2"]["test_by_seed"] == {"2": 81.5}
