@@ -124,6 +124,8 @@ def check_confirmations(path: Path, config: dict[str, Any]) -> None:
     entries = config.get("confirm", [])
     if not isinstance(entries, list):
         raise SystemExit(f"{path}: confirm: a list of {{table: NAME, target: LABEL, seeds: [N, ...]}}")
+    if not entries:  # nothing to check: no search config read again, no table built
+        return
     space = get_space(SPACE)
     known: dict[tuple[str, str], list[int]] = {}  # (table, target label) -> the recipe's own seeds
     for entry in config["searches"]:
