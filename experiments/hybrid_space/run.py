@@ -361,6 +361,20 @@ def standalone_fronts(comparison: Comparison, target_ms: float, done: list[dict[
                                         if label != SPACE and SPACE in standalone and label in standalone}}
 
 
+def verdicts_of_record(row: dict[str, Any]) -> dict[str, Any]:
+    """Per rival, the standalone verdict a target's row stands on: its confirmation's, where one
+    was fixed in advance and is complete (it replaces the recipe seeds' verdict that prompted it,
+    whatever later noise estimates make of that one), else the recipe seeds'."""
+    confirmation = row.get("confirmation") or {}
+    record = {}
+    for label, verdict in row["standalone"]["hybrid_vs"].items():
+        confirmed = confirmation.get("hybrid_vs", {}).get(label) if confirmation.get("complete") else None
+        chosen, basis = (confirmed, "confirmation") if confirmed is not None else (verdict, "recipe seeds")
+        record[label] = {"verdict": chosen["verdict"], "difference_points": chosen["difference_points"],
+                         "critical_points": chosen["critical_points"], "seeds": chosen["seeds"], "basis": basis}
+    return record
+
+
 def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: Path,
                   noise: SeedNoise | None, confirm: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """One table: the fronts at its targets (in the supernets and, where `done` holds their
@@ -391,6 +405,7 @@ def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: P
             if not complete:  # judged once, on every seed it was fixed with: no verdict from a part of them
                 block["hybrid_vs"] = {}
             row["confirmation"] = {"seeds": fresh, "complete": complete, **block}
+        row["verdict_of_record"] = verdicts_of_record(row)
         rows.append(row)
     plot_fronts(comparison.table, ours, {label: comparison.picks[label] for label in rivals}, rows,
                 results / f"fronts_{comparison.table}.png")
@@ -400,6 +415,19 @@ def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: P
     return {"targets": rows, "picks": len(ours), "block_types_per_stage": block_types(ours),
             "front_block_types_per_stage": block_types(fronts), "greedy_block_types_per_stage": block_types(greedy),
             "type_price_vs_ffn_percent_per_stage": type_prices(comparison.predictor)}
+
+
+def must_hold_summary(tables: dict[str, Any]) -> dict[str, Any]:
+    """Issue 20's two must-holds read off the verdicts of record: the targets where the hybrid
+    front is worse than a rival's trained standalone (the first must-hold holds where there are
+    none) and those where it is better (the second asks for at least one)."""
+    def targets_where(verdict: str) -> list[dict[str, Any]]:
+        return [{"table": table, "target": row["target"], "rival": label, **record}
+                for table, summary in tables.items() for row in summary["targets"]
+                for label, record in row.get("verdict_of_record", {}).items() if record["verdict"] == verdict]
+    worse, better = targets_where("hybrid worse"), targets_where("hybrid better")
+    return {"at_least_as_good_everywhere": not worse, "worse": worse,
+            "strictly_better_somewhere": bool(better), "better": better}
 
 
 def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
@@ -421,12 +449,14 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
             first, second = (report["tables"][name][picks] for name in names)
             report["device_difference"][key] = [
                 total_variation(a, b) for a, b in zip(first, second, strict=True)]
+    report["must_hold"] = must_hold_summary(report["tables"])
     write_json(results / "comparison.json", report)
     for table, summary in report["tables"].items():
         for row in summary["targets"]:
             log(f"compare {table} {row['target']}: " + ", ".join(
                 f"{label} {row[label]['test_accuracy'] if row[label] else 'none'}"
-                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good", "standalone", "confirmation"))
+                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good", "standalone", "confirmation",
+                                 "verdict_of_record"))
                 + "".join(f"; {kind} vs {label}: {verdict['difference_points']:+.2f} points ({verdict['verdict']})"
                           for kind in ("standalone", "confirmation") if kind in row
                           for label, verdict in row[kind]["hybrid_vs"].items()))

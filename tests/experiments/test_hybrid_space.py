@@ -280,6 +280,20 @@ def test_a_confirmation_trains_its_targets_fronts_at_its_seeds_and_is_judged_on_
     assert verdict["standard_error_points"] == pytest.approx(noise["std_points"], abs=1e-3)
     assert set(noise["seed_effects_points"]) == {"0", "1", "2", "3"}
     assert confirmation["complete"] is True
+    # the target stands on its confirmation, the others on the recipe's seeds; the must-holds read them
+    record = rows["0.9ms"]["verdict_of_record"]["efficientformer_v2"]
+    assert record["basis"] == "confirmation" and record["seeds"] == [2, 3] and record["difference_points"] == 0.7
+    assert record["verdict"] == verdict["verdict"]
+    assert rows["1.6ms"]["verdict_of_record"]["efficientformer_v2"]["basis"] == "recipe seeds"
+    worse = [row["target"] for row in rows.values()
+             if row["verdict_of_record"].get("efficientformer_v2", {}).get("verdict") == "hybrid worse"]
+    better = [row["target"] for row in rows.values()
+              if row["verdict_of_record"].get("efficientformer_v2", {}).get("verdict") == "hybrid better"]
+    summary = report["must_hold"]
+    assert [entry["target"] for entry in summary["worse"]] == worse
+    assert [entry["target"] for entry in summary["better"]] == better
+    assert summary["at_least_as_good_everywhere"] is (not worse)
+    assert summary["strictly_better_somewhere"] is bool(better)
     # with one confirmation training missing there is no verdict (none from a part of the seeds)
     missing = next(path for path in (tmp_path / "results" / study.FRONTS).glob("*_seed3.json")
                    if json.loads(path.read_text())["study"] == "efficientformer_v2")
@@ -289,3 +303,7 @@ def test_a_confirmation_trains_its_targets_fronts_at_its_seeds_and_is_judged_on_
     confirmation = {row["target"]: row for row in report["tables"]["iphone12"]["targets"]}["0.9ms"]["confirmation"]
     assert confirmation["complete"] is False and confirmation["hybrid_vs"] == {}
     assert confirmation["efficientformer_v2"]["test_by_seed"] == {"2": 81.5}
+    # ... and the target falls back on the recipe seeds' verdict
+    row = {row["target"]: row for row in report["tables"]["iphone12"]["targets"]}["0.9ms"]
+    assert row["verdict_of_record"]["efficientformer_v2"]["basis"] == "recipe seeds"
+    assert row["verdict_of_record"]["efficientformer_v2"]["seeds"] == [0, 1]
