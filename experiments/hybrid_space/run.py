@@ -193,6 +193,46 @@ def front_at(picks: list[Pick], target_ms: float) -> Pick | None:
     return max(within, key=lambda pick: (pick.val_accuracy, -pick.latency_ms)) if within else None
 
 
+def front_margin(picks: list[Pick], target_ms: float, val_images: int) -> dict[str, Any] | None:
+    """How firmly the front within `target_ms` was chosen: its val lead over the best pick of other
+    layers within the target, beside one image's worth of val accuracy (the scores are counts of
+    `val_images` images) and the binomial standard error of one score."""
+    best = front_at(picks, target_ms)
+    if best is None:
+        return None
+    layers = search_study.layers_key(best.arch.to_dict())
+    others = [pick for pick in picks if pick.latency_ms <= target_ms * (1 + 1e-9)
+              and search_study.layers_key(pick.arch.to_dict()) != layers]
+    share = best.val_accuracy / 100
+    runner_up = max(others, key=lambda pick: (pick.val_accuracy, -pick.latency_ms)) if others else None
+    return {"val_images": val_images, "one_image_points": round(100 / val_images, 4),
+            "val_standard_error_points": round(100 * float(np.sqrt(share * (1 - share) / val_images)), 3),
+            "runner_up": None if runner_up is None else runner_up.run,
+            "margin_points": None if runner_up is None else round(best.val_accuracy - runner_up.val_accuracy, 4),
+            "picks_within_one_standard_error": sum(
+                1 for pick in others if best.val_accuracy - pick.val_accuracy
+                <= 100 * np.sqrt(share * (1 - share) / val_images))}
+
+
+def evaluator_vs_standalone(picks: list[Pick], done: list[dict[str, Any]], seeds: list[int],
+                            recipes: dict[int, Any], bootstrap: dict[str, Any]) -> dict[str, Any] | None:
+    """Does a study's supernet order the networks it picked the way training them does? Kendall τ
+    and Spearman ρ (bootstrap 95% intervals) of the picks' supernet val scores against their mean
+    standalone test accuracy, over every pick trained at all of `seeds` (pooled over tables: one
+    supernet scores them all); `bootstrap` is the ranking study's `evaluation` section."""
+    val: dict[str, float] = {}
+    for pick in picks:
+        key = search_study.layers_key(pick.arch.to_dict())
+        val[key] = max(val.get(key, 0.0), pick.val_accuracy)
+    archs = {search_study.layers_key(pick.arch.to_dict()): pick.arch for pick in picks}
+    pairs = [(val[key], float(np.mean(list(tests.values())))) for key, arch in archs.items()
+             if len(tests := trained_test(done, arch, recipes)) == len(seeds)]
+    if len(pairs) < 3:
+        return None
+    return ranking_study.rank_correlations([test for _, test in pairs], [score for score, _ in pairs],
+                                           bootstrap["bootstrap"], bootstrap["bootstrap_seed"])
+
+
 def block_types(picks: list[Pick]) -> list[dict[str, float]]:
     """Per stage, the share of each block type over the picks' blocks."""
     shares = []
@@ -384,6 +424,7 @@ def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: P
     ours = comparison.picks[SPACE]
     rivals = [label for label in comparison.picks if label != SPACE]
     seeds = [int(seed) for seed in comparison.search["standalone"]["seeds"]]
+    val_images = comparison.search["evaluator"]["batch_size"] * comparison.search["evaluator"]["eval_batches"]
     rows = []
     for target in comparison.targets:
         row: dict[str, Any] = {"target": target.label, "target_ms": target.latency_ms}
@@ -393,6 +434,8 @@ def compare_table(comparison: Comparison, done: list[dict[str, Any]], results: P
                 "run": best.run, "latency_ms": round(best.latency_ms, 5), "val_accuracy": round(best.val_accuracy, 4),
                 "test_accuracy": None if best.test_accuracy is None else round(best.test_accuracy, 4)}
         mine = row[SPACE]
+        row["front_margin"] = {label: front_margin(picks, target.latency_ms, val_images)
+                               for label, picks in comparison.picks.items()}
         row["hybrid_at_least_as_good"] = {
             label: None if mine is None or row[label] is None or None in (mine["test_accuracy"], row[label]["test_accuracy"])
             else mine["test_accuracy"] >= row[label]["test_accuracy"] for label in rivals}
@@ -450,13 +493,24 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
             report["device_difference"][key] = [
                 total_variation(a, b) for a, b in zip(first, second, strict=True)]
     report["must_hold"] = must_hold_summary(report["tables"])
+    # one supernet per study scores its picks on every table: its ranking of what was trained, pooled
+    # over the tables at the seeds every table's recipe trains
+    seeds = sorted(set.intersection(*({int(seed) for seed in comparison.search["standalone"]["seeds"]}
+                                      for comparison in comparisons)))
+    recipes = {seed: search_study.recipe_of(comparisons[0].search, seed) for seed in seeds}
+    trained_anywhere = [result for results_of_table in done.values() for result in results_of_table]
+    report["evaluator_vs_standalone"] = {
+        label: evaluator_vs_standalone([pick for comparison in comparisons for pick in comparison.picks[label]],
+                                       trained_anywhere, seeds, recipes,
+                                       ranking_study.load_config(ROOT / config["recipe"])["evaluation"])
+        for label in comparisons[0].picks}
     write_json(results / "comparison.json", report)
     for table, summary in report["tables"].items():
         for row in summary["targets"]:
             log(f"compare {table} {row['target']}: " + ", ".join(
                 f"{label} {row[label]['test_accuracy'] if row[label] else 'none'}"
                 for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good", "standalone", "confirmation",
-                                 "verdict_of_record"))
+                                 "verdict_of_record", "front_margin"))
                 + "".join(f"; {kind} vs {label}: {verdict['difference_points']:+.2f} points ({verdict['verdict']})"
                           for kind in ("standalone", "confirmation") if kind in row
                           for label, verdict in row[kind]["hybrid_vs"].items()))

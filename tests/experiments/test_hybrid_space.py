@@ -110,6 +110,11 @@ def test_the_comparison_prices_both_sides_with_one_table_and_chooses_on_val(tmp_
     assert verdict == {"difference_points": 3.1, "standard_error_points": 0.082, "critical_points": 0.351,
                        "seeds": [0, 1], "verdict": "hybrid better"}
     assert rows["1.1ms"]["standalone"] == standalone  # the val-best picks within 1.1 ms are the same networks
+    # how firmly each front was chosen: 10 points ahead of the next network, on 500 val images
+    assert rows["0.9ms"]["front_margin"]["hybrid"] == {
+        "val_images": 500, "one_image_points": 0.2, "val_standard_error_points": 1.789,
+        "runner_up": "random_seed0", "margin_points": 10.0, "picks_within_one_standard_error": 0}
+    assert rows["0.9ms"]["front_margin"]["efficientformer_v2"]["runner_up"] is None  # its only pick
     assert report["standalone_seed_noise"] == {"std_points": 0.082, "degrees_of_freedom": 2,
                                                "seed_effects_points": {"0": 0.467, "1": -0.467}}
     stage1 = report["tables"]["iphone12"]["block_types_per_stage"][0]
@@ -179,6 +184,27 @@ def test_type_prices_cost_each_allowed_type_in_place_of_the_stages_last_block_ag
         assert stage[last.blocks[-1].type] == pytest.approx(100 * (base - ffn_ms) / base, abs=1e-3)
     assert "attn_ffn" not in prices[0]  # no global attention at 1/4 resolution
     assert largest.stages[2].blocks[-1].type == "attn_ffn" and prices[2]["attn_ffn"] > 0
+
+
+def test_the_evaluators_ranking_of_what_was_trained_counts_each_network_once_at_every_seed():
+    hybrid = get_space("hybrid")
+    config = search_study.load_config(study.HERE / "search_iphone12.yaml")
+    recipes = {seed: search_study.recipe_of(config, seed) for seed in (0, 1)}
+    networks = [hybrid.smallest(), hybrid.reference("s0"), hybrid.reference("s1"), hybrid.reference("s2")]
+    picks = [study.Pick("hybrid", "random_seed0", networks[0], 0.8, 80.0, None),
+             study.Pick("hybrid", "random_seed1", networks[0], 0.8, 81.0, None),  # the same layers again: its best val
+             study.Pick("hybrid", "greedy_mes_types", networks[1], 0.9, 82.0, None),
+             study.Pick("hybrid", "evolution_seed0", networks[2], 1.1, 84.0, None),
+             study.Pick("hybrid", "evolution_seed1", networks[3], 1.6, 85.0, None)]  # trained at seed 0 only
+    tests = {0: (80.0, 81.0), 1: (84.0, 83.0), 2: (82.0, 83.0), 3: (90.0,)}
+    done = [{"arch": networks[index].to_dict(), "accuracy": {"test": test / 100},
+             "recipe": search_study.recipe_record(recipes[seed])}
+            for index, values in tests.items() for seed, test in enumerate(values)]
+    bootstrap = {"bootstrap": 200, "bootstrap_seed": 0}
+    ranking = study.evaluator_vs_standalone(picks, done, [0, 1], recipes, bootstrap)
+    # val 81 / 82 / 84 against mean test 80.5 / 83.5 / 82.5: two of three pairs in order
+    assert ranking["networks"] == 3 and ranking["kendall_tau"] == pytest.approx(1 / 3, abs=1e-4)
+    assert study.evaluator_vs_standalone(picks[:3], done, [0, 1], recipes, bootstrap) is None  # two networks
 
 
 def _fronts_study(tmp_path, **changes) -> tuple:
