@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from search_spaces import Architecture, get_space
+from search_spaces.limits import SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,15 @@ def relative(path: Path) -> str:
     """`path` relative to the repository root where it lies inside it (else as given)."""
     path = Path(path)
     return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
+
+
+def seed_list_refusal(seeds: Any) -> str | None:
+    """Why `seeds` is not a list of distinct training seeds (what a study config accepts), or None."""
+    whole = lambda seed: isinstance(seed, int) and not isinstance(seed, bool)  # noqa: E731
+    if isinstance(seeds, list) and seeds and all(whole(seed) and seed in SEED for seed in seeds) \
+            and len(set(seeds)) == len(seeds):
+        return None
+    return f"give a list of distinct whole numbers, each {SEED.describe()}"
 
 
 def log(message: str) -> None:

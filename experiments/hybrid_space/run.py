@@ -65,12 +65,11 @@ sys.path.insert(0, str(ROOT))
 from nas.actions import type_actions  # noqa: E402
 from search_spaces import Architecture, ArchitectureError, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic  # noqa: E402
-from search_spaces.limits import SEED  # noqa: E402
 
 import experiments.search_fashion.run as search_study  # noqa: E402
 import experiments.supernet_ranking.run as ranking_study  # noqa: E402
 from experiments.seed_blocks import SeedNoise, paired_difference, seed_noise  # noqa: E402
-from experiments.study import Claim, exit_code_of, load_settings, log, png_bytes, read_json, write_json  # noqa: E402
+from experiments.study import Claim, exit_code_of, load_settings, log, png_bytes, read_json, seed_list_refusal, write_json  # noqa: E402
 from supernet.data import load_data  # noqa: E402
 from supernet.standalone import train_standalone  # noqa: E402
 
@@ -145,9 +144,8 @@ def check_confirmations(path: Path, config: dict[str, Any]) -> None:
             raise SystemExit(f"{where}: {entry['table']} {entry['target']} is confirmed twice; give each target once")
         seen.add(key)
         seeds = entry["seeds"]
-        if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) < len(seeds) or not all(
-                isinstance(seed, int) and not isinstance(seed, bool) and seed in SEED for seed in seeds):
-            raise SystemExit(f"{where}.seeds: {seeds!r}; give a list of distinct whole numbers, each {SEED.describe()}")
+        if (refusal := seed_list_refusal(seeds)) is not None:
+            raise SystemExit(f"{where}.seeds: {seeds!r}; {refusal}")
         reused = sorted(set(seeds) & set(known[key]))
         if reused:
             raise SystemExit(f"{where}.seeds: {reused} are seeds of the recipe already ({known[key]}); "

@@ -60,10 +60,10 @@ sys.path.insert(0, str(ROOT))
 
 from search_spaces import Architecture, get_space  # noqa: E402
 from search_spaces.files import write_bytes_atomic, write_text_atomic  # noqa: E402
-from search_spaces.limits import SEED  # noqa: E402
 
 from experiments.seed_blocks import paired_difference, seed_noise  # noqa: E402
-from experiments.study import Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, versions, write_json  # noqa: E402
+from experiments.study import (  # noqa: E402
+    Claim, FileLock, exit_code_of, load_settings, log, png_bytes, read_json, seed_list_refusal, versions, write_json)
 from lut import get_device, load_table  # noqa: E402
 from lut.devices import host_cpu, loadavg  # noqa: E402
 from nas.api import RequestError, SearchRequest, check_strategy_settings, run_search  # noqa: E402
@@ -125,10 +125,8 @@ def check_strategy_values(path: Path, name: str, settings: dict[str, Any]) -> No
         raise SystemExit(f"{path}: strategies.{name}.{error.field}: {error}") from None
     if settings["strategy"] == "greedy":
         return
-    seeds = settings["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(_whole(seed, 0) and seed in SEED for seed in seeds) \
-            or len(set(seeds)) < len(seeds):
-        refuse("seeds", f"give a list of distinct whole numbers, each {SEED.describe()}")
+    if (refusal := seed_list_refusal(settings["seeds"])) is not None:
+        refuse("seeds", refusal)
     if not _whole(settings["budget_multiple"], 1):
         refuse("budget_multiple", "give a whole number >= 1")
     if settings["strategy"] == "evolution":
