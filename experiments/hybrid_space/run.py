@@ -199,17 +199,17 @@ def front_margin(picks: list[Pick], target_ms: float, val_images: int) -> dict[s
     if best is None:
         return None
     layers = search_study.layers_key(best.arch.to_dict())
-    others = [pick for pick in picks if pick.latency_ms <= target_ms * (1 + 1e-9)
-              and search_study.layers_key(pick.arch.to_dict()) != layers]
+    others = [pick for pick in picks if search_study.layers_key(pick.arch.to_dict()) != layers]
+    runner_up = front_at(others, target_ms)
     share = best.val_accuracy / 100
-    runner_up = max(others, key=lambda pick: (pick.val_accuracy, -pick.latency_ms)) if others else None
+    standard_error = 100 * float(np.sqrt(share * (1 - share) / val_images))
     return {"val_images": val_images, "one_image_points": round(100 / val_images, 4),
-            "val_standard_error_points": round(100 * float(np.sqrt(share * (1 - share) / val_images)), 3),
+            "val_standard_error_points": round(standard_error, 3),
             "runner_up": None if runner_up is None else runner_up.run,
             "margin_points": None if runner_up is None else round(best.val_accuracy - runner_up.val_accuracy, 4),
             "picks_within_one_standard_error": sum(
-                1 for pick in others if best.val_accuracy - pick.val_accuracy
-                <= 100 * np.sqrt(share * (1 - share) / val_images))}
+                1 for pick in others if pick.latency_ms <= target_ms * (1 + 1e-9)
+                and best.val_accuracy - pick.val_accuracy <= standard_error)}
 
 
 def evaluator_vs_standalone(picks: list[Pick], done: list[dict[str, Any]], seeds: list[int],
@@ -218,13 +218,13 @@ def evaluator_vs_standalone(picks: list[Pick], done: list[dict[str, Any]], seeds
     and Spearman ρ (bootstrap 95% intervals) of the picks' supernet val scores against their mean
     standalone test accuracy, over every pick trained at all of `seeds` (pooled over tables: one
     supernet scores them all); `bootstrap` is the ranking study's `evaluation` section."""
-    val: dict[str, float] = {}
+    best: dict[str, Pick] = {}  # layers -> its pick of the highest val score
     for pick in picks:
         key = search_study.layers_key(pick.arch.to_dict())
-        val[key] = max(val.get(key, 0.0), pick.val_accuracy)
-    archs = {search_study.layers_key(pick.arch.to_dict()): pick.arch for pick in picks}
-    pairs = [(val[key], float(np.mean(list(tests.values())))) for key, arch in archs.items()
-             if len(tests := trained_test(done, arch, recipes)) == len(seeds)]
+        if key not in best or pick.val_accuracy > best[key].val_accuracy:
+            best[key] = pick
+    pairs = [(pick.val_accuracy, float(np.mean(list(tests.values())))) for pick in best.values()
+             if len(tests := trained_test(done, pick.arch, recipes)) == len(seeds)]
     if len(pairs) < 3:
         return None
     return ranking_study.rank_correlations([test for _, test in pairs], [score for score, _ in pairs],
@@ -476,8 +476,9 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
     report: dict[str, Any] = {"study": "hybrid_space", "config": config, "tables": {}}
     comparisons = comparisons_of(config)
     done = {comparison.table: trainings(comparison, config) for comparison in comparisons}
+    trained_anywhere = [result for results_of_table in done.values() for result in results_of_table]
     # one recipe for the whole study: its seed noise from every network trained, on any table
-    noise = study_seed_noise([result for results_of_table in done.values() for result in results_of_table])
+    noise = study_seed_noise(trained_anywhere)
     report["standalone_seed_noise"] = None if noise is None else noise.to_dict()
     for comparison in comparisons:
         report["tables"][comparison.table] = compare_table(comparison, done[comparison.table], results, noise,
@@ -496,19 +497,16 @@ def compare_phase(config: dict[str, Any]) -> dict[str, Any]:
     seeds = sorted(set.intersection(*({int(seed) for seed in comparison.search["standalone"]["seeds"]}
                                       for comparison in comparisons)))
     recipes = {seed: search_study.recipe_of(comparisons[0].search, seed) for seed in seeds}
-    trained_anywhere = [result for results_of_table in done.values() for result in results_of_table]
+    bootstrap = ranking_study.load_config(ROOT / config["recipe"])["evaluation"]
+    labels = list(comparisons[0].picks)
     report["evaluator_vs_standalone"] = {
         label: evaluator_vs_standalone([pick for comparison in comparisons for pick in comparison.picks[label]],
-                                       trained_anywhere, seeds, recipes,
-                                       ranking_study.load_config(ROOT / config["recipe"])["evaluation"])
-        for label in comparisons[0].picks}
+                                       trained_anywhere, seeds, recipes, bootstrap) for label in labels}
     write_json(results / "comparison.json", report)
     for table, summary in report["tables"].items():
         for row in summary["targets"]:
             log(f"compare {table} {row['target']}: " + ", ".join(
-                f"{label} {row[label]['test_accuracy'] if row[label] else 'none'}"
-                for label in row if label not in ("target", "target_ms", "hybrid_at_least_as_good", "standalone", "confirmation",
-                                 "verdict_of_record", "front_margin"))
+                f"{label} {row[label]['test_accuracy'] if row[label] else 'none'}" for label in labels)
                 + "".join(f"; {kind} vs {label}: {verdict['difference_points']:+.2f} points ({verdict['verdict']})"
                           for kind in ("standalone", "confirmation") if kind in row
                           for label, verdict in row[kind]["hybrid_vs"].items()))
